@@ -1,0 +1,161 @@
+"""The trace schema: one record per client request, as the SPEC's table defines it.
+
+This module is the ground floor: it imports nothing of ours and nothing of LiteLLM, so the
+store, the CLI and trainers can use it without a proxy. Token ids and logprobs are lists in
+the public (JSON) form and packed arrays on disk; `pack_*` / `unpack_*` convert between them.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from datetime import datetime, timezone
+from typing import Any, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TraceStatus = Literal["ok", "error", "incomplete"]
+
+_LITTLE = sys.byteorder == "little"
+
+
+class TopLogprob(BaseModel):
+    """One alternative at one completion position."""
+
+    model_config = ConfigDict(extra="allow")
+
+    token: Optional[str] = None
+    logprob: float
+    token_id: Optional[int] = None
+
+
+class Completeness(BaseModel):
+    """Per-choice consistency check between ids, logprobs and usage (vllm#27482 style gaps)."""
+
+    token_ids: Optional[int] = None
+    logprobs: Optional[int] = None
+    usage_completion_tokens: Optional[int] = None
+    ok: bool = True
+    problems: list[str] = Field(default_factory=list)
+
+
+class TraceChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    message: Optional[dict[str, Any]] = None
+    text: Optional[str] = None
+    finish_reason: Optional[str] = None
+    stop_reason: Optional[Any] = None
+    token_ids: Optional[list[int]] = None
+    prompt_token_ids: Optional[list[int]] = None
+    logprobs: Optional[list[float]] = None
+    tokens: Optional[list[str]] = None
+    top_logprobs: Optional[list[list[TopLogprob]]] = None
+    completeness: Optional[Completeness] = None
+
+
+class TraceError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Optional[str] = None
+    message: str = ""
+    status_code: Optional[int] = None
+
+
+class Trace(BaseModel):
+    """One captured LLM call. Field names are public interface (SPEC: "The trace")."""
+
+    model_config = ConfigDict(extra="allow")
+
+    trace_id: str
+    session_id: Optional[str] = None
+    session_uids: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    seq: Optional[int] = None
+    route: Optional[str] = None
+    model: Optional[str] = None
+    provider: Optional[str] = None
+    deployment_model: Optional[str] = None
+    api_base: Optional[str] = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    injected: dict[str, Any] = Field(default_factory=dict)
+    prompt_token_ids: Optional[list[int]] = None
+    choices: list[TraceChoice] = Field(default_factory=list)
+    usage: Optional[dict[str, Any]] = None
+    cost_usd: Optional[float] = None
+    stream: bool = False
+    latency_ms: Optional[float] = None
+    ttft_ms: Optional[float] = None
+    status: TraceStatus = "ok"
+    error: Optional[TraceError] = None
+    caller: Optional[dict[str, Any]] = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def session_key(self) -> str:
+        """The key `seq` counts within: the session id, else the innermost uid, else ''."""
+        if self.session_id:
+            return self.session_id
+        if self.session_uids:
+            return self.session_uids[-1]
+        return ""
+
+
+# ---------------------------------------------------------------------------------------
+# Packing. Token ids are int32 and logprobs float32, both little-endian: 8 bytes per
+# completion token. vLLM computes logprobs in float32, so float32 storage loses nothing
+# the server had.
+# ---------------------------------------------------------------------------------------
+
+
+def pack_ids(ids: Optional[Sequence[int]]) -> Optional[bytes]:
+    if ids is None:
+        return None
+    packed = ids if isinstance(ids, array) and ids.typecode == "i" else array("i", ids)
+    if not _LITTLE:
+        packed = array("i", packed)
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_ids(blob: Optional[bytes]) -> Optional[list[int]]:
+    if blob is None:
+        return None
+    out = array("i")
+    out.frombytes(blob)
+    if not _LITTLE:
+        out.byteswap()
+    return out.tolist()
+
+
+def pack_floats(values: Optional[Sequence[float]]) -> Optional[bytes]:
+    if values is None:
+        return None
+    packed = array("f", values)
+    if not _LITTLE:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_floats(blob: Optional[bytes]) -> Optional[list[float]]:
+    if blob is None:
+        return None
+    out = array("f")
+    out.frombytes(blob)
+    if not _LITTLE:
+        out.byteswap()
+    return out.tolist()
+
+
+__all__ = [
+    "Completeness",
+    "TopLogprob",
+    "Trace",
+    "TraceChoice",
+    "TraceError",
+    "TraceStatus",
+    "pack_floats",
+    "pack_ids",
+    "unpack_floats",
+    "unpack_ids",
+]
