@@ -1,0 +1,156 @@
+"""SQLite trace-store throughput: traces/s through TraceWriter, and bytes on disk per token.
+
+    python benchmarks/store_throughput.py [--traces 20000] [--completion-tokens 1000]
+
+Traces carry ``--completion-tokens`` completion ids + float logprobs (no top_logprobs),
+``--prompt-tokens`` prompt ids, and chat messages of matching length, like a vLLM call with
+``logprobs`` and ``return_token_ids``. They are built before the clock starts (building is the
+tracer's cost, not the store's); ``--mode writer`` then times submit() of all + flush(),
+``--mode direct`` times store.write() in batches on the calling thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from litellm_rllm.store.codec import encode  # noqa: E402
+from litellm_rllm.store.sqlite import SqliteStore  # noqa: E402
+from litellm_rllm.store.writer import TraceWriter  # noqa: E402
+from litellm_rllm.trace import Trace, TraceChoice  # noqa: E402
+
+WORDS = (
+    "the of and to in is for that with on as it be by this are from or an at was not have "
+    "def return import self class if else for while try except file path value list dict "
+    "error result tool call function argument agent step observation action answer"
+).split()
+
+
+def _text(rnd: random.Random, n_tokens: int) -> str:
+    return " ".join(rnd.choice(WORDS) for _ in range(n_tokens))
+
+
+def make_templates(n: int, prompt_tokens: int, completion_tokens: int, seed: int) -> list[Trace]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        out.append(
+            Trace(
+                trace_id=f"template-{i}",
+                session_id=f"session-{i}",
+                session_uids=["run-1", f"session-{i}"],
+                metadata={"task": f"task-{i % 17}", "env": "swe"},
+                route="/v1/chat/completions",
+                model="policy-7b",
+                provider="hosted_vllm",
+                deployment_model="hosted_vllm/Qwen/Qwen2.5-7B-Instruct",
+                api_base="http://vllm:8000/v1",
+                request={
+                    "messages": [
+                        {"role": "system", "content": _text(rnd, prompt_tokens // 5)},
+                        {"role": "user", "content": _text(rnd, prompt_tokens - prompt_tokens // 5)},
+                    ],
+                    "temperature": 1.0,
+                    "max_tokens": completion_tokens,
+                    "logprobs": True,
+                },
+                injected={"logprobs": True, "return_token_ids": True, "rule": 0},
+                prompt_token_ids=[rnd.randrange(151_000) for _ in range(prompt_tokens)],
+                choices=[
+                    TraceChoice(
+                        index=0,
+                        message={"role": "assistant", "content": _text(rnd, completion_tokens)},
+                        finish_reason="length",
+                        token_ids=[rnd.randrange(151_000) for _ in range(completion_tokens)],
+                        logprobs=[-rnd.expovariate(2.0) for _ in range(completion_tokens)],
+                    )
+                ],
+                usage={
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                cost_usd=0.0,
+                latency_ms=rnd.uniform(500, 5000),
+            )
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--traces", type=int, default=20_000)
+    parser.add_argument("--completion-tokens", type=int, default=1000)
+    parser.add_argument("--prompt-tokens", type=int, default=500)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--mode", choices=("writer", "direct"), default="writer")
+    parser.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    templates = make_templates(50, args.prompt_tokens, args.completion_tokens, args.seed)
+    traces = []
+    for i in range(args.traces):
+        base = templates[i % len(templates)]
+        session = f"session-{i % args.sessions}"
+        traces.append(
+            base.model_copy(
+                update={
+                    "trace_id": f"chatcmpl-{i:09d}",
+                    "session_id": session,
+                    "session_uids": ["run-1", session],
+                }
+            )
+        )
+
+    workdir = tempfile.mkdtemp(prefix="rllm-bench-", dir=args.dir)
+    path = os.path.join(workdir, "traces.db")
+    store = SqliteStore(path)
+
+    start = time.perf_counter()
+    if args.mode == "writer":
+        writer = TraceWriter(store, batch_size=args.batch_size, close_at_exit=False)
+        for trace in traces:
+            writer.submit(trace)
+        submitted = time.perf_counter()
+        assert writer.flush(timeout=600)
+        elapsed = time.perf_counter() - start
+        stats = writer.stats()
+        writer.close()
+        submit_us = (submitted - start) / len(traces) * 1e6
+    else:
+        for k in range(0, len(traces), args.batch_size):
+            store.write(traces[k : k + args.batch_size])
+        elapsed = time.perf_counter() - start
+        stats = {"written": store.count()}
+        submit_us = float("nan")
+
+    assert store.count() == len(traces), (store.count(), stats)
+    store.checkpoint()
+    store.close()
+    size = os.path.getsize(path) + sum(
+        os.path.getsize(path + ext) for ext in ("-wal", "-shm") if os.path.exists(path + ext)
+    )
+    sample = encode(traces[0])
+    completion = args.traces * args.completion_tokens
+    print(f"mode={args.mode} traces={args.traces} batch={args.batch_size} "
+          f"completion_tokens={args.completion_tokens} prompt_tokens={args.prompt_tokens}")
+    print(f"traces/s: {len(traces) / elapsed:,.0f}   ({elapsed:.2f} s; submit {submit_us:.2f} us/trace)")
+    print(f"completion tokens/s: {completion / elapsed:,.0f}")
+    print(f"bytes per completion token: {size / completion:.2f}   (file {size / 1e6:.1f} MB)")
+    print(f"row payload per trace: doc {len(sample.doc)} B, arrays {len(sample.arrays or b'')} B")
+    print(f"writer stats: {stats}")
+    os.remove(path)
+    os.rmdir(workdir)
+
+
+if __name__ == "__main__":
+    main()

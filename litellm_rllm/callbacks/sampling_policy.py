@@ -1,0 +1,131 @@
+"""`litellm_rllm.callbacks.sampling`: add logprobs / top_logprobs / return_token_ids /
+prompt_logprobs per deployment, by the YAML policies, and hide them from clients that didn't ask.
+
+The decision is made in `async_pre_call_deployment_hook`, after LiteLLM's router has chosen the
+deployment: a model group may balance over a vLLM server and a hosted API, and only the chosen
+deployment says which parameters are safe to add.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Mapping, Optional
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+from ..policy import INJECTABLE, Target, decide
+from . import pipeline, runtime
+from .pipeline import SAMPLING, calls
+
+log = logging.getLogger("litellm_rllm")
+
+VLLM_PROVIDERS = frozenset({"hosted_vllm", "vllm"})
+# Parameters vLLM takes that are not OpenAI's: they travel in `extra_body`.
+_NON_OPENAI = frozenset({"return_token_ids", "prompt_logprobs"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _provider_facts(model: str, provider: Optional[str], api_base: Optional[str]) -> tuple[str, frozenset[str], Optional[float]]:
+    """(provider, supported OpenAI params, output USD per million tokens) for a deployment."""
+    try:
+        _, resolved, _, _ = litellm.get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
+    except Exception:
+        resolved = provider or (model.split("/", 1)[0] if "/" in model else "")
+    try:
+        supported = frozenset(litellm.get_supported_openai_params(model=model, custom_llm_provider=resolved) or ())
+    except Exception:
+        supported = frozenset()
+    price = None
+    bare = model.split("/", 1)[1] if "/" in model else model
+    for key in (model, bare, f"{resolved}/{bare}"):
+        info = litellm.model_cost.get(key)
+        if info and info.get("output_cost_per_token") is not None:
+            price = float(info["output_cost_per_token"]) * 1e6
+            break
+    return resolved, supported, price
+
+
+def target_of(kwargs: Mapping[str, Any]) -> Target:
+    """Describe the deployment LiteLLM's router picked for this call."""
+    model = str(kwargs.get("model") or "")
+    provider = kwargs.get("custom_llm_provider")
+    api_base = kwargs.get("api_base")
+    resolved, supported, price = _provider_facts(model, provider if isinstance(provider, str) else None,
+                                                 api_base if isinstance(api_base, str) else None)
+    model_info = kwargs.get("model_info") or {}
+    if isinstance(model_info, Mapping) and model_info.get("output_cost_per_token") is not None:
+        price = float(model_info["output_cost_per_token"]) * 1e6
+    meta = kwargs.get("metadata") if isinstance(kwargs.get("metadata"), Mapping) else kwargs.get("litellm_metadata")
+    group = (meta or {}).get("model_group") if isinstance(meta, Mapping) else None
+    backend = model_info.get("rllm_backend") if isinstance(model_info, Mapping) else None
+    deployment = model if "/" in model or not resolved else f"{resolved}/{model}"
+    return Target(
+        model_group=group or model,
+        provider=resolved,
+        deployment_model=deployment,
+        output_cost_per_mtok=price,
+        supported_params=supported | ({"logprobs", "top_logprobs"} if backend == "vllm" else frozenset()),
+        vllm_family=resolved in VLLM_PROVIDERS or backend == "vllm",
+        stream=bool(kwargs.get("stream")),
+    )
+
+
+class SamplingPolicyCallback(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.policies = runtime.policies()  # a bad policies file stops the start here
+        calls.enroll(SAMPLING)
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
+        pipeline.begin(data, user_api_key_dict)
+        return data
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> Optional[dict]:
+        try:
+            self._inject(kwargs)
+        except Exception:  # a policy bug must not fail the request: send it as the client sent it
+            pipeline.counters["capture_errors"] += 1
+            log.exception("litellm-rllm: policy decision failed; request sent unchanged")
+        return None
+
+    def _inject(self, kwargs: dict) -> None:
+        cid = pipeline.call_id_of(kwargs)
+        if cid is None:
+            return
+        state = calls.get_or_create(cid)
+        client = state.client_request if state.client_request is not None else kwargs
+        extra = kwargs.get("extra_body") if isinstance(kwargs.get("extra_body"), Mapping) else {}
+        asked = {k: client.get(k, extra.get(k)) for k in INJECTABLE}
+        override = pipeline.session_of(kwargs).get("sampling") if kwargs else None
+        decision = decide(
+            self.policies.current,
+            target_of(kwargs),
+            call_id=cid,
+            client_params=asked,
+            override=override if isinstance(override, Mapping) else None,
+        )
+        for key, value in decision.params.items():
+            if key in _NON_OPENAI:
+                body = dict(kwargs.get("extra_body") or {})
+                body[key] = value
+                kwargs["extra_body"] = body
+            else:
+                kwargs[key] = value
+        state.injected = decision.injected()
+        state.strip = tuple(decision.params) if decision.strip else ()
+        state.upstream = kwargs
+
+    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        pipeline.finish_success(data, response)
+        return response
+
+    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                           user_api_key_dict: Any, traceback_str: Optional[str] = None) -> Any:
+        pipeline.finish_failure(request_data, original_exception)
+        return None
+
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
+        async for chunk in pipeline.wrap_stream(response, request_data):
+            yield chunk

@@ -1,0 +1,48 @@
+"""`litellm_rllm.callbacks.tracer`: every call -> one trace -> the store.
+
+The hooks only collect references (the request, the deployment's kwargs, the response's parts,
+the stream's packed arrays); the trace is built and written by the background writer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from litellm.integrations.custom_logger import CustomLogger
+
+from . import pipeline, runtime
+from .pipeline import TRACER, calls
+from .routes import install_slug_route
+
+
+class TraceCaptureCallback(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = runtime.settings()
+        calls.enroll(TRACER)
+        runtime.writer()  # open the store at start: a bad store URL fails the start, not a request
+        # Alone (without the metadata callback) the tracer still honours /meta/{slug}/ URLs.
+        install_slug_route(cfg.slug_header, runtime.check_slug)
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
+        pipeline.begin(data, user_api_key_dict)
+        return data
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> Optional[dict]:
+        state = calls.get(pipeline.call_id_of(kwargs))
+        if state is not None:
+            state.upstream = kwargs  # a reference: later hooks' edits are what went upstream
+        return None
+
+    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        pipeline.finish_success(data, response)
+        return response
+
+    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                           user_api_key_dict: Any, traceback_str: Optional[str] = None) -> Any:
+        pipeline.finish_failure(request_data, original_exception)
+        return None
+
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
+        async for chunk in pipeline.wrap_stream(response, request_data):
+            yield chunk

@@ -1,0 +1,180 @@
+"""Response -> trace choices: token ids, logprobs and top logprobs out of the formats we see.
+
+Pure functions over plain dicts (a LiteLLM response after `model_dump()`, or a provider's JSON).
+They run in the writer thread, never on the event loop. Formats handled:
+- chat completions (OpenAI / vLLM): `choices[].logprobs.content[] = {token, logprob, top_logprobs}`,
+  vLLM's `choices[].token_ids` (LiteLLM may move it to `provider_specific_fields`) and top-level
+  `prompt_token_ids`;
+- completions (vLLM / OpenAI legacy): `choices[].logprobs = {tokens, token_logprobs,
+  top_logprobs: [{token: logprob}]}`, per-choice `prompt_token_ids` / `token_ids`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+from .trace import Completeness, TopLogprob, TraceChoice
+
+# What of the client's request body goes into the trace's `request` (an allow-list, so
+# credentials and LiteLLM's internal fields can never slip in).
+REQUEST_KEYS = frozenset(
+    {
+        "messages", "prompt", "input", "instructions", "system", "tools", "tool_choice", "functions",
+        "function_call", "parallel_tool_calls", "response_format", "temperature", "top_p", "top_k",
+        "min_p", "max_tokens", "max_completion_tokens", "max_output_tokens", "n", "best_of", "stop",
+        "stop_sequences", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "logit_bias", "logprobs", "top_logprobs", "return_token_ids", "prompt_logprobs", "echo",
+        "suffix", "stream", "stream_options", "reasoning_effort", "reasoning", "thinking",
+        "skip_special_tokens", "include_stop_str_in_output", "chat_template_kwargs",
+        "add_generation_prompt", "continue_final_message", "ignore_eos", "min_tokens",
+        "truncate_prompt_tokens", "modalities", "text", "include", "previous_response_id",
+    }
+)
+
+
+def plain(obj: Any) -> Any:
+    """A pydantic model / LiteLLM object as plain dicts and lists."""
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        try:
+            return plain(dump())
+        except Exception:
+            pass
+    if hasattr(obj, "__dict__"):
+        return {k: plain(v) for k, v in vars(obj).items() if not k.startswith("_")}
+    return obj
+
+
+def request_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The trace's `request`: what was asked, with `extra_body` flattened the way it is sent."""
+    out = {k: v for k, v in body.items() if k in REQUEST_KEYS and v is not None}
+    extra = body.get("extra_body")
+    if isinstance(extra, Mapping):
+        out.update({k: v for k, v in extra.items() if k in REQUEST_KEYS and v is not None})
+    return plain(out)
+
+
+def _ints(value: Any) -> Optional[list[int]]:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+
+
+def _psf(choice: Mapping[str, Any], key: str) -> Any:
+    """A field vLLM sends that LiteLLM may have moved into `provider_specific_fields`."""
+    if choice.get(key) is not None:
+        return choice.get(key)
+    for holder in (choice.get("provider_specific_fields"), (choice.get("message") or {}).get("provider_specific_fields")):
+        if isinstance(holder, Mapping) and holder.get(key) is not None:
+            return holder.get(key)
+    return None
+
+
+def chat_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[list[list[TopLogprob]]]]:
+    """`logprobs.content[]` -> (logprob per token, token strings, top alternatives per token)."""
+    if not isinstance(logprobs, Mapping):
+        return None, None, None
+    content = logprobs.get("content")
+    if content is None:
+        return None, None, None
+    values: list[float] = []
+    tokens: list[str] = []
+    tops: list[list[TopLogprob]] = []
+    any_top = False
+    for item in content:
+        values.append(float(item.get("logprob")))
+        tokens.append(item.get("token"))
+        alts = item.get("top_logprobs") or []
+        if alts:
+            any_top = True
+        tops.append([TopLogprob(token=a.get("token"), logprob=float(a.get("logprob"))) for a in alts])
+    return values, tokens, (tops if any_top else None)
+
+
+def text_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[list[list[TopLogprob]]]]:
+    """Completions' `{tokens, token_logprobs, top_logprobs: [{token: logprob}]}`."""
+    if not isinstance(logprobs, Mapping) or logprobs.get("token_logprobs") is None:
+        return None, None, None
+    values = [float(v) if v is not None else float("nan") for v in logprobs["token_logprobs"]]
+    tokens = list(logprobs.get("tokens") or []) or None
+    raw_tops = logprobs.get("top_logprobs")
+    tops = None
+    if raw_tops and any(raw_tops):
+        tops = [
+            [TopLogprob(token=tok, logprob=float(lp)) for tok, lp in (alt or {}).items()] for alt in raw_tops
+        ]
+    return values, tokens, tops
+
+
+def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[str, Any]] = None) -> list[TraceChoice]:
+    """Every choice of a chat or text completion, in index order."""
+    out: list[TraceChoice] = []
+    n_choices = len(response.get("choices") or [])
+    for i, ch in enumerate(response.get("choices") or []):
+        index = ch.get("index", i) if ch.get("index") is not None else i
+        message = ch.get("message")
+        if message is not None:
+            values, tokens, tops = chat_logprobs(ch.get("logprobs"))
+            message = {k: v for k, v in message.items() if k != "provider_specific_fields" and v is not None}
+            text = None
+        else:
+            values, tokens, tops = text_logprobs(ch.get("logprobs"))
+            text = ch.get("text")
+        choice = TraceChoice(
+            index=index,
+            message=message,
+            text=text,
+            finish_reason=ch.get("finish_reason"),
+            stop_reason=_psf(ch, "stop_reason"),
+            token_ids=_ints(_psf(ch, "token_ids")),
+            prompt_token_ids=_ints(_psf(ch, "prompt_token_ids")),
+            logprobs=values,
+            tokens=tokens,
+            top_logprobs=tops,
+        )
+        choice.completeness = check_completeness(choice, usage if n_choices == 1 else None)
+        out.append(choice)
+    out.sort(key=lambda c: c.index)
+    return out
+
+
+def prompt_ids_from(response: Mapping[str, Any], choices: Iterable[TraceChoice] = ()) -> Optional[list[int]]:
+    """Top-level `prompt_token_ids` (chat), else the first choice's (completions)."""
+    ids = _ints(response.get("prompt_token_ids"))
+    if ids is None:
+        ids = _ints((response.get("provider_specific_fields") or {}).get("prompt_token_ids"))
+    if ids is None:
+        for c in choices:
+            if c.prompt_token_ids is not None:
+                return c.prompt_token_ids
+    return ids
+
+
+def check_completeness(choice: TraceChoice, usage: Optional[Mapping[str, Any]]) -> Optional[Completeness]:
+    """Ids vs logprobs vs usage; a gap (e.g. vllm#27482's lost tool-call tokens) is flagged."""
+    n_ids = len(choice.token_ids) if choice.token_ids is not None else None
+    n_lp = len(choice.logprobs) if choice.logprobs is not None else None
+    if n_ids is None and n_lp is None:
+        return None
+    n_usage = None
+    if usage and usage.get("completion_tokens") is not None:
+        n_usage = int(usage["completion_tokens"])
+    problems: list[str] = []
+    if n_ids is not None and n_lp is not None and n_ids != n_lp:
+        problems.append(f"{n_ids} token ids but {n_lp} logprobs")
+    if n_usage is not None:
+        for name, n in (("token ids", n_ids), ("logprobs", n_lp)):
+            if n is not None and n != n_usage:
+                problems.append(f"{n} {name} but usage says {n_usage} completion tokens")
+    return Completeness(
+        token_ids=n_ids, logprobs=n_lp, usage_completion_tokens=n_usage, ok=not problems, problems=problems
+    )

@@ -1,0 +1,281 @@
+"""`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs.
+
+    litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
+    litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
+    litellm-rllm sessions list [--store URL]
+    litellm-rllm slug encode JSON [--secret S]
+    litellm-rllm slug decode SLUG
+    litellm-rllm policy explain --config FILE MODEL [--provider P] [--deployment D] [--output-cost C]
+    litellm-rllm config check FILE
+
+The store URL defaults to RLLM_STORE_URL, else the proxy config's `callback_settings`
+(with `config check`), else sqlite:///rllm_traces.db in the current folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+
+def _store(url: Optional[str]) -> Any:
+    from . import store
+
+    return store.open(url)
+
+
+def cmd_traces_export(args: argparse.Namespace) -> int:
+    st = _store(args.store)
+    try:
+        out = sys.stdout
+        for trace in st.traces(session=args.session, since=args.since, limit=args.limit):
+            out.write(trace.model_dump_json())
+            out.write("\n")
+    finally:
+        st.close()
+    return 0
+
+
+def cmd_traces_list(args: argparse.Namespace) -> int:
+    st = _store(args.store)
+    try:
+        rows = st.traces(session=args.session, since=args.since, limit=args.limit)
+        print(f"{'seq':>4}  {'status':<10} {'session':<24} {'model':<20} {'toks':>6}  trace_id")
+        for t in rows:
+            toks = sum(len(c.token_ids or []) for c in t.choices)
+            print(f"{t.seq if t.seq is not None else '-':>4}  {t.status:<10} {str(t.session_id or '-')[:24]:<24} "
+                  f"{str(t.model or '-')[:20]:<20} {toks:>6}  {t.trace_id}")
+    finally:
+        st.close()
+    return 0
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    st = _store(args.store)
+    try:
+        for s in st.sessions():
+            print(json.dumps(s.model_dump(mode="json")))
+    finally:
+        st.close()
+    return 0
+
+
+def cmd_slug_encode(args: argparse.Namespace) -> int:
+    from .slug import encode
+
+    try:
+        meta = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        print(f"error: not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(meta, dict):
+        print("error: slug metadata must be a JSON object", file=sys.stderr)
+        return 2
+    print(encode(meta, secret=args.secret))
+    return 0
+
+
+def cmd_slug_decode(args: argparse.Namespace) -> int:
+    from .slug import SlugError, decode
+
+    try:
+        meta = decode(args.slug, secrets=[args.secret] if args.secret else ())
+    except SlugError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(meta.as_dict(), sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def _proxy_config(path: str) -> tuple[dict[str, Any], Path]:
+    p = Path(path)
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"error: cannot read {p}: {exc}")
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"error: {p}: the top level must be a mapping")
+    return cfg, p
+
+
+def _settings_from(cfg: dict[str, Any], path: Path) -> Any:
+    from .settings import SETTINGS_KEY, load_settings
+
+    raw = (cfg.get("callback_settings") or {}).get(SETTINGS_KEY) or {}
+    return load_settings(raw, config_file=str(path))
+
+
+def _policies_for(config: str) -> tuple[Any, str]:
+    """Policies from a proxy config (via its policies_file) or from a policies file itself."""
+    from .policy import load_policies
+
+    cfg, path = _proxy_config(config)
+    if "defaults" in cfg or "rules" in cfg:
+        return load_policies(path), str(path)
+    settings = _settings_from(cfg, path)
+    ppath = settings.policies_path()
+    if ppath is None:
+        from .policy import Policies
+
+        return Policies(), "(built-in defaults)"
+    return load_policies(ppath), str(ppath)
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from .policy import INJECTABLE, PolicyError, Target, decide
+
+    try:
+        policies, source = _policies_for(args.config)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    provider = args.provider
+    deployment = args.deployment
+    supported, price = frozenset(), args.output_cost
+    group_entry = _model_group_entry(args.config, args.model)
+    if group_entry and not deployment:
+        deployment = group_entry.get("model")
+    if deployment and not provider and "/" in deployment:
+        provider = deployment.split("/", 1)[0]
+    try:
+        from .callbacks.sampling_policy import _provider_facts
+
+        if deployment:
+            provider, supported, price0 = _provider_facts(deployment, provider, None)
+            price = price if price is not None else price0
+    except Exception:
+        supported = frozenset({"logprobs", "top_logprobs"}) if provider in ("openai", "hosted_vllm") else frozenset()
+    target = Target(
+        model_group=args.model,
+        provider=provider,
+        deployment_model=deployment,
+        output_cost_per_mtok=price,
+        supported_params=supported,
+        vllm_family=provider in ("hosted_vllm", "vllm"),
+    )
+    decision = decide(policies, target, call_id=args.call_id)
+    rule_name, rule = policies.find(target)
+    print(json.dumps({
+        "policies": source,
+        "target": {"model": args.model, "provider": provider, "deployment": deployment,
+                   "output_cost_per_mtok": price},
+        "rule": rule_name,
+        "rule_body": rule.model_dump(exclude_none=True) if rule else None,
+        "effective": policies.effective(rule).model_dump(),
+        "inject": {k: decision.params[k] for k in INJECTABLE if k in decision.params},
+        "skipped": decision.skipped,
+        "sampled": decision.sampled,
+        "strip_from_response": decision.strip,
+    }, indent=2))
+    return 0
+
+
+def _model_group_entry(config: str, model: str) -> Optional[dict[str, Any]]:
+    try:
+        cfg, _ = _proxy_config(config)
+    except SystemExit:
+        return None
+    for entry in cfg.get("model_list") or []:
+        if isinstance(entry, dict) and entry.get("model_name") == model:
+            params = entry.get("litellm_params") or {}
+            return params if isinstance(params, dict) else None
+    return None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .policy import PolicyError, load_policies
+    from .settings import SettingsError
+
+    cfg, path = _proxy_config(args.file)
+    problems: list[str] = []
+    entries = ((cfg.get("litellm_settings") or {}).get("callbacks")) or []
+    if isinstance(entries, str):
+        problems.append(f"{path}: litellm_settings.callbacks is a string; use a list (a string replaces the list)")
+        entries = [entries]
+    ours = [e for e in entries if isinstance(e, str) and e.startswith("litellm_rllm.")]
+    known = {"litellm_rllm.callbacks.metadata", "litellm_rllm.callbacks.sampling", "litellm_rllm.callbacks.tracer"}
+    for e in ours:
+        if e not in known:
+            problems.append(f"{path}: litellm_settings.callbacks: unknown entry {e!r}; expected one of {sorted(known)}")
+    try:
+        settings = _settings_from(cfg, path)
+    except SettingsError as exc:
+        problems.append(str(exc))
+        settings = None
+    if settings is not None and settings.policies_path() is not None:
+        try:
+            load_policies(settings.policies_path())
+        except PolicyError as exc:
+            problems.append(str(exc))
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 1
+    print(f"ok: {path} ({len(ours)} litellm_rllm callbacks"
+          + (f", store {settings.store}" if settings else "")
+          + (f", policies {settings.policies_path()}" if settings and settings.policies_path() else "") + ")")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="litellm-rllm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    def store_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", help="store URL (default: $RLLM_STORE_URL or sqlite:///rllm_traces.db)")
+        p.add_argument("--session", help="session id or any session uid (nested sessions included)")
+        p.add_argument("--since", help="only traces created at or after this ISO 8601 time")
+        p.add_argument("--limit", type=int)
+
+    traces = sub.add_parser("traces", help="read traces").add_subparsers(dest="verb", required=True)
+    p = traces.add_parser("export", help="JSON lines, in seq order")
+    store_args(p)
+    p.set_defaults(func=cmd_traces_export)
+    p = traces.add_parser("list", help="one line per trace")
+    store_args(p)
+    p.set_defaults(func=cmd_traces_list)
+
+    sessions = sub.add_parser("sessions", help="list sessions").add_subparsers(dest="verb", required=True)
+    p = sessions.add_parser("list")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_sessions_list)
+
+    slug = sub.add_parser("slug", help="encode / decode rllm1: slugs").add_subparsers(dest="verb", required=True)
+    p = slug.add_parser("encode")
+    p.add_argument("json")
+    p.add_argument("--secret", help="sign with this HMAC secret")
+    p.set_defaults(func=cmd_slug_encode)
+    p = slug.add_parser("decode")
+    p.add_argument("slug")
+    p.add_argument("--secret", help="verify the signature with this secret")
+    p.set_defaults(func=cmd_slug_decode)
+
+    policy = sub.add_parser("policy", help="explain policy decisions").add_subparsers(dest="verb", required=True)
+    p = policy.add_parser("explain")
+    p.add_argument("--config", required=True, help="proxy config (rllm.yaml) or a policies file")
+    p.add_argument("model", help="model group the client asks for")
+    p.add_argument("--provider")
+    p.add_argument("--deployment", help="deployment model, e.g. hosted_vllm/Qwen/Qwen3-8B")
+    p.add_argument("--output-cost", type=float, help="USD per million output tokens")
+    p.add_argument("--call-id", default="explain", help="call id for sample_rate decisions")
+    p.set_defaults(func=cmd_policy_explain)
+
+    config = sub.add_parser("config", help="validate a proxy config").add_subparsers(dest="verb", required=True)
+    p = config.add_parser("check")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

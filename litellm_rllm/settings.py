@@ -1,0 +1,136 @@
+"""Plugin settings: `callback_settings.litellm_rllm` in the proxy YAML, validated by pydantic.
+
+LiteLLM copies the YAML's top-level `callback_settings:` block to `litellm.callback_settings`
+before it imports the `callbacks:` entries, so the settings can be read when our callbacks
+module is imported. Environment variables win over the file (`RLLM_STORE_URL`, ...), so one
+config can serve several deployments. A bad value stops the start with a `SettingsError` that
+names the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SETTINGS_KEY = "litellm_rllm"
+DEFAULT_STORE_URL = "sqlite:///rllm_traces.db"
+
+# env var -> settings field. Env wins over the YAML.
+ENV_OVERRIDES: dict[str, str] = {
+    "RLLM_STORE_URL": "store",
+    "RLLM_POLICIES_FILE": "policies_file",
+    "RLLM_SLUG_SECRET": "slug_secret",
+    "RLLM_REQUIRE_SIGNED_SLUGS": "require_signed_slugs",
+}
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message names the key and the file it came from."""
+
+
+class Settings(BaseModel):
+    """Every key of `callback_settings.litellm_rllm` (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = DEFAULT_STORE_URL
+    policies_file: Optional[str] = None
+    slug_header: str = "x-rllm-slug"
+    slug_max_bytes: int = Field(8192, ge=64, le=1 << 20)
+    slug_max_depth: int = Field(8, ge=1, le=64)
+    slug_max_keys: int = Field(256, ge=1, le=100_000)
+    slug_secret: Optional[str] = None
+    slug_secrets_previous: list[str] = Field(default_factory=list)
+    require_signed_slugs: bool = False
+    writer_batch_size: int = Field(256, ge=1, le=100_000)
+    writer_max_queue: int = Field(100_000, ge=1)
+    policies_reload_interval_s: float = Field(1.0, gt=0, le=3600)
+
+    # Where the settings came from, for error messages and relative paths. Not a YAML key.
+    config_file: Optional[str] = Field(None, exclude=True)
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                f"store URL {value!r} has scheme {scheme!r}; expected sqlite:///PATH or postgresql://..."
+            )
+        return value
+
+    @field_validator("slug_header")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        return value.lower()
+
+    def slug_secrets(self) -> list[str]:
+        """Secrets accepted for signed slugs, newest first (rotation keeps the old one valid)."""
+        return [s for s in [self.slug_secret, *self.slug_secrets_previous] if s]
+
+    def config_dir(self) -> Path:
+        return Path(self.config_file).resolve().parent if self.config_file else Path.cwd()
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the YAML, relative to the proxy config's folder."""
+        p = Path(os.path.expandvars(os.path.expanduser(path)))
+        return p if p.is_absolute() else self.config_dir() / p
+
+    def policies_path(self) -> Optional[Path]:
+        return self.resolve_path(self.policies_file) if self.policies_file else None
+
+
+def proxy_config_file() -> Optional[str]:
+    """The proxy's YAML path: `litellm --config` sets CONFIG_FILE_PATH or the proxy global."""
+    path = os.environ.get("CONFIG_FILE_PATH")
+    if path:
+        return path
+    try:
+        from litellm.proxy import proxy_server  # local: settings must import without the proxy
+
+        return getattr(proxy_server, "user_config_file_path", None)
+    except Exception:
+        return None
+
+
+def load_settings(
+    raw: Optional[Mapping[str, Any]] = None,
+    *,
+    config_file: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+) -> Settings:
+    """Validate settings from `raw` (default: `litellm.callback_settings`) plus env overrides."""
+    if config_file is None:
+        config_file = proxy_config_file()
+    if raw is None:
+        raw = _from_litellm()
+    env = os.environ if env is None else env
+    where = config_file or "<no config file>"
+    if not isinstance(raw, Mapping):
+        raise SettingsError(
+            f"callback_settings.{SETTINGS_KEY} in {where} must be a mapping, got {type(raw).__name__}"
+        )
+    values: dict[str, Any] = dict(raw)
+    for var, key in ENV_OVERRIDES.items():
+        if env.get(var):
+            values[key] = env[var]
+    try:
+        return Settings(**values, config_file=config_file)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"callback_settings.{SETTINGS_KEY}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings in {where}: {problems}") from None
+
+
+def _from_litellm() -> Mapping[str, Any]:
+    try:
+        import litellm
+    except Exception:
+        return {}
+    block = getattr(litellm, "callback_settings", None) or {}
+    return block.get(SETTINGS_KEY) or {}

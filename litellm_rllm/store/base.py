@@ -1,0 +1,132 @@
+"""The storage contract every backend (SQLite, PostgreSQL) implements.
+
+Guarantees a backend must give (SPEC "Read-back"):
+
+* exactly once: ``trace_id`` is unique; writing an existing id changes nothing and uses no seq;
+* ``seq`` per session key (``Trace.session_key()``) is 0, 1, 2, ... in write order, assigned in
+  the write transaction, so it is gap-free and monotonic with several writers;
+* ``traces(session=S)`` matches ``session_id == S`` or ``S in session_uids`` (so an outer uid
+  also returns its nested sessions' traces), in global write order.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime, timezone
+from typing import Iterator, Optional, Sequence, Union
+
+from pydantic import BaseModel, Field
+
+from litellm_rllm.trace import Trace
+
+Since = Union[datetime, str, None]
+
+
+class SessionSummary(BaseModel):
+    """One session key's traces at a glance (CLI ``sessions list``)."""
+
+    session_id: str
+    traces: int
+    first_seq: int
+    last_seq: int
+    first_at: datetime
+    last_at: datetime
+    statuses: dict[str, int] = Field(default_factory=dict)
+
+
+class WriteResult(list[Trace]):
+    """What ``write`` returns: the traces as stored, in input order (a plain list to callers).
+
+    ``duplicates`` are the trace ids that were already stored (or repeated within the call);
+    the writer uses it for its stats without a second query.
+    """
+
+    def __init__(self, traces: Sequence[Trace] = (), duplicates: Sequence[str] = ()) -> None:
+        super().__init__(traces)
+        self.duplicates: list[str] = list(duplicates)
+
+    @property
+    def inserted(self) -> int:
+        return len(self) - len(self.duplicates)
+
+
+def parse_since(since: Since) -> Optional[datetime]:
+    """ISO 8601 string or datetime -> aware UTC datetime; naive means UTC."""
+    if since is None:
+        return None
+    if isinstance(since, str):
+        text = since.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"  # Python 3.10's fromisoformat has no 'Z'
+        try:
+            since = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"since: not an ISO 8601 date/time: {since!r}") from exc
+    if since.tzinfo is None:
+        return since.replace(tzinfo=timezone.utc)
+    return since.astimezone(timezone.utc)
+
+
+class TraceStore(abc.ABC):
+    """A durable, ordered trace store. Implementations must be safe to share between threads."""
+
+    @abc.abstractmethod
+    def write(self, traces: Sequence[Trace]) -> WriteResult:
+        """Store ``traces`` in one transaction; assign ``seq`` in list order; skip known ids.
+
+        Returns the traces as stored, in input order: a new trace is the given object with
+        ``seq`` set (in place, after the commit: copying 1,000-element traces would cost more
+        than storing them); a duplicate is the stored trace. Raises ``TraceEncodeError``
+        (nothing written) when some traces cannot be encoded.
+        """
+
+    @abc.abstractmethod
+    def iter_traces(
+        self,
+        session: Optional[str] = None,
+        since: Since = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[Trace]:
+        """Like ``traces`` but streamed page by page, for exports larger than memory."""
+
+    def traces(
+        self,
+        session: Optional[str] = None,
+        since: Since = None,
+        limit: Optional[int] = None,
+    ) -> list[Trace]:
+        """Traces in global write order (= ``seq`` order within a session).
+
+        ``session`` matches the session id or any of the session uids; ``""`` selects the
+        traces without a session. ``since`` keeps ``created_at >= since``.
+        """
+        return list(self.iter_traces(session=session, since=since, limit=limit))
+
+    @abc.abstractmethod
+    def get(self, trace_id: str) -> Optional[Trace]:
+        """The stored trace, or None."""
+
+    @abc.abstractmethod
+    def sessions(self) -> list[SessionSummary]:
+        """One summary per session key, in order of each session's first write."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of stored traces."""
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """A bare store is durable once ``write`` returns; the writer gives the real barrier."""
+        return True
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> "TraceStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["SessionSummary", "Since", "TraceStore", "WriteResult", "parse_since"]

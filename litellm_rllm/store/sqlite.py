@@ -1,0 +1,417 @@
+"""SQLite backend: one file, WAL, several processes may write it at once.
+
+Why it is shaped this way:
+
+* ``BEGIN IMMEDIATE`` takes the write lock before ``seq`` is read, so two processes writing the
+  same session serialise and ``seq`` stays gap-free; ``busy_timeout`` makes them wait, not fail.
+* ``journal_mode=WAL`` + ``synchronous=NORMAL``: a commit survives a crash of the process (the
+  WAL is in the OS page cache) but the last commits may be lost on power loss / kernel panic;
+  the fsync happens at checkpoints. That is the right trade for training data.
+* Row ids are assigned explicitly under the write lock (MAX(id)+1...), so ``trace_uids`` can
+  point at integer row ids and a session read walks one index in write order.
+
+Layout (schema version 1)::
+
+    traces(id INTEGER PRIMARY KEY,            -- global write order
+           trace_id TEXT UNIQUE, session_key TEXT, seq INTEGER,   -- UNIQUE(session_key, seq)
+           created_us INTEGER, status TEXT, model TEXT,            -- indexed
+           doc TEXT, arrays BLOB, detail BLOB)                     -- see codec.py
+    trace_uids(uid TEXT, trace_row INTEGER, PRIMARY KEY(uid, trace_row)) WITHOUT ROWID
+    schema_version(version INTEGER)
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import Any, Iterator, Optional, Sequence
+
+from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, parse_since
+from litellm_rllm.store.codec import (
+    EncodedTrace,
+    TraceEncodeError,
+    decode,
+    encode,
+    from_utc_micros,
+    to_utc_micros,
+)
+from litellm_rllm.trace import Trace
+
+SCHEMA_VERSION = 1
+PAGE_SIZE = 8192  # fewer overflow pages for ~10 KB rows; only applies to a new file
+_IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
+_READ_PAGE = 256
+
+_V1 = (
+    """CREATE TABLE IF NOT EXISTS traces (
+        id INTEGER PRIMARY KEY,
+        trace_id TEXT NOT NULL UNIQUE,
+        session_key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created_us INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        model TEXT,
+        doc TEXT NOT NULL,
+        arrays BLOB,
+        detail BLOB
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS traces_session_seq ON traces(session_key, seq)",
+    "CREATE INDEX IF NOT EXISTS traces_created ON traces(created_us)",
+    "CREATE INDEX IF NOT EXISTS traces_status ON traces(status)",
+    "CREATE INDEX IF NOT EXISTS traces_model ON traces(model)",
+    """CREATE TABLE IF NOT EXISTS trace_uids (
+        uid TEXT NOT NULL,
+        trace_row INTEGER NOT NULL,
+        PRIMARY KEY (uid, trace_row)
+    ) WITHOUT ROWID""",
+)
+
+# version -> statements that bring a store from version-1 to version. Each step must be
+# idempotent (IF NOT EXISTS, ...) so re-running a half-known state is harmless.
+MIGRATIONS: dict[int, Sequence[str]] = {1: _V1}
+
+_COLS = "t.id, t.seq, t.doc, t.arrays, t.detail"
+_INSERT_TRACE = (
+    "INSERT INTO traces (id, trace_id, session_key, seq, created_us, status, model, doc, arrays,"
+    " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_UID = "INSERT OR IGNORE INTO trace_uids (uid, trace_row) VALUES (?, ?)"
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; safe to call on every open, from any process.
+
+    Returns the version found before migrating (0 for a new file).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        found = int(row[0]) if row and row[0] is not None else 0
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"trace store schema version {found} is newer than this litellm-rllm "
+                f"supports ({SCHEMA_VERSION}); upgrade litellm-rllm"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        if found < SCHEMA_VERSION:
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db`` (cwd-relative), ``sqlite:////abs.db`` -> ``/abs.db``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(
+            f"bad SQLite store URL {url!r}: use sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db or sqlite:///:memory:"
+        )
+    path = url[len(prefix) :].split("?", 1)[0]
+    return path if path == ":memory:" else os.path.expanduser(path)
+
+
+class SqliteStore(TraceStore):
+    """One connection guarded by a lock: safe to share between the writer thread and readers."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+        self._lock = threading.RLock()
+        self._closed = False
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @classmethod
+    def from_url(cls, url: str) -> "SqliteStore":
+        return cls(path_from_url(url))
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"
+
+    # ------------------------------------------------------------------------- write
+
+    def write(self, traces: Sequence[Trace]) -> WriteResult:
+        """See ``TraceStore.write``. Sets ``seq`` on the given new Trace objects in place."""
+        encoded: list[EncodedTrace] = []
+        errors: dict[str, BaseException] = {}
+        for trace in traces:
+            try:
+                encoded.append(encode(trace))
+            except Exception as exc:  # noqa: BLE001 - reported per trace, nothing written
+                errors[getattr(trace, "trace_id", repr(trace)[:80])] = exc
+        if errors:
+            raise TraceEncodeError(errors)
+
+        first: dict[str, int] = {}  # trace_id -> index of its first occurrence in this call
+        for k, enc in enumerate(encoded):
+            first.setdefault(enc.trace_id, k)
+        seqs: dict[int, int] = {}  # input index -> assigned seq
+        stored: dict[str, Trace] = {}
+        if encoded:
+            with self._lock, self._transaction() as conn:
+                existing = _existing_ids(conn, list(first))
+                fresh = [k for tid, k in first.items() if tid not in existing]
+                if fresh:
+                    self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
+                if existing:
+                    stored = _fetch_by_ids(conn, list(existing))
+
+        out: list[Trace] = []
+        duplicates: list[str] = []
+        for k, trace in enumerate(traces):
+            if k in seqs:
+                trace.seq = seqs[k]  # only after COMMIT: a rolled-back write changes nothing
+                out.append(trace)
+            else:
+                duplicates.append(trace.trace_id)
+                out.append(stored.get(trace.trace_id) or traces[first[trace.trace_id]])
+        return WriteResult(out, duplicates)
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        fresh: list[EncodedTrace],
+        positions: list[int],
+        seqs: dict[int, int],
+    ) -> None:
+        """Insert new traces (we hold the write lock): row ids and seqs continue the maxima."""
+        row_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM traces").fetchone()[0]
+        next_seq = _next_seqs(conn, list({enc.session_key: None for enc in fresh}))
+        rows: list[tuple[Any, ...]] = []
+        uid_rows: list[tuple[str, int]] = []
+        for k, enc in zip(positions, fresh):
+            seq = next_seq[enc.session_key]
+            next_seq[enc.session_key] = seq + 1
+            row_id += 1
+            seqs[k] = seq
+            rows.append(
+                (row_id, enc.trace_id, enc.session_key, seq, enc.created_us, enc.status,
+                 enc.model, enc.doc, enc.arrays, enc.detail)
+            )
+            uid_rows.extend((uid, row_id) for uid in enc.uids)
+        conn.executemany(_INSERT_TRACE, rows)
+        if uid_rows:
+            conn.executemany(_INSERT_UID, uid_rows)
+
+    def _transaction(self) -> "_Transaction":
+        self._check_open()
+        return _Transaction(self._conn)
+
+    # ------------------------------------------------------------------------- read
+
+    def iter_traces(
+        self,
+        session: Optional[str] = None,
+        since: Since = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[Trace]:
+        since_dt = parse_since(since)
+        since_us = None if since_dt is None else to_utc_micros(since_dt)
+        if limit is not None and limit <= 0:
+            return
+        plan = self._read_plan(session, since_us)
+        if plan is None:
+            return
+        query, params, last_id = plan
+        remaining = limit
+        while True:
+            page = _READ_PAGE if remaining is None else min(_READ_PAGE, remaining)
+            with self._lock:
+                self._check_open()
+                rows = self._conn.execute(query, (*params, last_id, page)).fetchall()
+            for row in rows:
+                yield _decode_row(row)
+            if remaining is not None:
+                remaining -= len(rows)
+                if remaining <= 0:
+                    return
+            if len(rows) < page:
+                return
+            last_id = rows[-1][0]
+
+    def _read_plan(
+        self, session: Optional[str], since_us: Optional[int]
+    ) -> Optional[tuple[str, tuple[Any, ...], int]]:
+        """A keyset-paginated query (its last two parameters are ``id > ?`` and ``LIMIT ?``),
+        its leading parameters, and the row id to start after; None when nothing can match."""
+        # The unary + keeps SQLite walking the write-order index instead of created_us.
+        time_sql = "" if since_us is None else " AND +t.created_us >= ?"
+        time_params: tuple[Any, ...] = () if since_us is None else (since_us,)
+        if session:
+            query = (
+                f"SELECT {_COLS} FROM trace_uids u JOIN traces t ON t.id = u.trace_row"
+                f" WHERE u.uid = ?{time_sql} AND u.trace_row > ? ORDER BY u.trace_row LIMIT ?"
+            )
+            return query, (session, *time_params), 0
+        if session == "":
+            query = (
+                f"SELECT {_COLS} FROM traces t WHERE t.session_key = ''{time_sql}"
+                " AND t.id > ? ORDER BY t.id LIMIT ?"
+            )
+            return query, time_params, 0
+        start = 0
+        if since_us is not None:
+            # created_at is only roughly monotonic in write order: start the walk at the
+            # first matching row (found on the created_us index), then filter row by row.
+            with self._lock:
+                self._check_open()
+                first = self._conn.execute(
+                    "SELECT MIN(id) FROM traces WHERE created_us >= ?", (since_us,)
+                ).fetchone()[0]
+            if first is None:
+                return None
+            start = first - 1
+        query = f"SELECT {_COLS} FROM traces t WHERE 1{time_sql} AND t.id > ? ORDER BY t.id LIMIT ?"
+        return query, time_params, start
+
+    def get(self, trace_id: str) -> Optional[Trace]:
+        with self._lock:
+            self._check_open()
+            row = self._conn.execute(
+                f"SELECT {_COLS} FROM traces t WHERE t.trace_id = ?", (trace_id,)
+            ).fetchone()
+        return None if row is None else _decode_row(row)
+
+    def sessions(self) -> list[SessionSummary]:
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT session_key, status, COUNT(*), MIN(seq), MAX(seq), MIN(created_us),"
+                " MAX(created_us), MIN(id) FROM traces GROUP BY session_key, status"
+            ).fetchall()
+        acc: dict[str, list[Any]] = {}
+        for key, status, n, lo_seq, hi_seq, lo_us, hi_us, first_id in rows:
+            cur = acc.get(key)
+            if cur is None:
+                acc[key] = [n, lo_seq, hi_seq, lo_us, hi_us, first_id, {status: n}]
+                continue
+            cur[0] += n
+            cur[1], cur[2] = min(cur[1], lo_seq), max(cur[2], hi_seq)
+            cur[3], cur[4] = min(cur[3], lo_us), max(cur[4], hi_us)
+            cur[5] = min(cur[5], first_id)
+            cur[6][status] = n
+        ordered = sorted(acc.items(), key=lambda item: item[1][5])
+        return [
+            SessionSummary(
+                session_id=key,
+                traces=v[0],
+                first_seq=v[1],
+                last_seq=v[2],
+                first_at=from_utc_micros(v[3]),
+                last_at=from_utc_micros(v[4]),
+                statuses=v[6],
+            )
+            for key, v in ordered
+        ]
+
+    def count(self) -> int:
+        with self._lock:
+            self._check_open()
+            return int(self._conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0])
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the main file (benchmarks, backups); optional."""
+        with self._lock:
+            self._check_open()
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` / ``ROLLBACK`` (the sqlite3 module's own implicit
+    transactions are off: ``isolation_level=None``)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Optional[type], *rest: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+def _chunks(values: list[str]) -> Iterator[tuple[list[str], str]]:
+    """``values`` in chunks with their ``?,?,...`` placeholder lists, for ``IN (...)``."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
+
+
+def _existing_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk, marks in _chunks(ids):
+        query = f"SELECT trace_id FROM traces WHERE trace_id IN ({marks})"
+        found.update(row[0] for row in conn.execute(query, chunk))
+    return found
+
+
+def _next_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
+    """Next seq per session key (0 for a new session), read on the (session_key, seq) index."""
+    out = dict.fromkeys(keys, 0)
+    for chunk, marks in _chunks(keys):
+        query = (
+            f"SELECT session_key, MAX(seq) FROM traces WHERE session_key IN ({marks})"
+            " GROUP BY session_key"
+        )
+        for key, top in conn.execute(query, chunk):
+            out[key] = int(top) + 1
+    return out
+
+
+def _fetch_by_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Trace]:
+    out: dict[str, Trace] = {}
+    for chunk, marks in _chunks(ids):
+        for row in conn.execute(f"SELECT {_COLS} FROM traces t WHERE t.trace_id IN ({marks})", chunk):
+            trace = _decode_row(row)
+            out[trace.trace_id] = trace
+    return out
+
+
+def _decode_row(row: Sequence[Any]) -> Trace:
+    _id, seq, doc, arrays, detail = row
+    return decode(doc, arrays, detail, seq)
+
+
+def open_sqlite(url: str) -> SqliteStore:
+    return SqliteStore.from_url(url)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "migrate", "open_sqlite", "path_from_url"]

@@ -1,0 +1,257 @@
+"""Stream chunks -> one trace's worth of data, in packed arrays.
+
+`StreamAccumulator.add(chunk)` runs once per chunk on the event loop, so it only appends:
+text pieces to lists, token ids to `array('i')`, logprobs to `array('f')`, top alternatives to
+flat arrays. No JSON, no I/O, no per-chunk objects kept. `choices()` (writer thread) turns the
+arrays into `TraceChoice`s. Chunks may be LiteLLM `ModelResponseStream` objects or plain dicts
+(vLLM's SSE JSON), chat or text completions; `n > 1` choices are kept apart by index.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from typing import Any, Optional
+
+from .capture import check_completeness
+from .trace import TopLogprob, TraceChoice
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    value = getattr(obj, key, None)
+    if value is None:
+        extra = getattr(obj, "__pydantic_extra__", None)
+        if extra:
+            value = extra.get(key)
+    return value
+
+
+def _psf(obj: Any, key: str) -> Any:
+    value = _get(obj, key)
+    if value is None:
+        value = _get(_get(obj, "provider_specific_fields"), key)
+    return value
+
+
+class _ChoiceAcc:
+    __slots__ = (
+        "index", "role", "content", "reasoning", "text", "tool_calls", "finish_reason", "stop_reason",
+        "token_ids", "prompt_token_ids", "logprobs", "tokens", "top_tokens", "top_lps", "top_counts",
+        "has_ids", "has_lps", "has_tops",
+    )
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.role: Optional[str] = None
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.text: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: Optional[str] = None
+        self.stop_reason: Any = None
+        self.token_ids = array("i")
+        self.prompt_token_ids: Optional[list[int]] = None
+        self.logprobs = array("f")
+        self.tokens: list[str] = []
+        self.top_tokens: list[str] = []
+        self.top_lps = array("f")
+        self.top_counts = array("H")
+        self.has_ids = False
+        self.has_lps = False
+        self.has_tops = False
+
+
+class StreamAccumulator:
+    """Everything a trace needs from a stream, kept small."""
+
+    def __init__(self, started: Optional[float] = None) -> None:
+        self.started = started if started is not None else time.perf_counter()
+        self.first_token_at: Optional[float] = None
+        self.last_chunk_at: Optional[float] = None
+        self.chunks = 0
+        self.usage: Any = None
+        self.prompt_token_ids: Optional[list[int]] = None
+        self.model: Optional[str] = None
+        self.response_id: Optional[str] = None
+        self._choices: dict[int, _ChoiceAcc] = {}
+        self.is_text = False
+
+    def _choice(self, index: int) -> _ChoiceAcc:
+        acc = self._choices.get(index)
+        if acc is None:
+            acc = self._choices[index] = _ChoiceAcc(index)
+        return acc
+
+    def add(self, chunk: Any) -> None:
+        now = time.perf_counter()
+        self.chunks += 1
+        self.last_chunk_at = now
+        if self.response_id is None:
+            self.response_id = _get(chunk, "id")
+            self.model = _get(chunk, "model")
+        usage = _get(chunk, "usage")
+        if usage is not None:
+            self.usage = usage
+        prompt_ids = _psf(chunk, "prompt_token_ids")
+        if prompt_ids is not None and self.prompt_token_ids is None:
+            self.prompt_token_ids = list(prompt_ids)
+        for ch in _get(chunk, "choices") or ():
+            index = _get(ch, "index") or 0
+            acc = self._choice(index)
+            got_token = False
+            delta = _get(ch, "delta")
+            if delta is not None:
+                role = _get(delta, "role")
+                if role:
+                    acc.role = role
+                piece = _get(delta, "content")
+                if piece:
+                    acc.content.append(piece)
+                    got_token = True
+                reasoning = _get(delta, "reasoning_content") or _get(delta, "reasoning")
+                if reasoning:
+                    acc.reasoning.append(reasoning)
+                    got_token = True
+                tool_calls = _get(delta, "tool_calls")
+                if tool_calls:
+                    self._merge_tools(acc, tool_calls)
+                    got_token = True
+            else:
+                piece = _get(ch, "text")
+                if piece is not None:
+                    self.is_text = True
+                    if piece:
+                        acc.text.append(piece)
+                        got_token = True
+            finish = _get(ch, "finish_reason")
+            if finish:
+                acc.finish_reason = finish
+            stop_reason = _psf(ch, "stop_reason")
+            if stop_reason is not None:
+                acc.stop_reason = stop_reason
+            ids = _psf(ch, "token_ids")
+            if ids:
+                acc.token_ids.extend(ids)
+                acc.has_ids = True
+                got_token = True
+            elif ids is not None:
+                acc.has_ids = True
+            cp_ids = _psf(ch, "prompt_token_ids")
+            if cp_ids is not None and acc.prompt_token_ids is None:
+                acc.prompt_token_ids = list(cp_ids)
+            self._add_logprobs(acc, _get(ch, "logprobs"))
+            if got_token and self.first_token_at is None:
+                self.first_token_at = now
+
+    @staticmethod
+    def _merge_tools(acc: _ChoiceAcc, tool_calls: Any) -> None:
+        for pos, tc in enumerate(tool_calls):
+            idx = _get(tc, "index")
+            idx = pos if idx is None else idx
+            slot = acc.tool_calls.get(idx)
+            if slot is None:
+                slot = acc.tool_calls[idx] = {"id": None, "type": "function", "name": None, "arguments": []}
+            if _get(tc, "id"):
+                slot["id"] = _get(tc, "id")
+            if _get(tc, "type"):
+                slot["type"] = _get(tc, "type")
+            fn = _get(tc, "function")
+            if fn is not None:
+                if _get(fn, "name"):
+                    slot["name"] = _get(fn, "name")
+                args = _get(fn, "arguments")
+                if args:
+                    slot["arguments"].append(args)
+
+    @staticmethod
+    def _add_logprobs(acc: _ChoiceAcc, logprobs: Any) -> None:
+        if logprobs is None:
+            return
+        content = _get(logprobs, "content")
+        if content is not None:  # chat format
+            acc.has_lps = True
+            for item in content:
+                acc.logprobs.append(_get(item, "logprob"))
+                acc.tokens.append(_get(item, "token"))
+                alts = _get(item, "top_logprobs") or ()
+                acc.top_counts.append(len(alts))
+                if alts:
+                    acc.has_tops = True
+                    for alt in alts:
+                        acc.top_tokens.append(_get(alt, "token"))
+                        acc.top_lps.append(_get(alt, "logprob"))
+            return
+        values = _get(logprobs, "token_logprobs")
+        if values is not None:  # completions format
+            acc.has_lps = True
+            acc.logprobs.extend(float("nan") if v is None else v for v in values)
+            acc.tokens.extend(_get(logprobs, "tokens") or ())
+            for alt in _get(logprobs, "top_logprobs") or ():
+                alt = alt or {}
+                acc.top_counts.append(len(alt))
+                if alt:
+                    acc.has_tops = True
+                    for tok, lp in alt.items():
+                        acc.top_tokens.append(tok)
+                        acc.top_lps.append(lp)
+
+    # ---- writer thread ------------------------------------------------------------------
+
+    def ttft_ms(self) -> Optional[float]:
+        return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000.0
+
+    def usage_dict(self) -> Optional[dict[str, Any]]:
+        from .capture import plain
+
+        return plain(self.usage) if self.usage is not None else None
+
+    def choices(self) -> list[TraceChoice]:
+        usage = self.usage_dict()
+        out: list[TraceChoice] = []
+        for index in sorted(self._choices):
+            acc = self._choices[index]
+            tops = None
+            if acc.has_tops:
+                tops, pos = [], 0
+                for count in acc.top_counts:
+                    tops.append(
+                        [TopLogprob(token=acc.top_tokens[pos + j], logprob=acc.top_lps[pos + j]) for j in range(count)]
+                    )
+                    pos += count
+            message = None
+            text = None
+            if self.is_text:
+                text = "".join(acc.text)
+            else:
+                message = {"role": acc.role or "assistant", "content": "".join(acc.content) if acc.content else None}
+                if acc.reasoning:
+                    message["reasoning_content"] = "".join(acc.reasoning)
+                if acc.tool_calls:
+                    message["tool_calls"] = [
+                        {
+                            "id": slot["id"],
+                            "type": slot["type"],
+                            "function": {"name": slot["name"], "arguments": "".join(slot["arguments"])},
+                        }
+                        for _, slot in sorted(acc.tool_calls.items())
+                    ]
+                message = {k: v for k, v in message.items() if v is not None}
+            choice = TraceChoice(
+                index=index,
+                message=message,
+                text=text,
+                finish_reason=acc.finish_reason,
+                stop_reason=acc.stop_reason,
+                token_ids=acc.token_ids.tolist() if acc.has_ids else None,
+                prompt_token_ids=acc.prompt_token_ids,
+                logprobs=acc.logprobs.tolist() if acc.has_lps else None,
+                tokens=list(acc.tokens) if acc.has_lps and any(t is not None for t in acc.tokens) else None,
+                top_logprobs=tops,
+            )
+            choice.completeness = check_completeness(choice, usage if len(self._choices) == 1 else None)
+            out.append(choice)
+        return out
