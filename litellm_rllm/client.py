@@ -172,8 +172,9 @@ def wrap(client: ClientT, *, secret: Optional[Secret] = None) -> ClientT:
     SDK sends every request of every endpoint (chat, completions, responses, embeddings,
     models, files, and each retry) through that client, and the hook runs inside the calling
     thread or asyncio task, so it reads the session of the code that made the call. A header,
-    not a URL rewrite, so it works whatever the base URL looks like. Works for ``openai.OpenAI``
-    and ``openai.AsyncOpenAI`` (and other SDKs built the same way, e.g. ``anthropic``).
+    not a URL rewrite, so it works whatever the base URL looks like. Tested with
+    ``openai.OpenAI`` and ``openai.AsyncOpenAI``; SDKs built the same way (``anthropic``) take
+    the same hook. Realtime websockets do not go through httpx and carry no slug.
 
     - An ``x-rllm-slug`` header set explicitly (``extra_headers``, ``default_headers``) wins.
     - Outside any session no header is added.

@@ -529,15 +529,16 @@ def test_servers_start_fast_and_stop_cleanly(start_upstream, http):
 
 
 def test_standalone_process_serves_until_terminated():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.upstreams.vllm", "--port", "0", "--tokens", "3"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("READY http://127.0.0.1:")
-        url = line.split()[1]
-        body = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}).json()
-        assert body["choices"][0]["message"]["content"] == "tok0 tok1 tok2"
-        assert httpx.get(url + "/_fake/requests").json()[0]["path"] == "/v1/chat/completions"
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    cmd = [sys.executable, "-m", "tests.upstreams.vllm", "--port", "0", "--tokens", "3"]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}) as proc:
+        try:
+            line = proc.stdout.readline().strip()
+            assert line.startswith("READY http://127.0.0.1:")
+            url = line.split()[1]
+            body = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}).json()
+            assert body["choices"][0]["message"]["content"] == "tok0 tok1 tok2"
+            assert httpx.get(url + "/_fake/requests").json()[0]["path"] == "/v1/chat/completions"
+        finally:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -1,7 +1,7 @@
 """Pieces shared by the fake upstreams: fake tokenizer, reply plan, triggers, request log.
 
 Everything here is deterministic so tests can compute the exact token ids and logprobs a fake
-server returns (see ``README``-style rules in ``tests/upstreams/__init__.py``).
+server returns; the rules are summed up in ``tests/upstreams/__init__.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""Shared fixtures. LiteLLM reads some settings at import, so the environment is set first."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.pop("RLLM_STORE_URL", None)
+
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator, Optional  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests import harness  # noqa: E402
+from tests.upstreams.fixtures import *  # noqa: E402,F401,F403
+
+
+class InProcessProxy:
+    """The real LiteLLM proxy app in this process, driven through Starlette's TestClient."""
+
+    def __init__(self, client: Any, store_url: str, config: Path) -> None:
+        self.client = client
+        self.store_url = store_url
+        self.config = config
+
+    def flush(self, timeout: float = 10.0) -> None:
+        from litellm_rllm.callbacks import runtime
+
+        assert runtime.writer().flush(timeout), "writer did not flush in time"
+
+    def traces(self, session: Optional[str] = None) -> list[Any]:
+        self.flush()
+        return harness.read_traces(self.store_url, session)
+
+    def openai(self, slug: Optional[str] = None, **kwargs: Any) -> Any:
+        """An official `openai` client whose HTTP goes through the in-process app."""
+        import openai
+
+        base = f"http://testserver/meta/{slug}/v1" if slug else "http://testserver/v1"
+        return openai.OpenAI(base_url=base, api_key=harness.MASTER_KEY, http_client=self.client,
+                             max_retries=0, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def upstream_urls(vllm_upstream_session: Any, openai_upstream_session: Any,
+                  anthropic_upstream_session: Any) -> dict[str, str]:
+    return {
+        "vllm": vllm_upstream_session.api_base,
+        "openai": openai_upstream_session.api_base,
+        "anthropic": anthropic_upstream_session.base_url,
+    }
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream_urls: dict[str, str]) -> Iterator[InProcessProxy]:
+    """One in-process proxy for the session (LiteLLM keeps global state; one config per
+    process). Tests isolate themselves by session id."""
+    folder = tmp_path_factory.mktemp("proxy")
+    store_url = f"sqlite:///{folder / 'traces.db'}"
+    config = harness.write_config(folder, upstreams=upstream_urls, store_url=store_url)
+    os.environ["CONFIG_FILE_PATH"] = str(config)
+    os.environ["LITELLM_MASTER_KEY"] = harness.MASTER_KEY
+    from fastapi.testclient import TestClient
+    from litellm.proxy.proxy_server import app
+
+    with TestClient(app) as client:
+        client.headers.update(harness.auth())
+        yield InProcessProxy(client, store_url, config)
