@@ -55,6 +55,13 @@ def model_list(vllm: str, openai: str, anthropic: str) -> list[dict[str, Any]]:
                                                       "api_key": "sk-fake-openai-key"}},
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5", "api_base": anthropic,
                                                      "api_key": "sk-ant-fake-key"}},
+        # The providers' real hosts: only ever reached through vcrpy cassettes (tests/test_cassettes.py);
+        # real keys are used only when re-recording (see cassettes/README.md).
+        {"model_name": "openai-recorded", "litellm_params": {
+            "model": "openai/gpt-4o-mini", "api_key": os.environ.get("OPENAI_API_KEY") or "sk-cassette-replay"}},
+        {"model_name": "anthropic-recorded", "litellm_params": {
+            "model": "anthropic/claude-3-5-haiku-20241022",
+            "api_key": os.environ.get("ANTHROPIC_API_KEY") or "sk-ant-cassette-replay"}},
     ]
 
 

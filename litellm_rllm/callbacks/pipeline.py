@@ -204,7 +204,8 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     state.stream_wrapped = True
     tracing = TRACER in calls.roles
     strip = state.strip if SAMPLING in calls.roles else ()
-    acc = StreamAccumulator(started=state.started) if tracing else None
+    # LiteLLM's chunks are accumulated only where the upstream bytes aren't tapped.
+    acc = StreamAccumulator(started=state.started) if tracing and state.tap is None else None
     status, error = "incomplete", None
     try:
         async for chunk in response:
@@ -231,6 +232,13 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
             try:
                 record = _record(state, data, status)
                 record.stream = True
+                tap = state.tap
+                if tap is not None:
+                    acc = tap.acc
+                    if tap.parser.error is not None and record.error is None:
+                        record.status = "error"
+                        error = error or {"type": "UpstreamStreamError",
+                                          "message": str(tap.parser.error.get("message", tap.parser.error))}
                 record.error = error
                 if acc is not None:
                     record.stream_result = acc

@@ -91,6 +91,7 @@ class CallState:
     injected: dict[str, Any] = field(default_factory=dict)  # the policy's record, for the trace
     strip: tuple[str, ...] = ()  # injected fields the client did not ask for: hide them from it
     stream_wrapped: bool = False
+    tap: Any = None  # upstream_tap.UpstreamTap: the stream as the upstream sent it
 
 
 class CallRegistry:

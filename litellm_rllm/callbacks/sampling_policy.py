@@ -47,6 +47,14 @@ def _provider_facts(model: str, provider: Optional[str], api_base: Optional[str]
     return resolved, supported, price
 
 
+def provider_of(kwargs: Mapping[str, Any]) -> str:
+    """LiteLLM's provider for the deployment in these kwargs (`hosted_vllm`, `openai`, ...)."""
+    provider = kwargs.get("custom_llm_provider")
+    api_base = kwargs.get("api_base")
+    return _provider_facts(str(kwargs.get("model") or ""), provider if isinstance(provider, str) else None,
+                           api_base if isinstance(api_base, str) else None)[0]
+
+
 def target_of(kwargs: Mapping[str, Any]) -> Target:
     """Describe the deployment LiteLLM's router picked for this call."""
     model = str(kwargs.get("model") or "")

@@ -10,9 +10,14 @@ from typing import Any, Optional
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import pipeline, runtime
+import logging
+
+from . import pipeline, runtime, upstream_tap
+from .sampling_policy import provider_of
 from .pipeline import TRACER, calls
 from .routes import install_slug_route
+
+log = logging.getLogger("litellm_rllm")
 
 
 class TraceCaptureCallback(CustomLogger):
@@ -30,8 +35,15 @@ class TraceCaptureCallback(CustomLogger):
 
     async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> Optional[dict]:
         state = calls.get(pipeline.call_id_of(kwargs))
-        if state is not None:
-            state.upstream = kwargs  # a reference: later hooks' edits are what went upstream
+        if state is None:
+            return None
+        state.upstream = kwargs  # a reference: later hooks' edits are what went upstream
+        if kwargs.get("stream") and runtime.settings().raw_stream_capture:
+            try:
+                upstream_tap.install(kwargs, provider_of(kwargs))
+            except Exception:  # fall back to LiteLLM's chunks; never fail the call
+                pipeline.counters["capture_errors"] += 1
+                log.exception("litellm-rllm: could not tap the upstream stream")
         return None
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:

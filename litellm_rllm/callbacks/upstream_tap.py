@@ -1,0 +1,171 @@
+"""See a stream's upstream bytes exactly as the server sent them.
+
+LiteLLM's chunk parsing loses what RL needs from vLLM streams (the role chunk's top-level
+`prompt_token_ids`, whole `"delta": {}` chunks with their token ids and logprobs, the finish
+chunk's EOS id; see shared/notes/litellm.md). So for streamed calls to OpenAI-format upstreams
+the deployment hook hands LiteLLM an HTTP client of ours, through LiteLLM's documented `client`
+parameter: its httpx transport is LiteLLM's own (`create_async_transport`) wrapped in a tee that
+parses the SSE body as it passes (`SSEParser` -> `StreamAccumulator`) and forwards every byte
+unchanged. A private header carries the call id from the hook to the transport and is removed
+before the request leaves the process. No LiteLLM code is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import OrderedDict
+from typing import Any, Optional
+
+import httpx
+
+from ..sse import SSEParser
+from ..stream import StreamAccumulator
+from .runtime import calls
+
+log = logging.getLogger("litellm_rllm")
+
+TAG_HEADER = "x-litellm-rllm-call"
+TAPPED_PROVIDERS = frozenset({"hosted_vllm", "openai"})
+
+
+class UpstreamTap:
+    """One attempt's upstream stream, parsed into packed arrays as it arrives."""
+
+    __slots__ = ("acc", "parser", "status_code", "finished", "error")
+
+    def __init__(self, started: float) -> None:
+        self.acc = StreamAccumulator(started=started)
+        self.parser = SSEParser(self.acc.add)
+        self.status_code: Optional[int] = None
+        self.finished = False  # the body ended normally
+        self.error: Optional[str] = None
+
+
+class _TeeStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any, tap: UpstreamTap) -> None:
+        self._inner = inner
+        self._tap = tap
+
+    async def __aiter__(self) -> Any:
+        tap = self._tap
+        try:
+            async for data in self._inner:
+                try:
+                    tap.parser.feed(data)
+                except Exception:  # capture must never break the stream
+                    log.exception("litellm-rllm: could not parse upstream stream bytes")
+                yield data
+        except BaseException as exc:
+            tap.error = f"{type(exc).__name__}: {exc}"
+            raise
+        tap.parser.close()
+        tap.finished = True
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _TeeTransport(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call_id = request.headers.get(TAG_HEADER)
+        if call_id is None:
+            return await self._inner.handle_async_request(request)
+        del request.headers[TAG_HEADER]
+        request.headers["accept-encoding"] = "identity"  # the tee parses plain SSE text
+        response = await self._inner.handle_async_request(request)
+        state = calls.get(call_id)
+        if state is not None:
+            tap = UpstreamTap(started=state.started)
+            tap.status_code = response.status_code
+            state.tap = tap  # a retried attempt replaces the failed one's
+            response.stream = _TeeStream(response.stream, tap)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _LoopClients:
+    """Clients bound to one event loop (httpx pools must not cross loops)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[Any, Any] = {}
+        self.openai: "OrderedDict[tuple[Any, ...], Any]" = OrderedDict()
+        self.httpx: dict[Any, httpx.AsyncClient] = {}
+
+
+_per_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients]" = weakref.WeakKeyDictionary()
+
+
+def _loop_clients() -> _LoopClients:
+    loop = asyncio.get_running_loop()
+    clients = _per_loop.get(loop)
+    if clients is None:
+        clients = _per_loop[loop] = _LoopClients()
+    return clients
+
+
+def _transport(ssl_verify: Any) -> httpx.AsyncBaseTransport:
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    inner = AsyncHTTPHandler.create_async_transport(ssl_verify=ssl_verify if isinstance(ssl_verify, bool) else None)
+    return _TeeTransport(inner or httpx.AsyncHTTPTransport(verify=ssl_verify if ssl_verify is not None else True))
+
+
+def _vllm_client(ssl_verify: Any) -> Any:
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    clients = _loop_clients()
+    key = ssl_verify if isinstance(ssl_verify, (bool, str)) else None
+    handler = clients.handlers.get(key)
+    if handler is None:
+        handler = clients.handlers[key] = AsyncHTTPHandler(transport=_transport(ssl_verify))
+    return handler
+
+
+def _openai_client(kwargs: dict[str, Any]) -> Any:
+    from openai import AsyncOpenAI
+
+    clients = _loop_clients()
+    ssl_verify = kwargs.get("ssl_verify")
+    key_ssl = ssl_verify if isinstance(ssl_verify, (bool, str)) else None
+    http = clients.httpx.get(key_ssl)
+    if http is None:
+        http = clients.httpx[key_ssl] = httpx.AsyncClient(transport=_transport(ssl_verify), timeout=None,
+                                                         follow_redirects=True)
+    api_base = kwargs.get("api_base") or None
+    api_key = kwargs.get("api_key") or None
+    organization = kwargs.get("organization") or None
+    cache_key = (api_base, hash(api_key), organization, key_ssl)
+    client = clients.openai.get(cache_key)
+    if client is None:
+        client = AsyncOpenAI(api_key=api_key or "none", base_url=api_base, organization=organization,
+                             http_client=http, max_retries=0)
+        clients.openai[cache_key] = client
+        if len(clients.openai) > 256:
+            clients.openai.popitem(last=False)
+    else:
+        clients.openai.move_to_end(cache_key)
+    return client
+
+
+def install(kwargs: dict[str, Any], provider: Optional[str]) -> bool:
+    """Route this streamed attempt through the tee; False where we don't (or can't) tap."""
+    if not kwargs.get("stream") or kwargs.get("client") is not None or provider not in TAPPED_PROVIDERS:
+        return False
+    call_id = kwargs.get("litellm_call_id")
+    if not call_id:
+        return False
+    if provider == "hosted_vllm":
+        kwargs["client"] = _vllm_client(kwargs.get("ssl_verify"))
+    else:
+        kwargs["client"] = _openai_client(kwargs)
+    headers = dict(kwargs.get("extra_headers") or {})
+    headers[TAG_HEADER] = str(call_id)
+    kwargs["extra_headers"] = headers
+    return True
