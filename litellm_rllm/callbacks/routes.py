@@ -108,3 +108,77 @@ def install_slug_route(header: str, check: Callable[[str], Any]) -> Optional[Slu
     routes.insert(0, route)
     log.info("litellm-rllm: /meta/{slug}/... and the %s header are served", header)
     return route
+
+
+# ---------------------------------------------------------------------------------------
+# /rllm/*: the flush barrier and remote read-back, behind LiteLLM's own auth (admin only).
+# ---------------------------------------------------------------------------------------
+
+ADMIN_ROLES = frozenset({"proxy_admin"})
+
+
+def _require_admin(user: Any) -> None:
+    from fastapi import HTTPException
+
+    role = getattr(user, "user_role", None)
+    role = getattr(role, "value", role)
+    if role not in ADMIN_ROLES:
+        raise HTTPException(status_code=403, detail="litellm-rllm routes need the master key or a proxy admin key")
+
+
+def install_rllm_routes() -> bool:
+    """Add `POST /rllm/flush`, `GET /rllm/sessions/{id}/traces` and `GET /rllm/stats`; idempotent."""
+    try:
+        from fastapi import APIRouter, Depends, HTTPException, Query
+        from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
+        from litellm.proxy.proxy_server import app
+    except Exception:
+        return False
+    if any(getattr(r, "path", None) == "/rllm/flush" for r in app.router.routes):
+        return True
+
+    from . import pipeline, runtime
+
+    router = APIRouter()
+
+    @router.post("/rllm/flush", tags=["litellm-rllm"])
+    async def rllm_flush(timeout: float = Query(60.0, gt=0, le=600), user: Any = Depends(user_api_key_auth)) -> Any:
+        """Returns once every call that finished before this request is durable in the store."""
+        _require_admin(user)
+        ok = await runtime.writer().aflush(timeout)
+        if not ok:
+            raise HTTPException(status_code=504, detail=f"traces not durable within {timeout}s")
+        return {"flushed": True, "writer": runtime.writer().stats()}
+
+    @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
+    async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
+                                  user: Any = Depends(user_api_key_auth)) -> Any:
+        """The session's traces (nested sessions included) in `seq` order, after a flush."""
+        import asyncio
+
+        _require_admin(user)
+        writer = runtime.writer()
+        await writer.aflush(60.0)
+
+        def read() -> list[dict[str, Any]]:
+            from .. import store
+
+            st = store.open(runtime.settings().store)
+            try:
+                return [t.model_dump(mode="json") for t in st.traces(session=session, since=since, limit=limit)]
+            finally:
+                st.close()
+
+        traces = await asyncio.to_thread(read)
+        return {"session": session, "count": len(traces), "traces": traces}
+
+    @router.get("/rllm/stats", tags=["litellm-rllm"])
+    async def rllm_stats(user: Any = Depends(user_api_key_auth)) -> Any:
+        _require_admin(user)
+        return {"writer": runtime.writer().stats(), "capture": dict(pipeline.counters),
+                "in_flight": len(runtime.calls)}
+
+    position = 1 if app.router.routes and isinstance(app.router.routes[0], SlugRoute) else 0
+    for route in router.routes:
+        app.router.routes.insert(position, route)
+    return True

@@ -15,7 +15,7 @@ import logging
 from . import pipeline, runtime, upstream_tap
 from .sampling_policy import provider_of
 from .pipeline import TRACER, calls
-from .routes import install_slug_route
+from .routes import install_rllm_routes, install_slug_route
 
 log = logging.getLogger("litellm_rllm")
 
@@ -28,6 +28,7 @@ class TraceCaptureCallback(CustomLogger):
         runtime.writer()  # open the store at start: a bad store URL fails the start, not a request
         # Alone (without the metadata callback) the tracer still honours /meta/{slug}/ URLs.
         install_slug_route(cfg.slug_header, runtime.check_slug)
+        install_rllm_routes()
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
         pipeline.begin(data, user_api_key_dict)

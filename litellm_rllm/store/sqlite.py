@@ -39,7 +39,8 @@ from litellm_rllm.store.codec import (
 from litellm_rllm.trace import Trace
 
 SCHEMA_VERSION = 1
-PAGE_SIZE = 8192  # fewer overflow pages for ~10 KB rows; only applies to a new file
+PAGE_SIZE = 16384  # a ~10-20 KB trace spans 1-2 pages, not 3-5; only applies to a new file
+CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 _IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
 _READ_PAGE = 256
 
@@ -137,6 +138,7 @@ class SqliteStore(TraceStore):
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             migrate(conn)
         except BaseException:
             conn.close()

@@ -1,0 +1,102 @@
+"""End to end: `litellm --config ...` as a subprocess, real HTTP, the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from litellm_rllm import client as rllm
+from litellm_rllm import slug as slugs
+from tests import harness
+
+REPO = harness.REPO
+
+
+@pytest.fixture(scope="module")
+def proxy_proc(tmp_path_factory, upstream_urls):
+    folder = tmp_path_factory.mktemp("e2e")
+    store_url = f"sqlite:///{folder / 'traces.db'}"
+    config = harness.write_config(folder, upstreams=upstream_urls, store_url=store_url)
+    with harness.ProxyProcess(config) as proc:
+        proc.store_url = store_url
+        yield proc
+
+
+def flush(proc) -> None:
+    """Barrier: the proxy's writer has made every finished call durable."""
+    resp = httpx.post(proc.base_url + "/rllm/flush", headers=harness.auth(), timeout=30)
+    assert resp.status_code == 200, resp.text
+
+
+def test_50_concurrent_sessions_of_4_requests_are_not_crossed(proxy_proc, vllm_upstream):
+    oai = rllm.wrap(openai.AsyncOpenAI(base_url=proxy_proc.base_url + "/v1", api_key=harness.MASTER_KEY,
+                                       max_retries=0, timeout=60))
+    ids: dict[int, str] = {}
+
+    async def agent(i: int) -> None:
+        with rllm.session(session_id=f"agent-{i}-{os.getpid()}", agent=i) as sess:
+            ids[i] = sess.session_id
+            for step in range(4):
+                await oai.chat.completions.create(
+                    model="policy", messages=[{"role": "user", "content": f"agent {i} step {step}"}])
+
+    async def main() -> None:
+        await asyncio.gather(*(agent(i) for i in range(50)))
+        await oai.close()
+
+    asyncio.run(main())
+    flush(proxy_proc)
+    total = 0
+    for i, sid in ids.items():
+        traces = harness.read_traces(proxy_proc.store_url, sid)
+        assert [t.seq for t in traces] == [0, 1, 2, 3], sid
+        assert [t.request["messages"][0]["content"] for t in traces] == [f"agent {i} step {s}" for s in range(4)]
+        assert all(t.metadata.get("agent") == i for t in traces)
+        assert all(t.choices[0].token_ids and t.choices[0].logprobs for t in traces)
+        total += len(traces)
+    assert total == 200
+
+
+def test_proxy_keeps_serving_after_a_burst_of_bad_slugs(proxy_proc):
+    bad = ["rllm1:%%%", "rllm9:e30", "rllm1:" + "x" * 10000, "rllm1:WzFd", "rllm1:e30.zz"]
+    with httpx.Client(base_url=proxy_proc.base_url, headers=harness.auth(), timeout=30) as c:
+        for slug in bad * 20:
+            r = c.post(f"/meta/{slug}/v1/chat/completions",
+                       json={"model": "demo", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "rllm_invalid_slug"
+        good = c.post(f"/meta/{slugs.encode({'session_id': 'after-bad'})}/v1/chat/completions",
+                      json={"model": "demo", "messages": [{"role": "user", "content": "x"}]})
+        assert good.status_code == 200
+
+
+def test_quick_start_sequence_from_the_readme(tmp_path):
+    """README quick start: litellm --config configs/rllm.yaml, curl /meta/<slug>/v1/... for demo,
+    then `litellm-rllm traces export --session <id>` prints the trace."""
+    work = tmp_path / "qs"
+    shutil.copytree(REPO / "configs", work / "configs", ignore=shutil.ignore_patterns("deploy"))
+    env = harness.proxy_env()
+    with harness.ProxyProcess(work / "configs" / "rllm.yaml", env=env) as proc:
+        proc_cwd = work / "configs"
+        cli = [sys.executable, "-m", "litellm_rllm.cli"]
+        slug = subprocess.run([*cli, "slug", "encode", '{"session_id": "demo-1", "task": "hello"}'],
+                              capture_output=True, text=True, check=True, env=env).stdout.strip()
+        r = httpx.post(f"{proc.base_url}/meta/{slug}/v1/chat/completions", headers=harness.auth(), timeout=30,
+                       json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        flush(proc)
+        out = subprocess.run([*cli, "traces", "export", "--session", "demo-1"], cwd=proc_cwd,
+                             capture_output=True, text=True, check=True, env=env).stdout
+    [line] = out.strip().splitlines()
+    trace = json.loads(line)
+    assert trace["session_id"] == "demo-1" and trace["metadata"] == {"task": "hello"}
+    assert trace["choices"][0]["message"]["content"] == "Hello from the litellm-rllm demo model."
+    assert trace["status"] == "ok" and trace["seq"] == 0
