@@ -25,10 +25,11 @@ transport) is not touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import pytest
 import vcr
@@ -176,20 +177,35 @@ def secrets_in(path: Path, extra: Iterable[str] = ()) -> list[str]:
 
 
 class CassetteUse:
-    """`cassette_use("name.yaml", provider="openai")` -> context manager yielding the cassette."""
+    """``with cassette_use("name.yaml", provider="openai") as cas:`` -> the vcrpy cassette, with
+    ``cas.live_requests``: the requests LiteLLM actually sent while it was in use (after header
+    filtering, one entry per request), so a test can check what went upstream."""
 
     def __init__(self, record: bool) -> None:
         self.record = record
         self.vcr = make_vcr(record=record)
 
-    def __call__(self, name: str, *, provider: str) -> Any:
+    @contextlib.contextmanager
+    def __call__(self, name: str, *, provider: str) -> Iterator[Any]:
         if self.record:
             env = PROVIDER_KEYS[provider]
             if not os.environ.get(env):
                 pytest.skip(f"{RECORD_OPTION} needs {env} with a real key for {name}")
         elif not (CASSETTES / name).exists():
             pytest.fail(f"cassette {name} is missing from {CASSETTES}; re-record it with {RECORD_OPTION}")
-        return self.vcr.use_cassette(name)
+        live: list[Any] = []
+
+        def remember(request: Any) -> Any:
+            # vcrpy runs this hook several times per request (matching, filtering, recording),
+            # each time on a copy: keep one per distinct request.
+            key = (request.method, request.uri, request.body)
+            if not any((r.method, r.uri, r.body) == key for r in live):
+                live.append(request)
+            return request
+
+        with self.vcr.use_cassette(name, before_record_request=remember) as cassette:
+            cassette.live_requests = live
+            yield cassette
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,8 @@ def proxy_env(**extra: str) -> dict[str, str]:
         "LITELLM_LOG": "ERROR",
         "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     })
-    env.pop("RLLM_STORE_URL", None)
+    for var in ("RLLM_STORE_URL", "CONFIG_FILE_PATH"):  # the in-process proxy's; a subprocess has its own
+        env.pop(var, None)
     env.update(extra)
     return env
 

@@ -256,8 +256,9 @@ class SqliteStore(TraceStore):
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
     ) -> Optional[tuple[str, tuple[Any, ...], int]]:
-        """A keyset-paginated query (its last two parameters are ``id > ?`` and ``LIMIT ?``),
-        its leading parameters, and the row id to start after; None when nothing can match."""
+        """A keyset-paginated query (its last two parameters are ``key > ?`` and ``LIMIT ?``,
+        the key being the first column it selects), its leading parameters, and the key to
+        start after; None when nothing can match."""
         # The unary + keeps SQLite walking the write-order index instead of created_us.
         time_sql = "" if since_us is None else " AND +t.created_us >= ?"
         time_params: tuple[Any, ...] = () if since_us is None else (since_us,)
@@ -268,11 +269,12 @@ class SqliteStore(TraceStore):
             )
             return query, (session, *time_params), 0
         if session == "":
+            # Within one session seq order is write order: page on the (session_key, seq) index.
             query = (
-                f"SELECT {_COLS} FROM traces t WHERE t.session_key = ''{time_sql}"
-                " AND t.id > ? ORDER BY t.id LIMIT ?"
+                f"SELECT t.seq, {_COLS[len('t.id, '):]} FROM traces t"
+                f" WHERE t.session_key = ''{time_sql} AND t.seq > ? ORDER BY t.seq LIMIT ?"
             )
-            return query, time_params, 0
+            return query, time_params, -1
         start = 0
         if since_us is not None:
             # created_at is only roughly monotonic in write order: start the walk at the
