@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from litellm_rllm.store.codec import encode  # noqa: E402
 from litellm_rllm.store.sqlite import SqliteStore  # noqa: E402
 from litellm_rllm.store.writer import TraceWriter  # noqa: E402
-from litellm_rllm.trace import Trace, TraceChoice  # noqa: E402
+from litellm_rllm.trace import TopLogprob, Trace, TraceChoice  # noqa: E402
 
 WORDS = (
     "the of and to in is for that with on as it be by this are from or an at was not have "
@@ -37,10 +37,24 @@ def _text(rnd: random.Random, n_tokens: int) -> str:
     return " ".join(rnd.choice(WORDS) for _ in range(n_tokens))
 
 
-def make_templates(n: int, prompt_tokens: int, completion_tokens: int, seed: int) -> list[Trace]:
+def make_templates(
+    n: int, prompt_tokens: int, completion_tokens: int, seed: int, top_logprobs: int = 0
+) -> list[Trace]:
     rnd = random.Random(seed)
     out = []
     for i in range(n):
+        top = None
+        if top_logprobs:
+            top = [
+                [
+                    TopLogprob(
+                        token=rnd.choice(WORDS), logprob=-rnd.expovariate(1.0),
+                        token_id=rnd.randrange(151_000),
+                    )
+                    for _ in range(top_logprobs)
+                ]
+                for _ in range(completion_tokens)
+            ]
         out.append(
             Trace(
                 trace_id=f"template-{i}",
@@ -70,6 +84,7 @@ def make_templates(n: int, prompt_tokens: int, completion_tokens: int, seed: int
                         finish_reason="length",
                         token_ids=[rnd.randrange(151_000) for _ in range(completion_tokens)],
                         logprobs=[-rnd.expovariate(2.0) for _ in range(completion_tokens)],
+                        top_logprobs=top,
                     )
                 ],
                 usage={
@@ -89,6 +104,7 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=20_000)
     parser.add_argument("--completion-tokens", type=int, default=1000)
     parser.add_argument("--prompt-tokens", type=int, default=500)
+    parser.add_argument("--top-logprobs", type=int, default=0, help="alternatives per token")
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--mode", choices=("writer", "direct"), default="writer")
@@ -96,7 +112,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    templates = make_templates(50, args.prompt_tokens, args.completion_tokens, args.seed)
+    templates = make_templates(
+        50, args.prompt_tokens, args.completion_tokens, args.seed, args.top_logprobs
+    )
     traces = []
     for i in range(args.traces):
         base = templates[i % len(templates)]
@@ -116,6 +134,7 @@ def main() -> None:
     store = SqliteStore(path)
 
     start = time.perf_counter()
+    cpu_start = time.process_time()
     if args.mode == "writer":
         writer = TraceWriter(store, batch_size=args.batch_size, close_at_exit=False)
         for trace in traces:
@@ -133,6 +152,7 @@ def main() -> None:
         stats = {"written": store.count()}
         submit_us = float("nan")
 
+    cpu = time.process_time() - cpu_start
     assert store.count() == len(traces), (store.count(), stats)
     store.checkpoint()
     store.close()
@@ -144,9 +164,13 @@ def main() -> None:
     print(f"mode={args.mode} traces={args.traces} batch={args.batch_size} "
           f"completion_tokens={args.completion_tokens} prompt_tokens={args.prompt_tokens}")
     print(f"traces/s: {len(traces) / elapsed:,.0f}   ({elapsed:.2f} s; submit {submit_us:.2f} us/trace)")
+    print(f"process CPU: {cpu / len(traces) * 1e6:.1f} us/trace (all threads; wall is {elapsed / len(traces) * 1e6:.1f})")
     print(f"completion tokens/s: {completion / elapsed:,.0f}")
     print(f"bytes per completion token: {size / completion:.2f}   (file {size / 1e6:.1f} MB)")
-    print(f"row payload per trace: doc {len(sample.doc)} B, arrays {len(sample.arrays or b'')} B")
+    print(
+        f"row payload per trace: doc {len(sample.doc)} B, arrays {len(sample.arrays or b'')} B,"
+        f" top_logprobs {len(sample.detail or b'')} B"
+    )
     print(f"writer stats: {stats}")
     os.remove(path)
     os.rmdir(workdir)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger("litellm_rllm.policy")
 
@@ -45,6 +45,14 @@ class Actions(BaseModel):
     sample_rate: Optional[float] = Field(None, ge=0.0, le=1.0)
     allow_request_override: Optional[bool] = None
     strip_from_response: Optional[bool] = None
+
+    @field_validator("logprobs", "return_token_ids", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's one-per-union-member ("...bool", "...literal").
+        if value is None or value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f"must be true, false or auto, got {value!r}")
 
 
 class Defaults(Actions):
@@ -120,6 +128,13 @@ class Target:
     supported_params: frozenset[str] = frozenset()
     vllm_family: bool = False
     stream: bool = False
+    # The legacy completions API (`/v1/completions`): there `logprobs` is the number of
+    # alternatives per token (0 = the sampled token only) and `top_logprobs` does not exist.
+    completions: bool = False
+
+
+# OpenAI's legacy completions API takes at most 5 alternatives; vLLM takes up to its max-logprobs.
+MAX_COMPLETIONS_LOGPROBS_HOSTED = 5
 
 
 @dataclass
@@ -194,19 +209,24 @@ def decide(
 
     client = client_params or {}
     supports = target.supported_params
+    where = f"deployment {target.deployment_model!r}" if target.deployment_model else f"provider {target.provider!r}"
 
     logprobs = wanted["logprobs"]
     if logprobs is True or logprobs == "auto":
         if "logprobs" in supports:
             decision.params["logprobs"] = True
         elif logprobs is True:
-            decision.skipped["logprobs"] = f"provider {target.provider!r} does not accept logprobs"
+            decision.skipped["logprobs"] = f"{where} does not accept logprobs"
     top = wanted["top_logprobs"] or 0
-    if top > 0 and decision.params.get("logprobs"):
+    if target.completions:
+        if decision.params.get("logprobs"):
+            cap = None if target.vllm_family else MAX_COMPLETIONS_LOGPROBS_HOSTED
+            decision.params["logprobs"] = top if cap is None else min(top, cap)
+    elif top > 0 and decision.params.get("logprobs"):
         if "top_logprobs" in supports:
             decision.params["top_logprobs"] = top
         else:
-            decision.skipped["top_logprobs"] = f"provider {target.provider!r} does not accept top_logprobs"
+            decision.skipped["top_logprobs"] = f"{where} does not accept top_logprobs"
 
     token_ids = wanted["return_token_ids"]
     if token_ids is True or token_ids == "auto":
@@ -228,6 +248,10 @@ def decide(
     for key in list(decision.params):
         if client.get(key) is not None:
             del decision.params[key]
+    # `top_logprobs` without `logprobs: true` is a 400 at OpenAI and vLLM alike.
+    if "top_logprobs" in decision.params and client.get("logprobs") is not None and not client.get("logprobs"):
+        del decision.params["top_logprobs"]
+        decision.skipped["top_logprobs"] = "the client set logprobs off"
     return decision
 
 
@@ -242,29 +266,66 @@ def parse_policies(text: str, source: str = "<policies>") -> Policies:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from None
+        raise PolicyError(_yaml_error(exc, source)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the top level must be a mapping with 'defaults' and 'rules'")
     try:
-        return Policies(**data)
+        return Policies.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = [p for p in err["loc"]]
             line = _line_of(root, loc)
             where = f"{source}:{line}" if line else source
-            problems.append(f"{where}: {'.'.join(str(p) for p in loc)}: {err['msg']}")
+            problems.append(f"{where}: {'.'.join(str(p) for p in loc)}: {_message(err)}")
         raise PolicyError("; ".join(problems)) from None
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        loc = err["loc"]
+        if len(loc) >= 2 and loc[-2] == "match":
+            allowed = list(Match.model_fields)
+        elif loc[0] == "rules":
+            allowed = list(Rule.model_fields)
+        elif loc[0] == "defaults":
+            allowed = list(Defaults.model_fields)
+        else:
+            allowed = list(Policies.model_fields)
+        msg = f"unknown key; allowed: {', '.join(allowed)}"
+    return msg
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    """`FILE:LINE: not valid YAML: PROBLEM (CONTEXT at line N)`, from PyYAML's marks."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"{source}: not valid YAML: {exc}"
+    out = f"{source}:{mark.line + 1}: not valid YAML: {problem}"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and cmark is not None:
+        out += f" ({context} at line {cmark.line + 1})"
+    return out
 
 
 def load_policies(path: Path) -> Policies:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read policies file: {exc}") from None
-    return parse_policies(text, str(path))
+    return _parse_bytes(data, str(path))
+
+
+def _parse_bytes(data: bytes, source: str) -> Policies:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{source}: not UTF-8: {exc}") from None
+    return parse_policies(text, source)
 
 
 def _line_of(node: Any, loc: list[Any]) -> Optional[int]:
@@ -290,7 +351,10 @@ class PolicyFile:
     """The current policies of one file, re-read in the background when the file changes.
 
     An invalid edit keeps the last good policies and logs the error once per change; the
-    request path only reads `.current` (an attribute read, no I/O).
+    request path only reads `.current` (an attribute read, no I/O). A change is detected by the
+    file's content, not its mtime/size: an edit within the filesystem's timestamp granularity
+    that keeps the size (`0.25` -> `0.50`) is still seen. The bound from an edit to the new
+    behaviour is one `interval_s` (plus the read and parse, milliseconds).
     """
 
     def __init__(self, path: Optional[Path], *, interval_s: float = 1.0) -> None:
@@ -299,28 +363,36 @@ class PolicyFile:
         self.current: Policies = Policies()
         self.last_error: Optional[str] = None
         self.reloads = 0
-        self._stamp: Optional[tuple[int, int]] = None
+        self._digest: Optional[bytes] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         if path is not None:
-            self.current = load_policies(path)  # a bad file at start stops the start
-            self._stamp = self._stat()
-
-    def _stat(self) -> Optional[tuple[int, int]]:
-        try:
-            st = self.path.stat() if self.path else None
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size) if st else None
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # a bad file at start stops the start
+                raise PolicyError(f"{path}: cannot read policies file: {exc}") from None
+            self.current = _parse_bytes(data, str(path))
+            self._digest = hashlib.blake2b(data, digest_size=16).digest()
 
     def check(self) -> bool:
-        """Reload if the file changed; True if new policies took effect."""
-        stamp = self._stat()
-        if stamp is None or stamp == self._stamp or self.path is None:
+        """Reload if the file's content changed; True if new policies took effect."""
+        if self.path is None:
             return False
-        self._stamp = stamp
         try:
-            self.current = load_policies(self.path)
+            data = self.path.read_bytes()
+        except OSError as exc:
+            error = f"{self.path}: cannot read policies file: {exc}"
+            if error != self.last_error:
+                self.last_error = error
+                log.error("litellm-rllm: keeping the last good policies; %s", error)
+            self._digest = None  # whatever comes back is a change
+            return False
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if digest == self._digest:
+            return False
+        self._digest = digest
+        try:
+            self.current = _parse_bytes(data, str(self.path))
         except PolicyError as exc:
             self.last_error = str(exc)
             log.error("litellm-rllm: keeping the last good policies; %s", exc)

@@ -79,6 +79,8 @@ class StreamAccumulator:
         self.response_id: Optional[str] = None
         self._choices: dict[int, _ChoiceAcc] = {}
         self.is_text = False
+        # Token strings repeat (a vocabulary is finite): keep one object per distinct string.
+        self._intern: dict[str, str] = {}
 
     def _choice(self, index: int) -> _ChoiceAcc:
         acc = self._choices.get(index)
@@ -87,6 +89,9 @@ class StreamAccumulator:
         return acc
 
     def add(self, chunk: Any) -> None:
+        if type(chunk) is dict:
+            self._add_event(chunk)
+            return
         now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
@@ -146,6 +151,94 @@ class StreamAccumulator:
             self._add_logprobs(acc, _get(ch, "logprobs"))
             if got_token and self.first_token_at is None:
                 self.first_token_at = now
+
+    def _add_event(self, event: dict[str, Any]) -> None:
+        """The same as `add` for a parsed upstream event (plain dicts: the tapped-stream hot path)."""
+        now = time.perf_counter()
+        self.chunks += 1
+        self.last_chunk_at = now
+        if self.response_id is None:
+            self.response_id = event.get("id")
+            self.model = event.get("model")
+        usage = event.get("usage")
+        if usage is not None:
+            self.usage = usage
+        if self.prompt_token_ids is None:
+            prompt_ids = event.get("prompt_token_ids")
+            if prompt_ids is not None:
+                self.prompt_token_ids = prompt_ids
+        for ch in event.get("choices") or ():
+            index = ch.get("index") or 0
+            acc = self._choices.get(index) or self._choice(index)
+            got_token = False
+            delta = ch.get("delta")
+            if delta is not None:
+                if delta:
+                    role = delta.get("role")
+                    if role:
+                        acc.role = role
+                    piece = delta.get("content")
+                    if piece:
+                        acc.content.append(piece)
+                        got_token = True
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if reasoning:
+                        acc.reasoning.append(reasoning)
+                        got_token = True
+                    tool_calls = delta.get("tool_calls")
+                    if tool_calls:
+                        self._merge_tools(acc, tool_calls)
+                        got_token = True
+            else:
+                piece = ch.get("text")
+                if piece is not None:
+                    self.is_text = True
+                    if piece:
+                        acc.text.append(piece)
+                        got_token = True
+            finish = ch.get("finish_reason")
+            if finish:
+                acc.finish_reason = finish
+            stop_reason = ch.get("stop_reason")
+            if stop_reason is not None:
+                acc.stop_reason = stop_reason
+            ids = ch.get("token_ids")
+            if ids is not None:
+                acc.has_ids = True
+                if ids:
+                    acc.token_ids.extend(ids)
+                    got_token = True
+            if acc.prompt_token_ids is None:
+                cp_ids = ch.get("prompt_token_ids")
+                if cp_ids is not None:
+                    acc.prompt_token_ids = cp_ids
+            logprobs = ch.get("logprobs")
+            if logprobs is not None:
+                content = logprobs.get("content")
+                if content is not None:
+                    self._add_chat_logprobs(acc, content)
+                else:
+                    self._add_logprobs(acc, logprobs)
+            if got_token and self.first_token_at is None:
+                self.first_token_at = now
+
+    def _add_chat_logprobs(self, acc: _ChoiceAcc, content: list[dict[str, Any]]) -> None:
+        acc.has_lps = True
+        intern = self._intern
+        for item in content:
+            acc.logprobs.append(item["logprob"])
+            tok = item.get("token")
+            acc.tokens.append(intern.setdefault(tok, tok))
+            alts = item.get("top_logprobs")
+            if alts:
+                acc.has_tops = True
+                acc.top_counts.append(len(alts))
+                for alt in alts:
+                    t = alt.get("token")
+                    acc.top_tokens.append(intern.setdefault(t, t))
+                    acc.top_lps.append(alt["logprob"])
+            else:
+                acc.top_counts.append(0)
 
     @staticmethod
     def _merge_tools(acc: _ChoiceAcc, tool_calls: Any) -> None:
@@ -216,11 +309,12 @@ class StreamAccumulator:
             acc = self._choices[index]
             tops = None
             if acc.has_tops:
+                # model_construct: the values came from our own arrays, no validation needed
+                make = TopLogprob.model_construct
+                toks, lps = acc.top_tokens, acc.top_lps.tolist()
                 tops, pos = [], 0
                 for count in acc.top_counts:
-                    tops.append(
-                        [TopLogprob(token=acc.top_tokens[pos + j], logprob=acc.top_lps[pos + j]) for j in range(count)]
-                    )
+                    tops.append([make(token=toks[k], logprob=lps[k]) for k in range(pos, pos + count)])
                     pos += count
             message = None
             text = None

@@ -100,3 +100,31 @@ def test_quick_start_sequence_from_the_readme(tmp_path):
     assert trace["session_id"] == "demo-1" and trace["metadata"] == {"task": "hello"}
     assert trace["choices"][0]["message"]["content"] == "Hello from the litellm-rllm demo model."
     assert trace["status"] == "ok" and trace["seq"] == 0
+
+
+def test_client_going_away_mid_stream_leaves_one_incomplete_trace(proxy_proc, vllm_upstream):
+    from tests.upstreams.common import word_id
+
+    sid = "disconnect-" + os.urandom(4).hex()
+    slug = slugs.encode({"session_id": sid})
+    received = []
+    with httpx.Client(base_url=proxy_proc.base_url, headers=harness.auth(), timeout=30) as c:
+        with c.stream("POST", f"/meta/{slug}/v1/chat/completions",
+                      json={"model": "policy-drip", "stream": True,
+                            "messages": [{"role": "user", "content": "long answer"}]}) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    received.append(json.loads(line[6:]))
+                if len(received) >= 5:
+                    break  # hang up with the stream still running upstream
+    harness.wait_for(lambda: harness.read_traces(proxy_proc.store_url, sid) or (flush(proxy_proc) and False), 15)
+    [trace] = harness.read_traces(proxy_proc.store_url, sid)
+    assert trace.status == "incomplete" and trace.stream
+    ids = trace.choices[0].token_ids
+    expected = [word_id(f"tok{i}") for i in range(400)]
+    assert 4 <= len(ids) < 400 and ids == expected[: len(ids)]
+    assert len(trace.choices[0].logprobs) == len(ids)
+    # the proxy is still serving
+    r = httpx.post(proxy_proc.base_url + "/v1/chat/completions", headers=harness.auth(), timeout=30,
+                   json={"model": "demo", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200

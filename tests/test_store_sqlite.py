@@ -310,7 +310,7 @@ def test_limit_and_paging_keep_write_order(store: SqliteStore) -> None:
     assert [t.trace_id for t in everything] == [f"t{i:04d}" for i in range(n)]
     assert [t.trace_id for t in store.traces(limit=300)] == [f"t{i:04d}" for i in range(300)]
     s1 = store.traces(session="s1")
-    assert [t.seq for t in s1] == list(range(266))
+    assert [t.seq for t in s1] == list(range(267))
     no_session = store.traces(session="")
     assert [t.seq for t in no_session] == list(range(267))
     assert [t.trace_id for t in no_session] == [f"t{i:04d}" for i in range(0, n, 3)]

@@ -42,7 +42,7 @@ from litellm_rllm.trace import TopLogprob, Trace, unpack_floats, unpack_ids
 
 ARRAYS_FORMAT = 1
 DETAIL_FORMAT = 1
-_ZLIB_LEVEL = 6
+_ZLIB_LEVEL = 1  # level 6 is 2.4x slower for 6% smaller top_logprobs
 
 _HEAD = struct.Struct("<BI")
 _CHOICE_ARRAYS = ("token_ids", "prompt_token_ids", "logprobs")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from typing import Any, Iterator, Optional, Sequence
 
 from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, parse_since
@@ -108,6 +109,26 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
+def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch to WAL. Switching takes an exclusive lock and SQLite does not always apply the
+    busy timeout to it: processes opening a new file together retry here instead of failing."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() not in ("wal", "memory"):  # ":memory:" databases stay in memory
+                raise RuntimeError(f"SQLite refused WAL mode (got {mode!r})")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def path_from_url(url: str) -> str:
     """``sqlite:///rel.db`` -> ``rel.db`` (cwd-relative), ``sqlite:////abs.db`` -> ``/abs.db``."""
     prefix = "sqlite:///"
@@ -136,7 +157,7 @@ class SqliteStore(TraceStore):
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             migrate(conn)
