@@ -13,6 +13,11 @@ from .trace import Trace, TraceError
 
 log = logging.getLogger("litellm_rllm")
 
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    from json import loads as _loads
+
 # Keys of the slug metadata that are trace columns, not free-form metadata.
 _SESSION_KEYS = ("session_id", "session_uids")
 
@@ -35,8 +40,8 @@ def build_trace(record: CallRecord) -> Trace:
         prompt_ids = acc.prompt_token_ids
         if prompt_ids is None:
             prompt_ids = next((c.prompt_token_ids for c in choices if c.prompt_token_ids is not None), None)
-    elif record.response is not None:
-        response = plain(record.response)
+    elif record.raw_body is not None or record.response is not None:
+        response = _loads(record.raw_body) if record.raw_body is not None else plain(record.response)
         usage = response.get("usage")
         choices = choices_from_response(response, usage)
         prompt_ids = prompt_ids_from(response, choices)
@@ -44,6 +49,8 @@ def build_trace(record: CallRecord) -> Trace:
     hidden = record.hidden or {}
     upstream = record.upstream or {}
     cost = hidden.get("response_cost")
+    if not isinstance(cost, (int, float)) and usage and record.status == "ok":
+        cost = _cost(upstream.get("model") or hidden.get("litellm_model_name"), usage)
     error = TraceError(**record.error) if record.error else None
     return Trace(
         trace_id=record.call_id,
@@ -84,3 +91,19 @@ def _provider(upstream: Mapping[str, Any]) -> Optional[str]:
     if isinstance(model, str) and "/" in model:
         return model.split("/", 1)[0]
     return None
+
+
+def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:
+    """USD for a call LiteLLM didn't price yet (streams are priced after the stream, in its
+    logging): its own price table, from the usage the upstream reported."""
+    if not isinstance(model, str):
+        return None
+    try:
+        import litellm
+
+        prompt = int(usage.get("prompt_tokens", usage.get("input_tokens")) or 0)
+        completion = int(usage.get("completion_tokens", usage.get("output_tokens")) or 0)
+        p_cost, c_cost = litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
+        return float(p_cost + c_cost)
+    except Exception:
+        return None

@@ -115,8 +115,33 @@ def text_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[s
     return values, tokens, tops
 
 
+def anthropic_choice(response: Mapping[str, Any]) -> TraceChoice:
+    """An Anthropic Messages response as one choice (no token ids or logprobs exist there)."""
+    text, thinking, tool_calls = [], [], []
+    for block in response.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            text.append(block.get("text") or "")
+        elif kind == "thinking":
+            thinking.append(block.get("thinking") or "")
+        elif kind == "tool_use":
+            import json
+
+            tool_calls.append({"id": block.get("id"), "type": "function",
+                               "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input"))}})
+    message: dict[str, Any] = {"role": response.get("role") or "assistant", "content": "".join(text) or None}
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return TraceChoice(index=0, message={k: v for k, v in message.items() if v is not None},
+                       finish_reason=response.get("stop_reason"), stop_reason=response.get("stop_sequence"))
+
+
 def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[str, Any]] = None) -> list[TraceChoice]:
     """Every choice of a chat or text completion, in index order."""
+    if "choices" not in response and response.get("type") == "message":
+        return [anthropic_choice(response)]
     out: list[TraceChoice] = []
     n_choices = len(response.get("choices") or [])
     for i, ch in enumerate(response.get("choices") or []):

@@ -6,6 +6,7 @@
     litellm-rllm slug encode JSON [--secret S]
     litellm-rllm slug decode SLUG
     litellm-rllm policy explain --config FILE MODEL [--provider P] [--deployment D] [--output-cost C]
+                                [--stream] [--completions] [--call-id ID]
     litellm-rllm config check FILE
 
 The store URL defaults to RLLM_STORE_URL, else the proxy config's `callback_settings`
@@ -127,64 +128,91 @@ def _policies_for(config: str) -> tuple[Any, str]:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from .policy import INJECTABLE, PolicyError, Target, decide
+    """The rule and parameters for MODEL, per deployment: the decision is made after LiteLLM's
+    router picked one, so a group balanced over vLLM and a hosted API has one answer each."""
+    from .policy import PolicyError
+    from .settings import SettingsError
 
     try:
         policies, source = _policies_for(args.config)
-    except PolicyError as exc:
+    except (PolicyError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    provider = args.provider
-    deployment = args.deployment
-    supported, price = frozenset(), args.output_cost
-    group_entry = _model_group_entry(args.config, args.model)
-    if group_entry and not deployment:
-        deployment = group_entry.get("model")
-    if deployment and not provider and "/" in deployment:
-        provider = deployment.split("/", 1)[0]
-    try:
-        from .callbacks.sampling_policy import _provider_facts
-
-        if deployment:
-            provider, supported, price0 = _provider_facts(deployment, provider, None)
-            price = price if price is not None else price0
-    except Exception:
-        supported = frozenset({"logprobs", "top_logprobs"}) if provider in ("openai", "hosted_vllm") else frozenset()
-    target = Target(
-        model_group=args.model,
-        provider=provider,
-        deployment_model=deployment,
-        output_cost_per_mtok=price,
-        supported_params=supported,
-        vllm_family=provider in ("hosted_vllm", "vllm"),
-    )
-    decision = decide(policies, target, call_id=args.call_id)
-    rule_name, rule = policies.find(target)
-    print(json.dumps({
-        "policies": source,
-        "target": {"model": args.model, "provider": provider, "deployment": deployment,
-                   "output_cost_per_mtok": price},
-        "rule": rule_name,
-        "rule_body": rule.model_dump(exclude_none=True) if rule else None,
-        "effective": policies.effective(rule).model_dump(),
-        "inject": {k: decision.params[k] for k in INJECTABLE if k in decision.params},
-        "skipped": decision.skipped,
-        "sampled": decision.sampled,
-        "strip_from_response": decision.strip,
-    }, indent=2))
+    if args.deployment or args.provider:
+        # Without --deployment, MODEL is taken as the deployment's model too (`openai/gpt-4o`).
+        entries = [{"model": args.deployment or f"{args.provider}/{args.model}"}]
+    else:
+        entries = _model_group_entries(args.config, args.model)
+        if not entries:
+            cfg, _ = _proxy_config(args.config)
+            if "model_list" in cfg:
+                print(f"error: model group {args.model!r} is not in the model_list of {args.config}; "
+                      f"name a provider (--provider P) or a deployment (--deployment D)", file=sys.stderr)
+                return 2
+            entries = [{"model": args.model}]  # a policies file alone: match on the model name only
+    results = [_explain_one(policies, args, entry) for entry in entries]
+    out: dict[str, Any] = {"policies": source, **results[0]}
+    if len(results) > 1:
+        out["deployments"] = results
+    print(json.dumps(out, indent=2))
     return 0
 
 
-def _model_group_entry(config: str, model: str) -> Optional[dict[str, Any]]:
+def _explain_one(policies: Any, args: argparse.Namespace, entry: dict[str, Any]) -> dict[str, Any]:
+    """What the sampling callback would decide for one deployment (same `target_of`)."""
+    import dataclasses
+
+    from .callbacks.sampling_policy import target_of
+    from .policy import INJECTABLE, decide
+
+    api_base = entry.get("api_base")
+    kwargs = {
+        "model": str(entry.get("model") or ""),
+        "custom_llm_provider": args.provider or entry.get("custom_llm_provider"),
+        "api_base": api_base if isinstance(api_base, str) and not api_base.startswith("os.environ/") else None,
+        "model_info": entry.get("model_info") or {},
+        "metadata": {"model_group": args.model},
+        "stream": bool(args.stream),
+    }
+    target = target_of(kwargs, "atext_completion" if args.completions else "acompletion")
+    if args.output_cost is not None:
+        target = dataclasses.replace(target, output_cost_per_mtok=args.output_cost)
+    # Without --call-id: what a sampled call gets (sample_rate says how many are); with it, that call.
+    decision = decide(policies, target, call_id=args.call_id or "explain",
+                      sampled=True if args.call_id is None else None)
+    rule_name, rule = policies.find(target)
+    effective = policies.effective(rule)
+    sampling = {"sample_rate": effective.sample_rate}
+    if args.call_id is not None:
+        sampling.update(call_id=args.call_id, sampled=decision.sampled)
+    return {
+        "target": {"model": args.model, "provider": target.provider or None, "deployment": target.deployment_model,
+                   "output_cost_per_mtok": target.output_cost_per_mtok,
+                   "accepts_logprobs": "logprobs" in target.supported_params, "vllm_family": target.vllm_family},
+        "rule": rule_name,
+        "rule_body": rule.model_dump(exclude_none=True) if rule else None,
+        "effective": effective.model_dump(),
+        "inject": {k: decision.params[k] for k in INJECTABLE if k in decision.params},
+        "skipped": decision.skipped,
+        **sampling,
+        "strip_from_response": decision.strip,
+    }
+
+
+def _model_group_entries(config: str, model: str) -> list[dict[str, Any]]:
+    """Every deployment of a model group in a proxy config: its litellm_params + model_info."""
     try:
         cfg, _ = _proxy_config(config)
     except SystemExit:
-        return None
+        return []
+    out = []
     for entry in cfg.get("model_list") or []:
         if isinstance(entry, dict) and entry.get("model_name") == model:
             params = entry.get("litellm_params") or {}
-            return params if isinstance(params, dict) else None
-    return None
+            if isinstance(params, dict):
+                info = entry.get("model_info")
+                out.append({**params, "model_info": info if isinstance(info, dict) else {}})
+    return out
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -262,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider")
     p.add_argument("--deployment", help="deployment model, e.g. hosted_vllm/Qwen/Qwen3-8B")
     p.add_argument("--output-cost", type=float, help="USD per million output tokens")
-    p.add_argument("--call-id", default="explain", help="call id for sample_rate decisions")
+    p.add_argument("--call-id", help="decide sample_rate for this call id (default: show a sampled call)")
+    p.add_argument("--stream", action="store_true", help="as for a streaming request")
+    p.add_argument("--completions", action="store_true", help="as for /v1/completions (logprobs is a count)")
     p.set_defaults(func=cmd_policy_explain)
 
     config = sub.add_parser("config", help="validate a proxy config").add_subparsers(dest="verb", required=True)

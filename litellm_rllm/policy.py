@@ -181,11 +181,13 @@ def decide(
     call_id: str,
     client_params: Mapping[str, Any] | None = None,
     override: Mapping[str, Any] | None = None,
+    sampled: Optional[bool] = None,
 ) -> Decision:
     """Decide the parameters to add for one call.
 
     Never adds a parameter the provider would reject (so an injection can't turn a good request
-    into an upstream error), never overrides a value the client set itself.
+    into an upstream error), never overrides a value the client set itself. `sampled` forces the
+    sample_rate outcome (`policy explain` shows what a sampled call gets); None = by call id.
     """
     rule_name, rule = policies.find(target)
     act = policies.effective(rule)
@@ -203,7 +205,7 @@ def decide(
         else:
             decision.override_refused = True
 
-    decision.sampled = sample_hit(call_id, act.sample_rate)
+    decision.sampled = sample_hit(call_id, act.sample_rate) if sampled is None else sampled
     if not decision.sampled:
         return decision
 
@@ -353,13 +355,16 @@ class PolicyFile:
     An invalid edit keeps the last good policies and logs the error once per change; the
     request path only reads `.current` (an attribute read, no I/O). A change is detected by the
     file's content, not its mtime/size: an edit within the filesystem's timestamp granularity
-    that keeps the size (`0.25` -> `0.50`) is still seen. The bound from an edit to the new
-    behaviour is one `interval_s` (plus the read and parse, milliseconds).
+    that keeps the size (`0.25` -> `0.50`) is still seen. A changed file is read again after
+    `settle_s` and taken only if both reads agree, so a file caught half-written (an editor that
+    truncates, then writes) is not applied: truncated YAML often still parses, minus its last
+    rules. The bound from an edit to the new behaviour is one `interval_s` plus `settle_s`.
     """
 
-    def __init__(self, path: Optional[Path], *, interval_s: float = 1.0) -> None:
+    def __init__(self, path: Optional[Path], *, interval_s: float = 1.0, settle_s: float = 0.05) -> None:
         self.path = path
         self.interval_s = interval_s
+        self.settle_s = settle_s
         self.current: Policies = Policies()
         self.last_error: Optional[str] = None
         self.reloads = 0
@@ -390,6 +395,13 @@ class PolicyFile:
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if digest == self._digest:
             return False
+        if self.settle_s > 0:
+            self._stop.wait(self.settle_s)
+            try:
+                if self.path.read_bytes() != data:
+                    return False  # still being written: the next check sees the result
+            except OSError:
+                return False
         self._digest = digest
         try:
             self.current = _parse_bytes(data, str(self.path))

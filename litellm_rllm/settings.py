@@ -48,9 +48,9 @@ class Settings(BaseModel):
     writer_batch_size: int = Field(256, ge=1, le=100_000)
     writer_max_queue: int = Field(100_000, ge=1)
     policies_reload_interval_s: float = Field(1.0, gt=0, le=3600)
-    # Streams to OpenAI-format upstreams (hosted_vllm/, openai/) are captured from the upstream
-    # bytes, which keep what LiteLLM's chunk parsing drops. Off: capture LiteLLM's chunks.
-    raw_stream_capture: bool = True
+    # Calls to OpenAI-format upstreams (hosted_vllm/, openai/) are captured from the upstream's
+    # bytes, which keep what LiteLLM's parsing drops. Off: capture LiteLLM's parsed responses.
+    raw_capture: bool = True
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

@@ -37,6 +37,12 @@ def _psf(obj: Any, key: str) -> Any:
     return value
 
 
+_ANTHROPIC_EVENTS = frozenset({
+    "message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+    "message_stop", "ping",
+})
+
+
 class _ChoiceAcc:
     __slots__ = (
         "index", "role", "content", "reasoning", "text", "tool_calls", "finish_reason", "stop_reason",
@@ -154,6 +160,9 @@ class StreamAccumulator:
 
     def _add_event(self, event: dict[str, Any]) -> None:
         """The same as `add` for a parsed upstream event (plain dicts: the tapped-stream hot path)."""
+        if "choices" not in event and event.get("type") in _ANTHROPIC_EVENTS:
+            self._add_anthropic(event)
+            return
         now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
@@ -239,6 +248,43 @@ class StreamAccumulator:
                     acc.top_lps.append(alt["logprob"])
             else:
                 acc.top_counts.append(0)
+
+    def _add_anthropic(self, event: dict[str, Any]) -> None:
+        """Anthropic Messages stream events (`/v1/messages` served by Anthropic)."""
+        now = time.perf_counter()
+        self.chunks += 1
+        self.last_chunk_at = now
+        kind = event["type"]
+        acc = self._choices.get(0) or self._choice(0)
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self.response_id = message.get("id")
+            self.model = message.get("model")
+            acc.role = message.get("role") or "assistant"
+            self._anthropic_usage = dict(message.get("usage") or {})
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                acc.tool_calls[event.get("index", len(acc.tool_calls))] = {
+                    "id": block.get("id"), "type": "function", "name": block.get("name"), "arguments": []}
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                acc.content.append(delta["text"])
+            elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                acc.reasoning.append(delta["thinking"])
+            elif delta.get("type") == "input_json_delta":
+                slot = acc.tool_calls.get(event.get("index"))
+                if slot is not None and delta.get("partial_json"):
+                    slot["arguments"].append(delta["partial_json"])
+            if self.first_token_at is None:
+                self.first_token_at = now
+        elif kind == "message_delta":
+            delta = event.get("delta") or {}
+            if delta.get("stop_reason"):
+                acc.finish_reason = delta["stop_reason"]
+            usage = {**getattr(self, "_anthropic_usage", {}), **(event.get("usage") or {})}
+            self.usage = usage
 
     @staticmethod
     def _merge_tools(acc: _ChoiceAcc, tool_calls: Any) -> None:

@@ -8,7 +8,8 @@ Replay is the default and can never reach the network: ``record_mode="none"`` ma
 that no recorded interaction matches fail with ``CannotOverwriteExistingCassetteException``.
 ``--record-cassettes`` re-records against the real providers (``record_mode="all"``, unused old
 interactions dropped); it needs real keys in ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` (read by
-``tests/harness.py`` when the proxy config is written) and is refused without them.
+``tests/harness.py`` when the proxy config is written); a provider without its key has its
+tests skipped.
 
 Why this configuration intercepts LiteLLM inside the in-process proxy: LiteLLM 1.108.5 sends
 provider calls through an ``httpx.AsyncClient`` whose transport is its own
@@ -21,6 +22,11 @@ catches it instead. Both are class-level patches, so clients LiteLLM built and c
 cassette was entered are intercepted too, from the proxy's event-loop thread. Nothing needs to be
 configured in LiteLLM; the test client's own traffic (``testserver``, Starlette's TestClient
 transport) is not touched.
+
+Caveat on the httpx path: vcrpy's httpx stub replays a body as an ``httpx.ByteStream``, which can
+be iterated twice, and openai's SDK does iterate a finished stream's ``response.stream`` again
+(``drain_response_async``); the plugin's upstream tee then sees a streamed body twice. The
+default (aiohttp) path replays through a consumable stream, like a real connection.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ import pytest  # noqa: E402
 from tests import harness  # noqa: E402
 from tests.upstreams.fixtures import *  # noqa: E402,F401,F403
 
+# Provider cassettes (tests/test_cassettes.py): the --record-cassettes option and the
+# `cassette_use` fixture come from this plugin module.
+pytest_plugins = ["tests.cassette_support"]
+
 
 class InProcessProxy:
     """The real LiteLLM proxy app in this process, driven through Starlette's TestClient."""

@@ -84,6 +84,8 @@ def write_config(
         "callback_settings": {"litellm_rllm": {"store": store_url, "policies_file": "policies.yaml",
                                                **(extra_settings or {})}},
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+        # a test that makes a deployment fail must not cool it down for the next test
+        "router_settings": {"disable_cooldowns": True},
     }
     path = folder / "proxy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -42,12 +42,9 @@ ANTHROPIC = "anthropic_messages.yaml"
 ANTHROPIC_STREAM = "anthropic_messages_stream.yaml"
 ALL_CASSETTES = (OPENAI_LOGPROBS, OPENAI_TOP_LOGPROBS, OPENAI_STREAM, ANTHROPIC, ANTHROPIC_STREAM)
 
-STREAM_CAPTURE_XFAIL = pytest.mark.xfail(
-    reason="streaming capture is being reworked (raw upstream bytes): a streamed trace is built "
-           "from the chunks the proxy's iterator hook sees, and gets no usage / cost when no "
-           "usage chunk reaches it",
-    strict=False,
-)
+def stream_capture_xfail(gap: str) -> pytest.MarkDecorator:
+    """A known, documented gap of the streaming capture (strict: fixing it must update the test)."""
+    return pytest.mark.xfail(reason=f"known gap: {gap}", strict=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +200,6 @@ def test_openai_logprobs_injected_by_policy_are_captured_and_hidden(proxy, casse
     assert choice.finish_reason == "stop"
     assert choice.token_ids is None
     assert choice.logprobs == f32(want["logprobs"])
-    assert choice.logprobs == want["logprobs"]  # the cassette's values are exact in float32
     assert choice.tokens == want["tokens"]
     assert choice.top_logprobs is None  # none asked for, none recorded
     assert_usage(trace.usage, want["usage"])
@@ -282,7 +278,6 @@ def test_openai_stream_reaches_client_and_is_traced(proxy, cassette_use):
     assert_usage(trace.usage, want["usage"])  # from the usage chunk the proxy asked for
 
 
-@STREAM_CAPTURE_XFAIL
 def test_openai_stream_trace_has_cost(proxy, cassette_use):
     """The non-streamed trace has LiteLLM's `response_cost`; the streamed one should too."""
     sid, _, _ = _openai_stream(proxy, cassette_use)
@@ -384,7 +379,8 @@ def test_anthropic_stream_with_client_usage_chunk_is_traced_with_usage(proxy, ca
     assert_usage(trace.usage, want["usage"])
 
 
-@STREAM_CAPTURE_XFAIL
+@stream_capture_xfail("a streamed trace takes usage only from a usage chunk, and the proxy asks "
+                      "for none for anthropic/ deployments")
 def test_anthropic_stream_trace_has_usage_without_client_usage_chunk(proxy, cassette_use):
     """LiteLLM's proxy adds `stream_options.include_usage` only for deployments whose supported
     params include `stream_options`, which `anthropic/` does not: no usage chunk is produced, yet

@@ -373,6 +373,32 @@ def test_same_size_edit_within_the_same_mtime_is_seen(tmp_path):
     assert pf.current.effective(pf.current.find(GPT4O)[1]).sample_rate == 0.75
 
 
+class HalfWritten:
+    """A policies path whose reads return what a non-atomic writer leaves on disk meanwhile."""
+
+    def __init__(self, reads: list[str]) -> None:
+        self.reads = [r.encode() for r in reads]
+
+    def read_bytes(self) -> bytes:
+        return self.reads.pop(0) if len(self.reads) > 1 else self.reads[0]
+
+    def __str__(self) -> str:
+        return "policies.yaml"
+
+
+def test_a_file_caught_half_written_is_not_applied():
+    # The second rule cut off mid-write still parses (as one rule): it must not take effect.
+    truncated = GOOD[:GOOD.index("  - name: teachers")]
+    edited = GOOD.replace("0.25", "0.75")
+    path = HalfWritten([GOOD, truncated, edited, edited, edited])
+    pf = PolicyFile(path, interval_s=60, settle_s=0.001)  # type: ignore[arg-type]
+    assert parse_policies(truncated).find(GPT4O)[0] == "defaults"  # what would have served
+    assert pf.check() is False  # truncated, then the finished file: not stable, wait
+    assert pf.current.find(GPT4O)[0] == "teachers" and pf.last_error is None
+    assert pf.check() is True  # stable now
+    assert pf.current.effective(pf.current.find(GPT4O)[1]).sample_rate == 0.75
+
+
 def test_deleted_file_keeps_the_last_good_policies(tmp_path):
     path = tmp_path / "policies.yaml"
     write(path, GOOD)

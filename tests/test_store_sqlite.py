@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import struct
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import pytest
 
 import litellm_rllm.store as store_mod
 from litellm_rllm.store import CorruptTraceError, SqliteStore, TraceEncodeError
+from litellm_rllm.store.codec import encode
 from litellm_rllm.store.sqlite import SCHEMA_VERSION, migrate
-from litellm_rllm.trace import TopLogprob, Trace, TraceChoice, TraceError
+from litellm_rllm.trace import TopLogprob, Trace, TraceChoice, TraceError, pack_floats, pack_ids
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -127,6 +129,20 @@ def test_full_trace_round_trips_value_by_value_through_a_fresh_connection(db: st
     assert got.created_at == original.created_at
 
 
+@pytest.mark.parametrize("ids", [[1, 2, 3], [None, None, None], [1, None, 3]])
+def test_top_logprobs_round_trip_whatever_token_ids_they_carry(
+    store: SqliteStore, ids: list[int | None]
+) -> None:
+    top = [[TopLogprob(token=f"t{j}", logprob=-0.25 * j, token_id=i)] for j, i in enumerate(ids)]
+    top.append([])
+    trace = make("top", choices=[TraceChoice(index=0, top_logprobs=top), TraceChoice(index=1)])
+    store.write([trace])
+    got = store.get("top")
+    assert got is not None
+    assert got.choices[0].top_logprobs == top  # -0.25 * j is exact in float32
+    assert got.choices[0].tokens is None and got.choices[1].top_logprobs is None
+
+
 def test_trace_without_any_token_data_round_trips(store: SqliteStore) -> None:
     bare = make("bare", None, choices=[TraceChoice(index=0, message={"content": "x"})])
     store.write([bare])
@@ -151,6 +167,26 @@ def test_token_arrays_are_stored_packed_not_as_json(store: SqliteStore, db: str)
     assert len(arrays) == 5 + 4 * 4 + 4 * 10 + 8 * n
     assert "token_ids" not in doc and "logprobs" not in doc and "999" not in doc
     assert detail is None  # no tokens / top_logprobs: nothing to compress
+
+
+def test_arrays_blob_is_the_trace_pack_helpers_bytes_behind_a_count_header() -> None:
+    trace = make(
+        "layout",
+        prompt_token_ids=[7, 8],
+        choices=[
+            TraceChoice(index=0, token_ids=[1, -2], prompt_token_ids=None, logprobs=[-0.5, -1.0]),
+            TraceChoice(index=1, token_ids=[], logprobs=None),
+        ],
+    )
+    counts = [2, 2, -1, 2, 0, -1, -1]
+    expected = (
+        struct.pack("<BI", 1, len(counts))
+        + struct.pack(f"<{len(counts)}i", *counts)
+        + pack_ids([7, 8])
+        + pack_ids([1, -2])
+        + pack_floats([-0.5, -1.0])
+    )
+    assert encode(trace).arrays == expected
 
 
 def test_corrupt_arrays_blob_is_reported_not_misread(store: SqliteStore, db: str) -> None:
@@ -387,7 +423,15 @@ def test_migration_is_idempotent_and_refuses_a_newer_schema(db: str) -> None:
 
 def test_closed_store_refuses_work_and_close_is_idempotent(db: str) -> None:
     store = SqliteStore(db)
+    def checkpointers() -> int:
+        return sum(t.name == "litellm-rllm-sqlite-checkpointer" for t in threading.enumerate())
+
+    before = checkpointers()
+    store.write([make("a")])  # starts this store's background checkpointer
+    assert checkpointers() == before + 1
     store.close()
+    assert checkpointers() == before
+    assert not Path(db + "-wal").exists()  # the last connection folded the WAL in
     store.close()
     with pytest.raises(RuntimeError, match="closed"):
         store.count()

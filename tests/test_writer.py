@@ -64,7 +64,7 @@ def test_flush_makes_everything_submitted_visible_to_a_second_connection(db: str
 
 
 def test_flush_from_many_threads_each_covers_its_own_submissions(db: str) -> None:
-    writer = TraceWriter(SqliteStore(db), batch_size=8, close_at_exit=False)
+    writer = TraceWriter(lambda: SqliteStore(db), batch_size=8, close_at_exit=False)
     seen: dict[int, int] = {}
 
     def producer(k: int) -> None:
@@ -89,7 +89,7 @@ async def test_aflush_waits_for_durability_without_blocking_the_loop(db: str) ->
         release.wait(5)
         return make(item)
 
-    writer = TraceWriter(SqliteStore(db), build=slow_build, close_at_exit=False)
+    writer = TraceWriter(lambda: SqliteStore(db), build=slow_build, close_at_exit=False)
     try:
         for i in range(3):
             writer.submit(f"a{i}")
@@ -110,7 +110,9 @@ async def test_aflush_waits_for_durability_without_blocking_the_loop(db: str) ->
 async def test_aflush_times_out_with_false(db: str) -> None:
     release = threading.Event()
     writer = TraceWriter(
-        SqliteStore(db), build=lambda item: (release.wait(5), make(item))[1], close_at_exit=False
+        lambda: SqliteStore(db),
+        build=lambda item: (release.wait(5), make(item))[1],
+        close_at_exit=False,
     )
     try:
         writer.submit("x")
@@ -130,7 +132,7 @@ def test_submit_never_raises_even_when_build_raises(db: str, caplog: pytest.LogC
             return "not a trace"  # type: ignore[return-value]
         return make(item["trace_id"])
 
-    writer = TraceWriter(SqliteStore(db), build=build, close_at_exit=False)
+    writer = TraceWriter(lambda: SqliteStore(db), build=build, close_at_exit=False)
     items = [
         {"kind": "ok", "trace_id": "good-1"},
         {"kind": "boom", "trace_id": "bad-1"},
@@ -155,6 +157,7 @@ def test_failing_store_is_retried_and_nothing_is_lost(db: str) -> None:
         writer.submit(make(f"t{i}"))
     assert writer.flush(timeout=10)
     writer.close()
+    store.close()
     assert store.calls >= 3
     assert [t.seq for t in read_back(db)] == list(range(20))
     stats = writer.stats()
@@ -164,11 +167,13 @@ def test_failing_store_is_retried_and_nothing_is_lost(db: str) -> None:
 def test_store_that_keeps_failing_counts_failed_logs_ids_and_flush_returns(
     db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = TraceWriter(FlakyStore(db, failures=10**6), retry_delays=FAST_RETRY, close_at_exit=False)
+    store = FlakyStore(db, failures=10**6)
+    writer = TraceWriter(store, retry_delays=FAST_RETRY, close_at_exit=False)
     writer.submit(make("lost-1"))
     writer.submit(make("lost-2"))
     assert writer.flush(timeout=10) is True  # definitively failed also ends the wait
     writer.close()
+    store.close()
     assert writer.stats()["failed"] == 2
     assert "lost-1" in caplog.text and "lost-2" in caplog.text
 
@@ -203,12 +208,13 @@ def test_unencodable_trace_fails_alone_and_is_not_retried(db: str) -> None:
     assert writer.flush(timeout=10)
     assert time.monotonic() - started < 4  # no backoff sleep for a trace that can never encode
     writer.close()
+    store.close()
     assert [t.trace_id for t in read_back(db)] == ["ok-1", "ok-2"]
     assert (writer.stats()["failed"], writer.stats()["written"]) == (1, 2)
 
 
 def test_duplicates_are_counted_not_written_twice(db: str) -> None:
-    writer = TraceWriter(SqliteStore(db), close_at_exit=False)
+    writer = TraceWriter(lambda: SqliteStore(db), close_at_exit=False)
     writer.submit(make("same"))
     writer.flush(timeout=10)
     writer.submit(make("same"))
@@ -227,7 +233,9 @@ def test_full_queue_counts_dropped_and_submit_returns_false(db: str) -> None:
         release.wait(10)
         return make(item)
 
-    writer = TraceWriter(SqliteStore(db), build=blocking_build, max_queue=3, close_at_exit=False)
+    writer = TraceWriter(
+        lambda: SqliteStore(db), build=blocking_build, max_queue=3, close_at_exit=False
+    )
     try:
         assert writer.submit("first")
         assert entered.wait(5)  # the thread holds "first"; the queue is empty again

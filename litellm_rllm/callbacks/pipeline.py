@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Mapping, Optional
 
 from ..record import CallRecord
 from ..slug import SlugError
+from ..sse import SSEParser
 from ..stream import StreamAccumulator
 from . import runtime
 from .runtime import CallState, calls
@@ -127,16 +128,19 @@ def _submit(record: CallRecord) -> None:
 def _snapshot(obj: Any) -> dict[str, Any]:
     """Top-level fields and per-choice fields by reference: cheap, and immune to the strip
     step below, which replaces fields rather than mutating them."""
-    fields = dict(getattr(obj, "__dict__", {}) or {})
-    extra = getattr(obj, "__pydantic_extra__", None)
-    if extra:
-        fields.update(extra)
-    fields["choices"] = [
-        {**dict(getattr(c, "__dict__", {}) or {}), **(getattr(c, "__pydantic_extra__", None) or {})}
-        if not isinstance(c, Mapping)
-        else dict(c)
-        for c in (fields.get("choices") or [])
-    ]
+    if isinstance(obj, Mapping):
+        fields = dict(obj)
+    else:
+        fields = dict(getattr(obj, "__dict__", {}) or {})
+        extra = getattr(obj, "__pydantic_extra__", None)
+        if extra:
+            fields.update(extra)
+    if fields.get("choices") is not None:
+        fields["choices"] = [
+            dict(c) if isinstance(c, Mapping)
+            else {**dict(getattr(c, "__dict__", {}) or {}), **(getattr(c, "__pydantic_extra__", None) or {})}
+            for c in fields["choices"]
+        ]
     return fields
 
 
@@ -149,7 +153,11 @@ def finish_success(data: dict[str, Any], response: Any) -> None:
     if TRACER in calls.roles:
         try:
             record = _record(state, data, "ok")
-            record.response = _snapshot(response)
+            raw = state.tap.json_body() if state.tap is not None else None
+            if raw is not None:
+                record.raw_body = raw  # the upstream's own JSON: parsed in the writer thread
+            else:
+                record.response = _snapshot(response)
             record.hidden = dict(getattr(response, "_hidden_params", None) or {})
             _submit(record)
         except Exception:
@@ -205,13 +213,19 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     tracing = TRACER in calls.roles
     strip = state.strip if SAMPLING in calls.roles else ()
     # LiteLLM's chunks are accumulated only where the upstream bytes aren't tapped.
-    acc = StreamAccumulator(started=state.started) if tracing and state.tap is None else None
+    tapped = state.tap is not None and state.tap.is_sse
+    acc = StreamAccumulator(started=state.started) if tracing and not tapped else None
+    # Routes that stream pre-encoded SSE to the client (`/v1/messages`) yield bytes/str chunks.
+    sse = SSEParser(acc.add) if acc is not None else None
     status, error = "incomplete", None
     try:
         async for chunk in response:
             if acc is not None:
                 try:
-                    acc.add(chunk)
+                    if isinstance(chunk, (bytes, str)):
+                        sse.feed(chunk if isinstance(chunk, bytes) else chunk.encode("utf-8"))
+                    else:
+                        acc.add(chunk)
                 except Exception:
                     counters["capture_errors"] += 1
                     log.exception("litellm-rllm: chunk capture failed for call %s", cid)
@@ -232,8 +246,10 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
             try:
                 record = _record(state, data, status)
                 record.stream = True
+                source = getattr(response, "_source", response)
+                record.hidden = dict(getattr(source, "_hidden_params", None) or {})
                 tap = state.tap
-                if tap is not None:
+                if tap is not None and tap.is_sse:
                     acc = tap.acc
                     if tap.parser.error is not None and record.error is None:
                         record.status = "error"

@@ -94,6 +94,20 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def _dispatcher(app: Any) -> Any:
+    """Where a rewritten request goes: LiteLLM's router, behind its lazy-feature loader.
+
+    LiteLLM loads some routers (e.g. `/v1/messages`) on the first request whose path needs
+    them; its middleware saw `/meta/...`, so the rewritten path must pass that loader too.
+    """
+    try:
+        from litellm.proxy._lazy_features import LazyFeatureMiddleware
+
+        return LazyFeatureMiddleware(app.router, fastapi_app=app)
+    except Exception:  # a LiteLLM without lazy features: the router has every route
+        return app.router
+
+
 def install_slug_route(header: str, check: Callable[[str], Any]) -> Optional[SlugRoute]:
     """Put `SlugRoute` first in LiteLLM's router; idempotent across reloads and repeated imports."""
     try:
@@ -104,7 +118,7 @@ def install_slug_route(header: str, check: Callable[[str], Any]) -> Optional[Slu
     for route in routes:
         if isinstance(route, SlugRoute) or type(route).__name__ == "SlugRoute":
             return route  # type: ignore[return-value]
-    route = SlugRoute(app.router, header, check)
+    route = SlugRoute(_dispatcher(app), header, check)
     routes.insert(0, route)
     log.info("litellm-rllm: /meta/{slug}/... and the %s header are served", header)
     return route

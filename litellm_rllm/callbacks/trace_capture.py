@@ -39,9 +39,9 @@ class TraceCaptureCallback(CustomLogger):
         if state is None:
             return None
         state.upstream = kwargs  # a reference: later hooks' edits are what went upstream
-        if kwargs.get("stream") and runtime.settings().raw_stream_capture:
+        if runtime.settings().raw_capture:
             try:
-                upstream_tap.install(kwargs, provider_of(kwargs))
+                upstream_tap.install(kwargs, provider_of(kwargs), call_type)
             except Exception:  # fall back to LiteLLM's chunks; never fail the call
                 pipeline.counters["capture_errors"] += 1
                 log.exception("litellm-rllm: could not tap the upstream stream")

@@ -1,13 +1,15 @@
-"""See a stream's upstream bytes exactly as the server sent them.
+"""See the upstream's response exactly as the server sent it.
 
-LiteLLM's chunk parsing loses what RL needs from vLLM streams (the role chunk's top-level
-`prompt_token_ids`, whole `"delta": {}` chunks with their token ids and logprobs, the finish
-chunk's EOS id; see shared/notes/litellm.md). So for streamed calls to OpenAI-format upstreams
-the deployment hook hands LiteLLM an HTTP client of ours, through LiteLLM's documented `client`
+LiteLLM's parsing loses what RL needs: from vLLM streams the role chunk's top-level
+`prompt_token_ids`, whole `"delta": {}` chunks with their token ids and logprobs and the finish
+chunk's EOS id (see shared/notes/litellm.md); on translated routes (`/v1/messages` served by a
+vLLM deployment) everything but the text. So for calls to OpenAI-format upstreams the
+deployment hook hands LiteLLM an HTTP client of ours, through LiteLLM's documented `client`
 parameter: its httpx transport is LiteLLM's own (`create_async_transport`) wrapped in a tee that
-parses the SSE body as it passes (`SSEParser` -> `StreamAccumulator`) and forwards every byte
-unchanged. A private header carries the call id from the hook to the transport and is removed
-before the request leaves the process. No LiteLLM code is patched.
+forwards every byte unchanged and keeps what it needs: an SSE body is parsed as it passes
+(`SSEParser` -> `StreamAccumulator`, packed arrays), a JSON body is kept as bytes for the writer
+thread to parse. A private header carries the call id from the hook to the transport and is
+removed before the request leaves the process. No LiteLLM code is patched.
 """
 
 from __future__ import annotations
@@ -27,20 +29,48 @@ from .runtime import calls
 log = logging.getLogger("litellm_rllm")
 
 TAG_HEADER = "x-litellm-rllm-call"
-TAPPED_PROVIDERS = frozenset({"hosted_vllm", "openai"})
+
+# (provider, LiteLLM call type) -> which client LiteLLM expects in `client` there. Only pairs
+# verified against LiteLLM's handlers are tapped: a wrong client type would fail the call.
+_HANDLER, _OPENAI = "handler", "openai"
+CLIENT_KIND: dict[tuple[str, str], str] = {
+    ("hosted_vllm", "acompletion"): _HANDLER,
+    ("hosted_vllm", "atext_completion"): _OPENAI,
+    ("openai", "acompletion"): _OPENAI,
+    ("openai", "atext_completion"): _OPENAI,
+}
+MAX_RAW_BODY = 512 << 20  # a non-streamed body larger than this is not kept (LiteLLM's copy is used)
 
 
 class UpstreamTap:
-    """One attempt's upstream stream, parsed into packed arrays as it arrives."""
+    """One attempt's upstream response: a stream parsed into packed arrays as it arrives, or a
+    JSON body kept as bytes."""
 
-    __slots__ = ("acc", "parser", "status_code", "finished", "error")
+    __slots__ = ("acc", "parser", "status_code", "finished", "error", "is_sse", "body")
 
-    def __init__(self, started: float) -> None:
-        self.acc = StreamAccumulator(started=started)
-        self.parser = SSEParser(self.acc.add)
-        self.status_code: Optional[int] = None
+    def __init__(self, started: float, status_code: int, is_sse: bool) -> None:
+        self.status_code = status_code
+        self.is_sse = is_sse
+        self.acc = StreamAccumulator(started=started) if is_sse else None
+        self.parser = SSEParser(self.acc.add) if self.acc is not None else None
+        self.body: Optional[bytearray] = None if is_sse else bytearray()
         self.finished = False  # the body ended normally
         self.error: Optional[str] = None
+
+    def feed(self, data: bytes) -> None:
+        if self.parser is not None:
+            self.parser.feed(data)
+        elif self.body is not None:
+            if len(self.body) + len(data) > MAX_RAW_BODY:
+                self.body = None
+            else:
+                self.body += data
+
+    def json_body(self) -> Optional[bytes]:
+        """The complete 2xx JSON body, or None."""
+        if self.is_sse or not self.finished or self.body is None or not (200 <= self.status_code < 300):
+            return None
+        return bytes(self.body)
 
 
 class _TeeStream(httpx.AsyncByteStream):
@@ -50,17 +80,22 @@ class _TeeStream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> Any:
         tap = self._tap
+        if tap.finished or tap.error is not None:  # a second read of a replayable body: pass it on only
+            async for data in self._inner:
+                yield data
+            return
         try:
             async for data in self._inner:
                 try:
-                    tap.parser.feed(data)
-                except Exception:  # capture must never break the stream
-                    log.exception("litellm-rllm: could not parse upstream stream bytes")
+                    tap.feed(data)
+                except Exception:  # capture must never break the response
+                    log.exception("litellm-rllm: could not read upstream response bytes")
                 yield data
         except BaseException as exc:
             tap.error = f"{type(exc).__name__}: {exc}"
             raise
-        tap.parser.close()
+        if tap.parser is not None:
+            tap.parser.close()
         tap.finished = True
 
     async def aclose(self) -> None:
@@ -80,8 +115,8 @@ class _TeeTransport(httpx.AsyncBaseTransport):
         response = await self._inner.handle_async_request(request)
         state = calls.get(call_id)
         if state is not None:
-            tap = UpstreamTap(started=state.started)
-            tap.status_code = response.status_code
+            is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+            tap = UpstreamTap(state.started, response.status_code, is_sse)
             state.tap = tap  # a retried attempt replaces the failed one's
             response.stream = _TeeStream(response.stream, tap)
         return response
@@ -154,17 +189,15 @@ def _openai_client(kwargs: dict[str, Any]) -> Any:
     return client
 
 
-def install(kwargs: dict[str, Any], provider: Optional[str]) -> bool:
-    """Route this streamed attempt through the tee; False where we don't (or can't) tap."""
-    if not kwargs.get("stream") or kwargs.get("client") is not None or provider not in TAPPED_PROVIDERS:
+def install(kwargs: dict[str, Any], provider: Optional[str], call_type: Any) -> bool:
+    """Route this attempt through the tee; False where we don't (or can't) tap."""
+    kind = CLIENT_KIND.get((provider or "", str(getattr(call_type, "value", call_type))))
+    if kind is None or kwargs.get("client") is not None:
         return False
     call_id = kwargs.get("litellm_call_id")
     if not call_id:
         return False
-    if provider == "hosted_vllm":
-        kwargs["client"] = _vllm_client(kwargs.get("ssl_verify"))
-    else:
-        kwargs["client"] = _openai_client(kwargs)
+    kwargs["client"] = _vllm_client(kwargs.get("ssl_verify")) if kind == _HANDLER else _openai_client(kwargs)
     headers = dict(kwargs.get("extra_headers") or {})
     headers[TAG_HEADER] = str(call_id)
     kwargs["extra_headers"] = headers

@@ -174,10 +174,7 @@ def encode_detail(trace: Trace) -> Optional[bytes]:
     if all(c.tokens is None and c.top_logprobs is None for c in trace.choices):
         return None
     per_choice: list[dict[str, Any]] = []
-    alt_tokens: list[Optional[str]] = []
-    alt_logprobs: list[float] = []
-    alt_ids: list[Optional[int]] = []
-    extras: list[Optional[dict[str, Any]]] = []
+    alts: list[TopLogprob] = []
     for choice in trace.choices:
         entry: dict[str, Any] = {}
         if choice.tokens is not None:
@@ -185,27 +182,26 @@ def encode_detail(trace: Trace) -> Optional[bytes]:
         if choice.top_logprobs is not None:
             entry["n"] = [len(pos) for pos in choice.top_logprobs]
             for pos in choice.top_logprobs:
-                for alt in pos:
-                    alt_tokens.append(alt.token)
-                    alt_logprobs.append(alt.logprob)
-                    alt_ids.append(alt.token_id)
-                    extras.append(alt.__pydantic_extra__ or None)
+                alts.extend(pos)
         per_choice.append(entry)
-    ids_mode: Any
+    # Columnar, one comprehension per attribute; list.count runs in C.
+    alt_ids = [alt.token_id for alt in alts]
+    extras = [alt.__pydantic_extra__ or None for alt in alts]
+    missing_ids = alt_ids.count(None)
     tail = b""
-    if all(i is None for i in alt_ids):
+    ids_mode: Any = alt_ids  # mixed: a JSON list with nulls
+    if missing_ids == len(alt_ids):
         ids_mode = None
-    elif all(i is not None for i in alt_ids):
+    elif missing_ids == 0:
         ids_mode = "packed"
         tail = _pack("i", alt_ids)
-    else:
-        ids_mode = alt_ids
     header = {
         "choices": per_choice,
-        "t": alt_tokens,
+        "t": [alt.token for alt in alts],
         "i": ids_mode,
-        "x": extras if any(e is not None for e in extras) else None,
+        "x": None if extras.count(None) == len(extras) else extras,
     }
+    alt_logprobs = [alt.logprob for alt in alts]
     # Serialise through pydantic-core: it handles the extras' types like the doc does.
     head = _TOP_HEADER_ADAPTER.dump_json(header)
     body = b"".join((_HEAD.pack(DETAIL_FORMAT, len(head)), head, _pack("f", alt_logprobs), tail))

@@ -22,6 +22,7 @@ Layout (schema version 1)::
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -39,9 +40,15 @@ from litellm_rllm.store.codec import (
 )
 from litellm_rllm.trace import Trace
 
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 PAGE_SIZE = 16384  # a ~10-20 KB trace spans 1-2 pages, not 3-5; only applies to a new file
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
+# The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
+# dead): at 16 KiB pages that is a 64 MiB WAL. A WAL file grown past the limit is cut back to it.
+WRITER_AUTOCHECKPOINT_PAGES = 4096
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
 _READ_PAGE = 256
 
@@ -144,8 +151,13 @@ def path_from_url(url: str) -> str:
 class SqliteStore(TraceStore):
     """One connection guarded by a lock: safe to share between the writer thread and readers."""
 
-    def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout: float = 30.0, background_checkpoint: bool = True
+    ) -> None:
         self.path = path
+        self._busy_timeout = busy_timeout
+        self._checkpointer: Optional[_Checkpointer] = None
+        self._background_checkpoint = background_checkpoint and path != ":memory:"
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -160,6 +172,9 @@ class SqliteStore(TraceStore):
             _enable_wal(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            if self._background_checkpoint:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
             migrate(conn)
         except BaseException:
             conn.close()
@@ -200,6 +215,9 @@ class SqliteStore(TraceStore):
                     self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
                 if existing:
                     stored = _fetch_by_ids(conn, list(existing))
+
+        if seqs and self._background_checkpoint:
+            self._poke_checkpointer()
 
         out: list[Trace] = []
         duplicates: list[str] = []
@@ -364,16 +382,76 @@ class SqliteStore(TraceStore):
             self._check_open()
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def _poke_checkpointer(self) -> None:
+        if self._checkpointer is None:
+            with self._lock:
+                if self._checkpointer is None and not self._closed:
+                    self._checkpointer = _Checkpointer(self.path, self._busy_timeout)
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+        with self._lock:
             self._conn.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+
+
+class _Checkpointer:
+    """Runs WAL checkpoints on its own connection and thread, poked after each commit.
+
+    Why: copying the WAL into the database file and its fsync are half the cost of a write,
+    and they release the GIL; done here they overlap the writer's encoding of the next batch
+    instead of stalling it. PASSIVE never blocks the writer; a checkpoint that completes
+    between two commits lets the next commit restart the WAL from its beginning.
+    """
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name="litellm-rllm-sqlite-checkpointer", daemon=True
+        )
+        self._thread.start()
+
+    def poke(self) -> None:
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        conn: Optional[sqlite3.Connection] = None
+        try:
+            conn = sqlite3.connect(
+                self._path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            while not self._stopping:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                if not self._stopping:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:  # noqa: BLE001 - the writer's own autocheckpoint takes over
+            logger.exception("SQLite checkpointer for %s stopped", self._path)
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 class _Transaction:

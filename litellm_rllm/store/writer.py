@@ -205,8 +205,8 @@ class TraceWriter:
     def _enqueue_barrier(self, barrier: _Barrier) -> Optional[bool]:
         """Queue the barrier; or, if the thread has exited, the flush answer right away."""
         with self._lock:
-            if self._exited:
-                return not any(not isinstance(x, _Barrier) for x in self._queue)
+            if self._exited:  # nothing pops any more; list() copies the deque atomically
+                return not any(type(x) is not _Barrier for x in list(self._queue))
             self._queue.append(barrier)
         self._wake.set()
         return None
@@ -238,9 +238,11 @@ class TraceWriter:
             logger.error("trace writer: exit with traces not yet durable: %s", self.stats())
 
     def stats(self) -> dict[str, int]:
+        """Counters since start. ``submitted`` counts accepted items; each ends up ``written``,
+        ``duplicates``, ``failed``, ``build_errors`` or ``skipped``, or is still queued
+        (``queue_depth``, which also counts pending flush markers)."""
         with self._lock:
-            submitted, dropped = self._submitted, self._dropped
-            depth = sum(1 for x in self._queue if not isinstance(x, _Barrier))
+            submitted, dropped, depth = self._submitted, self._dropped, len(self._queue)
         return {
             "submitted": submitted,
             "written": self._written,

@@ -44,8 +44,10 @@ from typing import Any, AsyncIterator, Iterable, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tests.upstreams import responses_api as rapi
 from tests.upstreams import server
 from tests.upstreams.common import (
+    BREAK_AFTER_ROUNDS,
     MAX_LOGPROBS,
     BrokenBody,
     FakeUpstream,
@@ -109,6 +111,42 @@ def check_request(body: dict[str, Any]) -> Optional[Response]:
                               code="integer_above_max_value")
     return None
 
+KNOWN_RESPONSES_PARAMS = frozenset({
+    "input", "model", "access_programs", "background", "background_options", "context_management",
+    "conversation", "image", "include", "instructions", "max_output_tokens", "max_tool_calls", "metadata",
+    "moderation", "parallel_tool_calls", "previous_response_id", "prompt", "prompt_cache_key",
+    "prompt_cache_options", "prompt_cache_retention", "reasoning", "safety_identifier", "service_tier", "store",
+    "stream", "stream_options", "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p",
+    "truncation", "user",
+})  # openai-python's ResponseCreateParams
+MIN_OUTPUT_TOKENS = 16  # the Responses API refuses a smaller max_output_tokens
+
+
+def check_responses_request(body: dict[str, Any]) -> Optional[Response]:
+    """The Responses API's refusals a proxy's parameter injection could trigger; None if accepted."""
+    for key in body:
+        if key not in KNOWN_RESPONSES_PARAMS:
+            return error_response(400, f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
+    model = str(body.get("model") or "")
+    if any(m in model for m in REASONING_MARKERS) and body.get("top_logprobs") is not None:
+        return error_response(400, "Unsupported parameter: 'top_logprobs' is not supported with this model.",
+                              param="top_logprobs", code="unsupported_parameter")
+    top = body.get("top_logprobs")
+    if top is not None and top > MAX_LOGPROBS:
+        return error_response(400, f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= "
+                              f"{MAX_LOGPROBS}, but got {top} instead.", param="top_logprobs",
+                              code="integer_above_max_value")
+    limit = body.get("max_output_tokens")
+    if limit is not None and limit < MIN_OUTPUT_TOKENS:
+        return error_response(400, f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
+                              f"{MIN_OUTPUT_TOKENS}, but got {limit} instead.", param="max_output_tokens",
+                              code="integer_below_min_value")
+    return None
+
+
+def _long_id(prefix: str) -> str:
+    return prefix + (uuid.uuid4().hex + uuid.uuid4().hex)[:48]
+
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {
@@ -123,7 +161,8 @@ class FakeOpenAI(FakeUpstream):
     """The fake OpenAI server (an ASGI app); settings as for ``FakeUpstream``."""
 
     def routes(self) -> Iterable[tuple[str, str, Handler]]:
-        return [("POST", "/v1/chat/completions", self.chat_completions), ("GET", "/v1/models", self.models)]
+        return [("POST", "/v1/chat/completions", self.chat_completions), ("POST", "/v1/responses", self.responses),
+                ("GET", "/v1/models", self.models)]
 
     async def models(self, request: Request, body: dict[str, Any]) -> Response:
         now = int(time.time())
@@ -228,6 +267,125 @@ class FakeOpenAI(FakeUpstream):
         err = {"error": {"message": "The server had an error while processing your request. Sorry about that!",
                          "type": "server_error", "param": None, "code": None}}
         return paced_rounds(rounds, triggers, self.step_delay, sse(dumps(err)))
+
+    # --- Responses API ----------------------------------------------------------------------
+
+    async def responses(self, request: Request, body: dict[str, Any]) -> Response:
+        """``POST /v1/responses`` in OpenAI's documented shape (see ``_responses_stream`` for events)."""
+        refusal = check_responses_request(body)
+        if refusal is not None:
+            return refusal
+        model = str(body.get("model") or "gpt-4o-mini")
+        triggers, status = await self.pre_answer(model)
+        if status:
+            err_type, code, message = _ERRORS.get(status, ("server_error", None, f"Injected HTTP {status}"))
+            return error_response(status, message, err_type, None, code)
+        try:
+            messages = rapi.input_messages(body)
+        except rapi.UnsupportedInput as exc:
+            return error_response(400, str(exc), param="input")
+
+        logprobs = rapi.wants_logprobs(body)
+        top = int(body.get("top_logprobs") or 0)
+        tools = rapi.function_tools(body)
+        tool = tool_call_trigger(rapi.tool_trigger_body(body, messages))
+        gen = self.generation({}, triggers, 0, body.get("max_output_tokens"), tool)
+        prompt_tokens = len(rapi.prompt_token_ids(messages, tools))
+        usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": len(gen.tokens), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": prompt_tokens + len(gen.tokens)}
+        final_status = "incomplete" if gen.finish_reason == "length" else "completed"
+        rid, created = _long_id("resp_"), int(time.time())
+        item_id = _long_id("fc_" if gen.tool_name is not None else "msg_")
+        call_id = f"call_{uuid.uuid4().hex[:24]}"
+        lps = rapi.output_logprobs(gen, 0, top) if logprobs else []
+
+        def response(state: str, output: list[Any]) -> dict[str, Any]:
+            done = state != "in_progress"
+            tool_list = [{"type": "function", "description": t.get("description"), "name": t.get("name"),
+                          "parameters": t.get("parameters"), "strict": t.get("strict", True)} for t in tools]
+            text = body.get("text") or {}
+            return {
+                "id": rid, "object": "response", "created_at": created, "status": state, "background": False,
+                "billing": {"payer": "developer"}, "completed_at": created if done else None, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if state == "incomplete" else None,
+                "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+                "max_tool_calls": body.get("max_tool_calls"), "model": model, "output": output,
+                "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
+                "prompt_cache_key": body.get("prompt_cache_key"), "prompt_cache_retention": None,
+                "reasoning": {"effort": None, "summary": None}, "safety_identifier": body.get("safety_identifier"),
+                "service_tier": "default", "store": body.get("store", True),
+                "temperature": float(body.get("temperature", 1.0)),
+                "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity", "medium")},
+                "tool_choice": body.get("tool_choice", "auto"), "tools": tool_list, "top_logprobs": top,
+                "top_p": float(body.get("top_p", 1.0)), "truncation": body.get("truncation", "disabled"),
+                "usage": usage if done else None, "user": body.get("user"), "metadata": body.get("metadata") or {},
+            }
+
+        def function_call(arguments: str, state: str) -> dict[str, Any]:
+            return {"id": item_id, "type": "function_call", "status": state, "arguments": arguments,
+                    "call_id": call_id, "name": gen.tool_name}
+
+        def message(text: str, entries: Optional[list[Any]], state: str) -> dict[str, Any]:
+            content = [] if entries is None else [
+                {"type": "output_text", "annotations": [], "logprobs": entries, "text": text}]
+            return {"id": item_id, "type": "message", "status": state, "content": content, "role": "assistant"}
+
+        if gen.tool_name is not None and gen.finish_reason == "tool_calls":
+            final_item = function_call(gen.tool_arguments, "completed")
+        else:
+            final_item = message(gen.text, lps, final_status)
+        if not body.get("stream"):
+            cls = BrokenBody if triggers.break_stream else Response
+            return cls(dumps(response(final_status, [final_item])).encode(), media_type="application/json")
+
+        opts = body.get("stream_options") or {}
+        obfuscate = opts.get("include_obfuscation") is not False
+        initial = response("in_progress", [])
+        rounds: list[list[tuple[str, dict[str, Any]]]] = [
+            [("response.created", {"response": initial}), ("response.in_progress", {"response": initial})]]
+        if final_item["type"] == "function_call":
+            rounds.append([("response.output_item.added", {"output_index": 0, "item": function_call("", "in_progress")})])
+            for frag in (s[1] for s in gen.tool_steps if s and s[0] == "args"):
+                delta = {"item_id": item_id, "output_index": 0, "delta": frag}
+                rounds.append([("response.function_call_arguments.delta",
+                                {**delta, "obfuscation": OBFUSCATION} if obfuscate else delta)])
+            close = [("response.function_call_arguments.done",
+                      {"item_id": item_id, "output_index": 0, "arguments": gen.tool_arguments})]
+        else:
+            part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+            rounds.append([("response.output_item.added", {"output_index": 0, "item": message("", None, "in_progress")}),
+                           ("response.content_part.added",
+                            {"item_id": item_id, "output_index": 0, "content_index": 0, "part": part})])
+            stream_lps = rapi.to_stream_logprobs(lps)
+            for start, end in stream_steps(len(gen.tokens), self.tokens_per_step):
+                delta = {"item_id": item_id, "output_index": 0, "content_index": 0,
+                         "delta": "".join(t.text for t in gen.tokens[start:end]), "logprobs": stream_lps[start:end]}
+                rounds.append([("response.output_text.delta", {**delta, "obfuscation": OBFUSCATION} if obfuscate else delta)])
+            close = [
+                ("response.output_text.done",
+                 {"item_id": item_id, "output_index": 0, "content_index": 0, "text": gen.text, "logprobs": lps}),
+                ("response.content_part.done", {"item_id": item_id, "output_index": 0, "content_index": 0,
+                                                "part": final_item["content"][0]}),
+            ]
+        close.append(("response.output_item.done", {"output_index": 0, "item": final_item}))
+        terminal = "response.incomplete" if final_status == "incomplete" else "response.completed"
+        close.append((terminal, {"response": response(final_status, [final_item])}))
+        rounds.append(close)
+
+        def serialize(event_type: str, seq: int, payload: dict[str, Any]) -> str:
+            return rapi.sse_event(event_type, dumps({"type": event_type, "sequence_number": seq, **payload}))
+
+        seq, text_rounds = 0, []
+        for events in rounds:
+            text_rounds.append([serialize(t, seq + k, p) for k, (t, p) in enumerate(events)])
+            seq += len(events)
+        strike = min(BREAK_AFTER_ROUNDS, len(rounds) - 1)
+        failed = {**response("failed", []), "usage": None, "completed_at": None,
+                  "error": {"code": "server_error", "message": _ERRORS[500][2]}}
+        error_event = serialize("response.failed", sum(len(r) for r in rounds[:strike]), {"response": failed})
+        return StreamingResponse(paced_rounds(text_rounds, triggers, self.step_delay, error_event),
+                                 media_type="text/event-stream")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -53,6 +53,7 @@ the server prints ``READY http://127.0.0.1:PORT`` when it accepts connections).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import time
 import uuid
@@ -62,6 +63,7 @@ from typing import Any, Callable, Iterable, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tests.upstreams import responses_api as rapi
 from tests.upstreams import server
 from tests.upstreams.common import (
     ID_TO_TOKEN,
@@ -170,6 +172,37 @@ def check_completion(body: dict[str, Any]) -> None:
     _check_common(body, "logprobs")
     if body.get("logprobs") is not None:
         _check_max_logprobs(body["logprobs"])
+
+
+RESPONSES_INCLUDABLE = (
+    "code_interpreter_call.outputs", "computer_call_output.output.image_url", "file_search_call.results",
+    "message.input_image.image_url", "message.output_text.logprobs", "reasoning.encrypted_content",
+)
+RESPONSES_BACKGROUND_MESSAGE = (
+    "This vLLM engine does not support `store=True` and therefore does not support the background mode. "
+    "To enable these features, set the environment variable `VLLM_ENABLE_RESPONSES_API_STORE=1` when "
+    "launching the vLLM server."
+)
+
+
+def check_responses(body: dict[str, Any]) -> None:
+    """The subset of vLLM's ``ResponsesRequest`` validators that can bite a proxy."""
+    if body.get("input") is None:
+        raise ValidationFailure("Field required: input", "input")
+    for value in body.get("include") or []:
+        if value not in RESPONSES_INCLUDABLE:
+            allowed = ", ".join(f"'{v}'" for v in RESPONSES_INCLUDABLE)
+            raise ValidationFailure(f"Input should be {allowed}", "include")
+    if body.get("prompt") is not None:
+        raise ValidationFailure("prompt template is not supported", "prompt")
+    if body.get("background") and body.get("store", True) is False:
+        raise ValidationFailure("background can only be used when `store` is true", "background")
+    tool_choice = body.get("tool_choice", "auto")
+    if not body.get("tools"):
+        if tool_choice == "required":
+            raise ValidationFailure("Tool choice 'required' must be specified with 'tools' parameter.", "tool_choice")
+        if isinstance(tool_choice, dict) and tool_choice.get("type") in ("function", "custom"):
+            raise ValidationFailure("Tool choice 'function' not found in 'tools' parameter.", "tool_choice")
 
 
 def _top_count(k: Optional[int]) -> int:
@@ -303,6 +336,7 @@ class FakeVLLM(FakeUpstream):
         return [
             ("POST", "/v1/chat/completions", self.chat_completions),
             ("POST", "/v1/completions", self.completions),
+            ("POST", "/v1/responses", self.responses),
             ("GET", "/v1/models", self.models),
             ("GET", "/health", self.health),
         ]
@@ -472,10 +506,232 @@ class FakeVLLM(FakeUpstream):
                 + ',"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}')
         return self._body(text, triggers)
 
+    async def responses(self, request: Request, body: dict[str, Any]) -> Response:
+        """``POST /v1/responses`` as vLLM 0.33.0 serves it for a non-harmony model with a tool
+        parser (``vllm/entrypoints/openai/responses/``): see ``_responses_stream`` for events."""
+        try:
+            check_responses(body)
+            messages = rapi.input_messages(body)
+        except ValidationFailure as failure:
+            return validation_error(failure, body)
+        except rapi.UnsupportedInput as exc:
+            return JSONResponse(error_body(400, str(exc), "BadRequestError", "input"), 400)
+        if body.get("background"):
+            return JSONResponse(error_body(400, RESPONSES_BACKGROUND_MESSAGE, "invalid_request_error", "background"), 400)
+        if body.get("previous_response_id"):  # the store is off by default, so nothing is ever found
+            message = f"Response with id '{body['previous_response_id']}' not found."
+            return JSONResponse(error_body(404, message, "invalid_request_error", "response_id"), 404)
+        logprobs = rapi.wants_logprobs(body)
+        top = int(body.get("top_logprobs") or 0)
+        if logprobs:
+            try:
+                _check_max_logprobs(top)
+            except ValidationFailure as failure:
+                return validation_error(failure, body)
+        model = str(body.get("model") or self.model_name)
+        triggers, status = await self.pre_answer(model)
+        if status:
+            return injected_error(status, body)
+
+        tools = rapi.function_tools(body)
+        prompt_ids = rapi.prompt_token_ids(messages, tools)
+        limit = self.max_model_len - len(prompt_ids)
+        asked = body.get("max_output_tokens")
+        max_tokens = limit if asked is None else min(int(asked), limit)
+        tool = tool_call_trigger(rapi.tool_trigger_body(body, messages))
+        gen = self.generation(body, triggers, 0, max_tokens, tool)
+        final_status = "incomplete" if gen.finish_reason == "length" else "completed"
+        usage = {
+            "input_tokens": len(prompt_ids),
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0, "input_tokens_per_turn": [],
+                                     "cached_tokens_per_turn": []},
+            "output_tokens": len(gen.tokens),
+            "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0, "output_tokens_per_turn": [],
+                                      "tool_output_tokens_per_turn": []},
+            "total_tokens": len(prompt_ids) + len(gen.tokens),
+        }
+        raw: Optional[tuple[Any, Any]] = None
+        if body.get("enable_response_messages"):  # vLLM's only token-id channel on this endpoint
+            raw = ([{"message": rapi.prompt_text(messages, tools), "tokens": prompt_ids, "type": "raw_message_tokens"}],
+                   [{"message": gen.text, "tokens": gen.token_ids, "type": "raw_message_tokens"}] if gen.tokens else None)
+        rid, created = f"resp_{_random_uuid()}", int(time.time())
+
+        def response(state: str, output: list[Any], final: bool) -> dict[str, Any]:
+            return _responses_object(body, rid, created, model, state, output, usage if final else None,
+                                     max_tokens, top if logprobs else None, raw if final else None)
+
+        if body.get("stream"):
+            return self._responses_stream(gen, self.per_step(body), logprobs, top, final_status, response, triggers)
+        if gen.finish_reason == "tool_calls":
+            output = [_function_call_item(f"fc_{_random_uuid()}", f"chatcmpl-tool-{_random_uuid()}", gen.tool_name or "",
+                                          gen.tool_arguments, final_status)]
+        elif gen.text:
+            part = {"annotations": [], "text": gen.text, "type": "output_text",
+                    "logprobs": rapi.output_logprobs(gen, 0, top) if logprobs else None}
+            output = [_message_item(f"msg_{_random_uuid()}", [part], final_status)]
+        else:
+            output = []
+        return self._body(dumps(response(final_status, output, True)), triggers)
+
+    def _responses_stream(self, gen: Generation, per_step: int, logprobs: bool, top: int, status: str,
+                          response: Callable[[str, list[Any], bool], dict[str, Any]],
+                          triggers: Triggers) -> StreamingResponse:
+        """vLLM's simple (non-harmony) Responses stream: ``response.created``,
+        ``response.in_progress``, then per engine step the parser's events (a message opens with
+        ``output_item.added`` + ``content_part.added`` at the first non-empty text; a tool call
+        opens with a ``function_call`` item when the parser emits its name, then
+        ``function_call_arguments.delta`` fragments), then the closing events and
+        ``response.completed`` (``response.incomplete`` when cut by ``max_output_tokens``).
+
+        vLLM quirks kept: a step whose text is empty (a lone EOS or stop-word token) emits nothing,
+        so its logprob never reaches the client (nor the final response, which reuses the streamed
+        items); ``output_text.done`` carries ``logprobs: []``; the ``content_part.done`` part
+        carries the accumulated logprobs (``null`` when none); tool-call tokens have no logprobs.
+        ``stream-error``: vLLM 0.33.0 cannot validate its error payload as a stream event and the
+        stream dies, so the connection is dropped like ``break-stream``."""
+        rounds: list[list[tuple[str, dict[str, Any]]]] = []
+        initial = response("in_progress", [], False)
+        rounds.append([("response.created", {"response": initial}), ("response.in_progress", {"response": initial})])
+        state, item_id, call_id, text, args = "", "", "", "", ""
+        accumulated: list[dict[str, Any]] = []
+        for start, end in stream_steps(len(gen.tokens), per_step):
+            events: list[tuple[str, dict[str, Any]]] = []
+            if gen.tool_name is not None:
+                name = next((s[1] for s in gen.tool_steps[start:end] if s and s[0] == "name"), None)
+                fragment = "".join(s[1] for s in gen.tool_steps[start:end] if s and s[0] == "args")
+                if name is not None and state != "tool":
+                    state, item_id, call_id = "tool", f"fc_{_random_uuid()}", f"chatcmpl-tool-{_random_uuid()}"
+                    item = {**_function_call_item(item_id, call_id, name, "", "in_progress"), "created_by": None}
+                    events.append(("response.output_item.added", {"item": item, "output_index": 0}))
+                if fragment and state == "tool":
+                    args += fragment
+                    events.append(("response.function_call_arguments.delta",
+                                   {"delta": fragment, "item_id": item_id, "output_index": 0}))
+            else:
+                piece = "".join(t.text for t in gen.tokens[start:end])
+                if piece:
+                    if state != "content":
+                        state, item_id = "content", f"msg_{_random_uuid()}"
+                        events.append(("response.output_item.added",
+                                       {"item": _message_item(item_id, [], "in_progress"), "output_index": 0}))
+                        events.append(("response.content_part.added", {
+                            "content_index": 0, "item_id": item_id, "output_index": 0,
+                            "part": {"annotations": [], "text": "", "type": "output_text", "logprobs": []}}))
+                    lps = rapi.output_logprobs(gen, 0, top, start, end) if logprobs else []
+                    accumulated += lps
+                    text += piece
+                    events.append(("response.output_text.delta", {
+                        "content_index": 0, "delta": piece, "item_id": item_id,
+                        "logprobs": rapi.to_stream_logprobs(lps), "output_index": 0}))
+            rounds.append(events)
+        close: list[tuple[str, dict[str, Any]]] = []
+        items: list[dict[str, Any]] = []
+        if state == "content":
+            part = {"annotations": [], "text": text, "type": "output_text", "logprobs": accumulated or None}
+            items.append(_message_item(item_id, [part] if text else [], status))
+            close += [
+                ("response.output_text.done",
+                 {"content_index": 0, "item_id": item_id, "logprobs": [], "output_index": 0, "text": text}),
+                ("response.content_part.done", {"content_index": 0, "item_id": item_id, "output_index": 0, "part": part}),
+                ("response.output_item.done", {"item": items[-1], "output_index": 0}),
+            ]
+        elif state == "tool":
+            items.append(_function_call_item(item_id, call_id, gen.tool_name or "", args, status))
+            close += [
+                ("response.function_call_arguments.done",
+                 {"arguments": args, "item_id": item_id, "output_index": 0, "name": gen.tool_name}),
+                ("response.output_item.done", {"item": items[-1], "output_index": 0}),
+            ]
+        terminal = "response.incomplete" if status == "incomplete" else "response.completed"
+        close.append((terminal, {"response": response(status, items, True)}))
+        rounds[-1].extend(close)
+
+        seq = 0
+        text_rounds: list[list[str]] = []
+        for events in rounds:
+            out = []
+            for event_type, payload in events:
+                data = {**payload, "sequence_number": seq, "type": event_type}
+                ordered = {k: data[k] for k in sorted(data) if k != "name"}  # openai's field order
+                if "name" in data:  # an extra field vLLM sets on function_call_arguments.done
+                    ordered["name"] = data["name"]
+                out.append(rapi.sse_event(event_type, dumps(ordered)))
+                seq += 1
+            text_rounds.append(out)
+        if triggers.stream_error:
+            triggers = dataclasses.replace(triggers, break_stream=True, stream_error=False)
+        events_iter = paced_rounds(text_rounds, triggers, self.step_delay, "")
+        return StreamingResponse(events_iter, media_type="text/event-stream")
+
     @staticmethod
     def _body(text: str, triggers: Triggers) -> Response:
         cls = BrokenBody if triggers.break_stream else Response
         return cls(text.encode(), media_type="application/json")
+
+
+def _random_uuid() -> str:
+    """vLLM's ``random_uuid()``: 16 hex characters."""
+    return f"{uuid.uuid4().int & ((1 << 64) - 1):016x}"
+
+
+def _message_item(item_id: str, content: list[Any], status: str) -> dict[str, Any]:
+    """An ``openai`` ``ResponseOutputMessage`` as vLLM serializes it (every field, nulls included)."""
+    return {"id": item_id, "content": content, "role": "assistant", "status": status, "type": "message", "phase": None}
+
+
+def _function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    """An ``openai`` ``ResponseFunctionToolCall`` as vLLM serializes it."""
+    return {"arguments": arguments, "call_id": call_id, "name": name, "type": "function_call", "id": item_id,
+            "async": None, "caller": None, "namespace": None, "status": status}
+
+
+def _responses_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A request tool echoed back: function tools in ``openai``'s ``FunctionTool`` field order."""
+    if tool.get("type") != "function":
+        return tool
+    keys = ("name", "parameters", "strict", "type", "allowed_callers", "async", "defer_loading", "description",
+            "output_schema")
+    return {k: tool.get(k) for k in keys}
+
+
+def _responses_object(body: dict[str, Any], rid: str, created: int, model: str, status: str, output: list[Any],
+                      usage: Optional[dict[str, Any]], max_tokens: int, top_logprobs: Optional[int],
+                      raw: Optional[tuple[Any, Any]]) -> dict[str, Any]:
+    """vLLM's ``ResponsesResponse`` (``model_dump(mode="json")``: every field, nulls included;
+    ``metrics`` omitted when off). ``input_messages`` / ``output_messages`` are set only with
+    ``enable_response_messages`` and only on the final object."""
+    tools = body.get("tools") or []
+    tool_choice = body.get("tool_choice", "auto")
+    if not tools and tool_choice in ("auto", "none"):
+        tool_choice = "none"  # vLLM's check_tool_usage rewrites it
+
+    def num(key: str, default: float) -> float:
+        value = body.get(key)
+        return float(default if value is None else value)
+
+    cache_options = body.get("prompt_cache_options")
+    if isinstance(cache_options, dict):
+        cache_options = {"mode": cache_options.get("mode", "implicit"), "ttl": cache_options.get("ttl", "30m"),
+                         "comparison_response_id": cache_options.get("comparison_response_id")}
+    parallel = body.get("parallel_tool_calls")
+    return {
+        "id": rid, "created_at": created,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.get("instructions"), "metadata": body.get("metadata"), "model": model,
+        "object": "response", "output": output, "parallel_tool_calls": True if parallel is None else parallel,
+        "temperature": num("temperature", 1.0), "tool_choice": tool_choice,
+        "tools": [_responses_tool(t) for t in tools], "top_p": num("top_p", 1.0),
+        "background": bool(body.get("background") or False), "max_output_tokens": max_tokens,
+        "max_tool_calls": body.get("max_tool_calls"), "previous_response_id": body.get("previous_response_id"),
+        "prompt": None, "prompt_cache_options": cache_options, "prompt_cache_key": body.get("prompt_cache_key"),
+        "prompt_cache_retention": body.get("prompt_cache_retention"), "reasoning": body.get("reasoning"),
+        "safety_identifier": body.get("safety_identifier"), "service_tier": body.get("service_tier") or "auto",
+        "status": status, "text": body.get("text"), "top_logprobs": top_logprobs,
+        "truncation": body.get("truncation") or "disabled", "usage": usage, "user": body.get("user"),
+        "presence_penalty": num("presence_penalty", 0.0), "frequency_penalty": num("frequency_penalty", 0.0),
+        "kv_transfer_params": None, "ec_transfer_params": None,
+        "input_messages": raw[0] if raw else None, "output_messages": raw[1] if raw else None,
+    }
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
