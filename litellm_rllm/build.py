@@ -4,6 +4,8 @@ objects to dicts, walking logprobs, validating the schema)."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
@@ -52,6 +54,8 @@ def build_trace(record: CallRecord) -> Trace:
     if not isinstance(cost, (int, float)) and usage and record.status == "ok":
         cost = _cost(upstream.get("model") or hidden.get("litellm_model_name"), usage)
     error = TraceError(**record.error) if record.error else None
+    if error is not None:
+        error.message = redact(error.message, secrets=(upstream.get("api_key"),))
     return Trace(
         trace_id=record.call_id,
         session_id=str(session_id) if session_id is not None else None,
@@ -107,3 +111,15 @@ def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:
         return float(p_cost + c_cost)
     except Exception:
         return None
+
+
+# Provider and LiteLLM key shapes: an upstream error may echo the key it was sent.
+_KEY_PATTERN = re.compile(r"\b(sk-(?:ant-)?|rk-|AIza|xai-|gsk_)[A-Za-z0-9_\-]{6,}")
+
+
+def redact(text: str, secrets: tuple[Any, ...] = ()) -> str:
+    """Remove credentials from text that goes into the store (error messages)."""
+    for secret in (*secrets, os.environ.get("LITELLM_MASTER_KEY")):
+        if isinstance(secret, str) and len(secret) >= 6 and secret in text:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_PATTERN.sub(lambda m: m.group(1) + "[redacted]", text)

@@ -39,6 +39,8 @@ POLICIES: dict[str, Any] = {
          "strip_from_response": False},
         {"name": "quarter", "match": {"model": "sampled"}, "logprobs": True, "return_token_ids": True,
          "sample_rate": 0.25},
+        {"name": "prompt-lp", "match": {"model": "prompt-lp"}, "logprobs": True, "return_token_ids": True,
+         "prompt_logprobs": 1},
         {"name": "trained-policy", "match": {"provider": "hosted_vllm"}, "logprobs": True, "top_logprobs": 2,
          "return_token_ids": True},
         # Asks for what Anthropic refuses: must be skipped, never sent.
@@ -78,6 +80,7 @@ def extra_models(urls: dict[str, str]) -> list[dict[str, Any]]:
         vllm("locked"),
         vllm("keep"),
         vllm("sampled"),
+        vllm("prompt-lp"),
     ]
 
 
@@ -245,6 +248,31 @@ def test_anthropic_messages_route_and_legacy_completions_never_fail(gateway, ups
     assert injected_params(body) == {"logprobs": 2, "return_token_ids": True}  # 2 alternatives, no top_logprobs
     assert resp.json()["choices"][0].get("logprobs") is None
     assert gateway.trace(sid)["injected"] == {"logprobs": 2, "return_token_ids": True, "rule": "trained-policy"}
+
+
+def test_prompt_logprobs_for_vllm_only_without_stream_and_hidden_from_the_client(gateway, ups):
+    sid, resp = gateway.chat("prompt-lp")
+    assert resp.status_code == 200, resp.text
+    [req] = ups["vllm"].requests
+    assert injected_params(req["json"]) == {"logprobs": True, "return_token_ids": True, "prompt_logprobs": 1}
+    assert resp.json().get("prompt_logprobs") is None
+    assert_nothing_added_for_client(resp.json(), stream=False)
+    assert gateway.trace(sid)["injected"]["prompt_logprobs"] == 1
+
+    ups["vllm"].clear()
+    sid, resp = gateway.chat("prompt-lp", stream=True)  # vLLM refuses prompt_logprobs with stream
+    assert resp.status_code == 200, resp.text
+    [req] = ups["vllm"].requests
+    assert injected_params(req["json"]) == {"logprobs": True, "return_token_ids": True}
+    assert "stream" in gateway.trace(sid)["injected"]["skipped"]["prompt_logprobs"]
+
+
+def test_routes_without_chat_sampling_params_are_sent_unchanged(gateway, ups):
+    for model, upstream in (("policy", "vllm"), ("teacher", "openai")):
+        resp = gateway.http.post("/v1/responses", json={"model": model, "input": "hello responses"})
+        assert resp.status_code == 200, resp.text
+        [req] = ups[upstream].requests
+        assert req["path"] == "/v1/responses" and injected_params(req["json"]) == {}
 
 
 # ---------------------------------------------------------------------------------------------

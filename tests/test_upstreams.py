@@ -452,6 +452,251 @@ def test_openai_tool_call_stream_starts_with_name_then_argument_fragments(openai
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+# --- Responses API (/v1/responses) ------------------------------------------------------------
+
+RESPONSES_INPUT = [{"role": "user", "content": "hello there"}]  # + instructions "be brief" == MESSAGES
+RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+LOGPROBS = ["message.output_text.logprobs"]
+VLLM_RESPONSE_KEYS = [
+    "id", "created_at", "incomplete_details", "instructions", "metadata", "model", "object", "output",
+    "parallel_tool_calls", "temperature", "tool_choice", "tools", "top_p", "background", "max_output_tokens",
+    "max_tool_calls", "previous_response_id", "prompt", "prompt_cache_options", "prompt_cache_key",
+    "prompt_cache_retention", "reasoning", "safety_identifier", "service_tier", "status", "text", "top_logprobs",
+    "truncation", "usage", "user", "presence_penalty", "frequency_penalty", "kv_transfer_params",
+    "ec_transfer_params", "input_messages", "output_messages",
+]
+TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
+               "response.content_part.added"] + ["response.output_text.delta"] * 8 + [
+               "response.output_text.done", "response.content_part.done", "response.output_item.done",
+               "response.completed"]
+
+
+def respond(up: Any, http: httpx.Client, **body: Any) -> httpx.Response:
+    payload = {"model": "m", "instructions": "be brief", "input": RESPONSES_INPUT}
+    return http.post(up.url("/v1/responses"), json={**payload, **body})
+
+
+def respond_stream(up: Any, http: httpx.Client, **body: Any) -> list[dict[str, Any]]:
+    """The events of a Responses stream; checks each ``event:`` line names its ``data`` type."""
+    payload = {"model": "m", "instructions": "be brief", "input": RESPONSES_INPUT, "stream": True, **body}
+    out, name = [], None
+    with http.stream("POST", up.url("/v1/responses"), json=payload) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                event = json.loads(line[len("data: "):])
+                assert event["type"] == name
+                out.append(event)
+    assert [e["sequence_number"] for e in out] == list(range(len(out)))
+    return out
+
+
+def test_vllm_responses_match_chat_ids_and_logprobs(vllm_upstream, http):
+    body = respond(vllm_upstream, http, include=LOGPROBS, top_logprobs=3, enable_response_messages=True).json()
+    assert list(body) == VLLM_RESPONSE_KEYS
+    assert (body["object"], body["status"], body["top_logprobs"], body["tool_choice"]) == ("response", "completed", 3,
+                                                                                          "none")
+    assert body["id"].startswith("resp_") and body["incomplete_details"] is None
+    (item,) = body["output"]
+    assert item["type"] == "message" and item["id"].startswith("msg_") and item["status"] == "completed"
+    (part,) = item["content"]
+    assert part["type"] == "output_text" and part["text"] == "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7"
+    choice_body = chat(vllm_upstream, http, logprobs=True, top_logprobs=3, return_token_ids=True).json()
+    choice = choice_body["choices"][0]
+    assert part["logprobs"] == choice["logprobs"]["content"]  # same values, EOS included (key order differs)
+    assert list(part["logprobs"][1]) == ["token", "bytes", "logprob", "top_logprobs"]
+    (raw_in,) = body["input_messages"]
+    (raw_out,) = body["output_messages"]
+    assert raw_in["tokens"] == choice_body["prompt_token_ids"] == chat_prompt_token_ids(MESSAGES)
+    assert raw_in["message"].startswith("<|im_start|>system\nbe brief<|im_end|>\n")
+    assert raw_out == {"message": part["text"], "tokens": choice["token_ids"], "type": "raw_message_tokens"}
+    assert body["usage"]["input_tokens"] == 17 and body["usage"]["output_tokens"] == 9
+    assert body["usage"]["total_tokens"] == 26 and body["usage"]["input_tokens_details"]["cached_tokens"] == 0
+
+
+def test_vllm_responses_without_include_have_no_logprobs_or_token_ids(vllm_upstream, http):
+    body = http.post(vllm_upstream.url("/v1/responses"), json={"model": "m", "input": "hello there"}).json()
+    assert body["output"][0]["content"][0]["logprobs"] is None and body["top_logprobs"] is None
+    assert body["input_messages"] is None and body["output_messages"] is None
+    assert body["usage"]["input_tokens"] == len(chat_prompt_token_ids([{"role": "user", "content": "hello there"}]))
+    assert body["max_output_tokens"] == 32768 - body["usage"]["input_tokens"]  # vLLM's default: the rest of the context
+
+
+def test_vllm_responses_stream_event_order_and_logprobs(vllm_upstream, http):
+    events = respond_stream(vllm_upstream, http, include=LOGPROBS, top_logprobs=2, enable_response_messages=True)
+    assert [e["type"] for e in events] == TEXT_EVENTS
+    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
+    item_id = events[2]["item"]["id"]
+    assert events[2]["item"] == {"id": item_id, "content": [], "role": "assistant", "status": "in_progress",
+                                 "type": "message", "phase": None}
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert all(e["item_id"] == item_id and e["content_index"] == 0 for e in deltas)
+    assert "".join(e["delta"] for e in deltas) == "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7"
+    assert deltas[1]["logprobs"] == [{"token": " tok1", "logprob": -2 / 64, "top_logprobs": [
+        {"token": " tok1", "logprob": -2 / 64}, {"token": " alt1", "logprob": -2 / 64 - 1}]}]
+    assert events[-4]["logprobs"] == [] and events[-4]["text"] == "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7"
+    final = events[-1]["response"]
+    assert final["status"] == "completed" and final["output"] == [events[-2]["item"]]
+    whole = respond(vllm_upstream, http, include=LOGPROBS, top_logprobs=2).json()["output"][0]["content"][0]
+    # vLLM quirk: the EOS step has no text, emits no event, and its logprob is lost in streams
+    assert final["output"][0]["content"][0]["logprobs"] == whole["logprobs"][:-1]
+    assert [t for d in deltas for t in d["logprobs"]] == [
+        {"token": e["token"], "logprob": e["logprob"],
+         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in e["top_logprobs"]]}
+        for e in whole["logprobs"][:-1]]
+    assert final["output_messages"][0]["tokens"] == REPLY_IDS  # ids (EOS included) only on the final event
+    assert final["usage"]["output_tokens"] == 9
+
+
+def test_vllm_responses_stream_keeps_the_eos_logprob_when_it_shares_a_step(start_upstream, http):
+    up = start_upstream(FakeVLLM(tokens_per_step=4))
+    events = respond_stream(up, http, include=LOGPROBS)
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert [len(d["logprobs"]) for d in deltas] == [1, 4, 4]
+    assert deltas[-1]["logprobs"][-1]["token"] == "<|im_end|>"
+
+
+def test_vllm_responses_tool_call(vllm_upstream, http):
+    weather = {"input": "What is the weather in Paris?", "tools": RESPONSES_TOOLS}
+    body = respond(vllm_upstream, http, **weather, enable_response_messages=True).json()
+    (call,) = body["output"]
+    assert call["type"] == "function_call" and call["status"] == "completed" and call["id"].startswith("fc_")
+    assert call["call_id"].startswith("chatcmpl-tool-") and call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"location": "Paris"}
+    assert body["output_messages"][0]["tokens"] == tool_generation("get_weather").token_ids
+    assert body["input_messages"][0]["tokens"] == chat_prompt_token_ids(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": weather["input"]}], TOOLS)
+    assert body["tools"][0]["name"] == "get_weather" and body["tool_choice"] == "auto"
+    events = respond_stream(vllm_upstream, http, **weather)
+    types = [e["type"] for e in events]
+    assert types == ["response.created", "response.in_progress", "response.output_item.added"] + [
+        "response.function_call_arguments.delta"] * 3 + ["response.function_call_arguments.done",
+                                                         "response.output_item.done", "response.completed"]
+    added = events[2]["item"]
+    assert (added["type"], added["status"], added["arguments"]) == ("function_call", "in_progress", "")
+    assert events[-3]["arguments"] == '{"location": "Paris"}' and events[-3]["name"] == "get_weather"
+    assert events[-1]["response"]["output"] == [events[-2]["item"]]
+    assert events[-2]["item"]["call_id"] == added["call_id"]
+
+
+def test_vllm_responses_render_instructions_and_input_items_like_chat(vllm_upstream, http):
+    items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello there"}]},
+             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]},
+             {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]
+    body = respond(vllm_upstream, http, input=items, enable_response_messages=True).json()
+    expected = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"},
+                {"role": "assistant", "content": "hi", "tool_calls": [
+                    {"function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "content": "sunny"}]
+    assert body["input_messages"][0]["tokens"] == chat_prompt_token_ids(expected)
+
+
+def test_vllm_responses_max_output_tokens_make_it_incomplete(vllm_upstream, http):
+    body = respond(vllm_upstream, http, max_output_tokens=3).json()
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["output"][0]["status"] == "incomplete" and body["output"][0]["content"][0]["text"] == "tok0 tok1 tok2"
+    assert body["max_output_tokens"] == 3 and body["usage"]["output_tokens"] == 3
+    events = respond_stream(vllm_upstream, http, max_output_tokens=3)
+    assert events[-1]["type"] == "response.incomplete" and events[-2]["item"]["status"] == "incomplete"
+
+
+def test_vllm_responses_reject_what_vllm_rejects(vllm_upstream, http):
+    url = vllm_upstream.url("/v1/responses")
+    assert http.post(url, json={"model": "m"}).status_code == 400  # no input
+    for params in (dict(include=["logprobs"]), dict(include=LOGPROBS, top_logprobs=21), dict(tool_choice="required"),
+                   dict(background=True)):
+        resp = respond(vllm_upstream, http, **params)
+        assert resp.status_code == 400, params
+        assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+    resp = respond(vllm_upstream, http, previous_response_id="resp_123")
+    assert resp.status_code == 404 and resp.json()["error"]["message"] == "Response with id 'resp_123' not found."
+    # unknown fields are ignored (vLLM only logs them): return_token_ids does not exist here
+    assert respond(vllm_upstream, http, return_token_ids=True, logprobs=True).status_code == 200
+
+
+def test_vllm_responses_failure_triggers(vllm_upstream, http):
+    resp = respond(vllm_upstream, http, model="fail-503")
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == 503
+    for model in ("break-stream", "stream-error"):  # vLLM cannot send an in-stream error here: the stream dies
+        seen = []
+        with pytest.raises(httpx.RemoteProtocolError):
+            with http.stream("POST", vllm_upstream.url("/v1/responses"), json={
+                    "model": model, "input": "hi", "stream": True}) as resp:
+                for line in resp.iter_lines():
+                    seen += [line] if line.startswith("data: ") else []
+        assert seen and not any("response.completed" in s for s in seen)
+    with pytest.raises(httpx.RemoteProtocolError):
+        respond(vllm_upstream, http, model="break-stream")
+    assert respond(vllm_upstream, http, model="tokens-2").json()["output"][0]["content"][0]["text"] == "tok0 tok1"
+    assert [r["path"] for r in vllm_upstream.requests][-1] == "/v1/responses"
+
+
+def test_responses_bodies_and_events_parse_as_openai_types(vllm_upstream, openai_upstream, http):
+    from openai.types.responses import Response as OpenAIResponse
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(ResponseStreamEvent)
+    for up in (vllm_upstream, openai_upstream):
+        for extra in ({}, {"input": "What is the weather in Paris?", "tools": RESPONSES_TOOLS}):
+            OpenAIResponse.model_validate(respond(up, http, model="gpt-4o-mini", include=LOGPROBS, **extra).json())
+            for event in respond_stream(up, http, model="gpt-4o-mini", include=LOGPROBS, **extra):
+                adapter.validate_python(event)
+
+
+def test_openai_responses_shape_and_logprobs_match_chat(openai_upstream, http):
+    body = respond(openai_upstream, http, model="gpt-4o-mini", include=LOGPROBS, top_logprobs=2).json()
+    assert body["object"] == "response" and body["status"] == "completed" and body["top_logprobs"] == 2
+    assert body["id"].startswith("resp_") and "input_messages" not in body
+    (item,) = body["output"]
+    assert list(item) == ["id", "type", "status", "content", "role"] and item["id"].startswith("msg_")
+    (part,) = item["content"]
+    assert list(part) == ["type", "annotations", "logprobs", "text"]
+    chat_lps = chat(openai_upstream, http, model="gpt-4o-mini", logprobs=True, top_logprobs=2).json()
+    assert part["logprobs"] == chat_lps["choices"][0]["logprobs"]["content"]  # no EOS on OpenAI
+    assert body["usage"] == {"input_tokens": 17, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                             "output_tokens": 8,
+                             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 25}
+    plain = respond(openai_upstream, http, model="gpt-4o-mini").json()
+    assert plain["output"][0]["content"][0]["logprobs"] == [] and plain["top_logprobs"] == 0
+
+
+def test_openai_responses_refusals(openai_upstream, http):
+    resp = respond(openai_upstream, http, model="gpt-4o-mini", return_token_ids=True)
+    assert resp.status_code == 400
+    assert resp.json() == {"error": {"message": "Unknown parameter: 'return_token_ids'.",
+                                     "type": "invalid_request_error", "param": "return_token_ids",
+                                     "code": "unknown_parameter"}}
+    assert respond(openai_upstream, http, model="gpt-4o-mini", max_output_tokens=8).status_code == 400
+    assert respond(openai_upstream, http, model="o3-mini", top_logprobs=2).status_code == 400
+    assert respond(openai_upstream, http, model="gpt-4o-mini", top_logprobs=21).status_code == 400
+    assert respond(openai_upstream, http, model="gpt-4o-mini-fail-429").status_code == 429
+
+
+def test_openai_responses_stream(openai_upstream, http):
+    events = respond_stream(openai_upstream, http, model="gpt-4o-mini", include=LOGPROBS, top_logprobs=1)
+    assert [e["type"] for e in events] == TEXT_EVENTS
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert all("obfuscation" in d and len(d["logprobs"]) == 1 for d in deltas)
+    assert deltas[0]["logprobs"] == [{"token": "tok0", "logprob": -1 / 64,
+                                      "top_logprobs": [{"token": "tok0", "logprob": -1 / 64}]}]
+    assert len(events[-1]["response"]["output"][0]["content"][0]["logprobs"]) == 8
+    assert events[-1]["response"]["usage"]["output_tokens"] == 8
+    quiet = respond_stream(openai_upstream, http, model="gpt-4o-mini",
+                           stream_options={"include_obfuscation": False})
+    assert not any("obfuscation" in e for e in quiet)
+    tool = respond_stream(openai_upstream, http, model="gpt-4o", input="What is the weather in Paris?",
+                          tools=RESPONSES_TOOLS)
+    assert tool[2]["item"]["type"] == "function_call" and tool[2]["item"]["call_id"].startswith("call_")
+    args = "".join(e["delta"] for e in tool if e["type"] == "response.function_call_arguments.delta")
+    assert json.loads(args) == {"location": "Paris"} and tool[-1]["type"] == "response.completed"
+    failed = respond_stream(openai_upstream, http, model="gpt-4o-mini-stream-error")
+    assert failed[-1]["type"] == "response.failed" and failed[-1]["response"]["error"]["code"] == "server_error"
+
+
 # --- Anthropic ------------------------------------------------------------------------------
 
 

@@ -131,12 +131,15 @@ def install_slug_route(header: str, check: Callable[[str], Any]) -> Optional[Slu
 ADMIN_ROLES = frozenset({"proxy_admin"})
 
 
+def _is_admin(user: Any) -> bool:
+    role = getattr(user, "user_role", None)
+    return getattr(role, "value", role) in ADMIN_ROLES
+
+
 def _require_admin(user: Any) -> None:
     from fastapi import HTTPException
 
-    role = getattr(user, "user_role", None)
-    role = getattr(role, "value", role)
-    if role not in ADMIN_ROLES:
+    if not _is_admin(user):
         raise HTTPException(status_code=403, detail="litellm-rllm routes need the master key or a proxy admin key")
 
 
@@ -170,7 +173,12 @@ def install_rllm_routes() -> bool:
         """The session's traces (nested sessions included) in `seq` order, after a flush."""
         import asyncio
 
-        _require_admin(user)
+        # Admins see everything; another key sees only its own team's traces, never other teams'.
+        team = None
+        if not _is_admin(user):
+            team = getattr(user, "team_id", None)
+            if not team:
+                raise HTTPException(status_code=403, detail="only admin keys and team keys can read traces")
         writer = runtime.writer()
         await writer.aflush(60.0)
 
@@ -179,9 +187,12 @@ def install_rllm_routes() -> bool:
 
             st = store.open(runtime.settings().store)
             try:
-                return [t.model_dump(mode="json") for t in st.traces(session=session, since=since, limit=limit)]
+                rows = st.traces(session=session, since=since, limit=limit)
             finally:
                 st.close()
+            if team is not None:
+                rows = [t for t in rows if (t.caller or {}).get("team_id") == team]
+            return [t.model_dump(mode="json") for t in rows]
 
         traces = await asyncio.to_thread(read)
         return {"session": session, "count": len(traces), "traces": traces}

@@ -144,6 +144,11 @@ def check_responses_request(body: dict[str, Any]) -> Optional[Response]:
     return None
 
 
+def _given(body: dict[str, Any], key: str, default: Any) -> Any:
+    """The request's value for ``key``, or the API's default when absent or null."""
+    value = body.get(key)
+    return default if value is None else value
+
 def _long_id(prefix: str) -> str:
     return prefix + (uuid.uuid4().hex + uuid.uuid4().hex)[:48]
 
@@ -291,7 +296,7 @@ class FakeOpenAI(FakeUpstream):
         tool = tool_call_trigger(rapi.tool_trigger_body(body, messages))
         gen = self.generation({}, triggers, 0, body.get("max_output_tokens"), tool)
         prompt_tokens = len(rapi.prompt_token_ids(messages, tools))
-        usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+        usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                  "output_tokens": len(gen.tokens), "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": prompt_tokens + len(gen.tokens)}
         final_status = "incomplete" if gen.finish_reason == "length" else "completed"
@@ -311,14 +316,14 @@ class FakeOpenAI(FakeUpstream):
                 "incomplete_details": {"reason": "max_output_tokens"} if state == "incomplete" else None,
                 "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
                 "max_tool_calls": body.get("max_tool_calls"), "model": model, "output": output,
-                "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
+                "parallel_tool_calls": _given(body, "parallel_tool_calls", True), "previous_response_id": None,
                 "prompt_cache_key": body.get("prompt_cache_key"), "prompt_cache_retention": None,
                 "reasoning": {"effort": None, "summary": None}, "safety_identifier": body.get("safety_identifier"),
-                "service_tier": "default", "store": body.get("store", True),
-                "temperature": float(body.get("temperature", 1.0)),
-                "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity", "medium")},
-                "tool_choice": body.get("tool_choice", "auto"), "tools": tool_list, "top_logprobs": top,
-                "top_p": float(body.get("top_p", 1.0)), "truncation": body.get("truncation", "disabled"),
+                "service_tier": "default", "store": _given(body, "store", True),
+                "temperature": float(_given(body, "temperature", 1.0)),
+                "text": {"format": text.get("format") or {"type": "text"}, "verbosity": _given(text, "verbosity", "medium")},
+                "tool_choice": _given(body, "tool_choice", "auto"), "tools": tool_list, "top_logprobs": top,
+                "top_p": float(_given(body, "top_p", 1.0)), "truncation": _given(body, "truncation", "disabled"),
                 "usage": usage if done else None, "user": body.get("user"), "metadata": body.get("metadata") or {},
             }
 
