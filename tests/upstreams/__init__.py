@@ -34,4 +34,7 @@ logprob it expects:
   as 11 tokens + EOS (``tool_generation(name).token_ids``).
 * Stream steps: the first token alone, then ``tokens_per_step`` (or the request's
   ``stream_interval``) tokens per chunk; the last step carries ``finish_reason``.
+* Responses API (``POST /v1/responses``, vLLM and OpenAI fakes): ``instructions`` + ``input`` render
+  to chat messages (``tests/upstreams/responses_api.py``), so reply, ids and logprobs equal the chat
+  endpoint's for those messages (choice 0). vLLM returns ids only with ``enable_response_messages``.
 """

@@ -1,10 +1,27 @@
-"""A fake OpenAI Chat Completions API: OpenAI's shapes, no token ids, OpenAI's refusals.
+"""A fake OpenAI Chat Completions + Responses API: OpenAI's shapes, no token ids, OpenAI's refusals.
 
 Why: the plugin must never turn a request that would succeed into an upstream error. This fake
 refuses what OpenAI refuses, so a test sees the 400 if the plugin injects ``return_token_ids``
 into an OpenAI deployment, or ``logprobs`` into a reasoning model.
 
-Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET|DELETE /_fake/requests``.
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
+``GET|DELETE /_fake/requests``.
+
+Responses API (``/v1/responses``, OpenAI's documented shape): the chat reply for the rendered
+input (``tests/upstreams/responses_api.py``), no EOS; ``output`` holds one ``message``
+(``content: [{"type": "output_text", "annotations": [], "logprobs": [...], "text"}]``) or one
+``function_call`` item (``fc_...`` id, ``call_...`` call_id); logprobs with ``include:
+["message.output_text.logprobs"]`` + ``top_logprobs`` (``[]`` otherwise); usage
+``{input_tokens, input_tokens_details: {cached_tokens, cache_write_tokens}, output_tokens,
+output_tokens_details: {reasoning_tokens}, total_tokens}``; ``status: "incomplete"`` when cut by
+``max_output_tokens``. Streams: ``response.created``, ``response.in_progress``,
+``response.output_item.added``, ``response.content_part.added``, one ``response.output_text.delta``
+per token (``logprobs`` + ``obfuscation`` unless ``stream_options.include_obfuscation`` is false),
+``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done``,
+``response.completed`` / ``response.incomplete``; tool calls stream ``function_call_arguments``
+deltas instead. ``stream-error`` sends ``response.failed``. Refusals: any unknown field
+(``Unknown parameter: 'return_token_ids'.``, ``code: "unknown_parameter"``), ``max_output_tokens``
+below 16, ``top_logprobs`` above 20 or on a reasoning model.
 
 Shapes: ``system_fingerprint``, ``service_tier: "default"``, ``message.refusal`` /
 ``annotations``, ``logprobs: {"content": [...], "refusal": null}`` with ``bytes``; usage with
@@ -321,7 +338,8 @@ class FakeOpenAI(FakeUpstream):
                 "reasoning": {"effort": None, "summary": None}, "safety_identifier": body.get("safety_identifier"),
                 "service_tier": "default", "store": _given(body, "store", True),
                 "temperature": float(_given(body, "temperature", 1.0)),
-                "text": {"format": text.get("format") or {"type": "text"}, "verbosity": _given(text, "verbosity", "medium")},
+                "text": {"format": text.get("format") or {"type": "text"},
+                         "verbosity": _given(text, "verbosity", "medium")},
                 "tool_choice": _given(body, "tool_choice", "auto"), "tools": tool_list, "top_logprobs": top,
                 "top_p": float(_given(body, "top_p", 1.0)), "truncation": _given(body, "truncation", "disabled"),
                 "usage": usage if done else None, "user": body.get("user"), "metadata": body.get("metadata") or {},
@@ -350,23 +368,27 @@ class FakeOpenAI(FakeUpstream):
         rounds: list[list[tuple[str, dict[str, Any]]]] = [
             [("response.created", {"response": initial}), ("response.in_progress", {"response": initial})]]
         if final_item["type"] == "function_call":
-            rounds.append([("response.output_item.added", {"output_index": 0, "item": function_call("", "in_progress")})])
+            added = {"output_index": 0, "item": function_call("", "in_progress")}
+            rounds.append([("response.output_item.added", added)])
             for frag in (s[1] for s in gen.tool_steps if s and s[0] == "args"):
-                delta = {"item_id": item_id, "output_index": 0, "delta": frag}
+                fragment: dict[str, Any] = {"item_id": item_id, "output_index": 0, "delta": frag}
                 rounds.append([("response.function_call_arguments.delta",
-                                {**delta, "obfuscation": OBFUSCATION} if obfuscate else delta)])
+                                {**fragment, "obfuscation": OBFUSCATION} if obfuscate else fragment)])
             close = [("response.function_call_arguments.done",
                       {"item_id": item_id, "output_index": 0, "arguments": gen.tool_arguments})]
         else:
             part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
-            rounds.append([("response.output_item.added", {"output_index": 0, "item": message("", None, "in_progress")}),
+            added = {"output_index": 0, "item": message("", None, "in_progress")}
+            rounds.append([("response.output_item.added", added),
                            ("response.content_part.added",
                             {"item_id": item_id, "output_index": 0, "content_index": 0, "part": part})])
             stream_lps = rapi.to_stream_logprobs(lps)
             for start, end in stream_steps(len(gen.tokens), self.tokens_per_step):
-                delta = {"item_id": item_id, "output_index": 0, "content_index": 0,
+                delta: dict[str, Any] = {"item_id": item_id, "output_index": 0, "content_index": 0,
                          "delta": "".join(t.text for t in gen.tokens[start:end]), "logprobs": stream_lps[start:end]}
-                rounds.append([("response.output_text.delta", {**delta, "obfuscation": OBFUSCATION} if obfuscate else delta)])
+                if obfuscate:
+                    delta["obfuscation"] = OBFUSCATION
+                rounds.append([("response.output_text.delta", delta)])
             close = [
                 ("response.output_text.done",
                  {"item_id": item_id, "output_index": 0, "content_index": 0, "text": gen.text, "logprobs": lps}),

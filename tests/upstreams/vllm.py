@@ -5,8 +5,24 @@ sends (``prompt_token_ids`` only on the role chunk, ``"delta": {}`` chunks carry
 tool-call control tokens, ``stop_reason``, usage chunk with ``choices: []``, ...), with token ids
 and logprobs a test can compute in advance. See ``/work/shared/notes/vllm.md``.
 
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /health``; plus ``GET|DELETE /_fake/requests`` (the request log, for subprocess tests).
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses``,
+``GET /v1/models``, ``GET /health``; plus ``GET|DELETE /_fake/requests`` (the request log, for
+subprocess tests).
+
+``/v1/responses`` follows vLLM 0.33.0 (``vllm/entrypoints/openai/responses/``) for a non-harmony
+model served with a tool parser: the same reply, ids and logprobs as chat for the rendered input
+(``tests/upstreams/responses_api.py``). Logprobs come with ``include:
+["message.output_text.logprobs"]`` (+ ``top_logprobs``) as ``output[].content[].logprobs``;
+``return_token_ids`` / ``logprobs`` do not exist there (ignored like any unknown field). Token ids
+come only with ``enable_response_messages: true``: ``input_messages`` / ``output_messages`` =
+``[{"message": <text>, "tokens": [ids], "type": "raw_message_tokens"}]`` (prompt ids; completion
+ids with EOS), on the non-streaming body or the final ``response.completed`` event. Usage is
+``{input_tokens, input_tokens_details, output_tokens, output_tokens_details, total_tokens}``.
+Streams are ``event:``/``data:`` pairs with ``sequence_number`` and no ``[DONE]``; see
+``FakeVLLM._responses_stream`` for the event order and vLLM's quirks (a lone EOS step's logprob is
+never streamed). Also rejected like vLLM: missing ``input``, an unknown ``include`` value,
+``top_logprobs`` above 20 with logprobs included, ``tool_choice: "required"`` without tools,
+``background`` (400); ``previous_response_id`` (404: vLLM's store is off by default).
 
 Serialization follows vLLM: non-streaming bodies carry every field (nulls included); stream
 chunks carry only the fields vLLM sets explicitly (``token_ids``/``logprobs`` appear as
@@ -41,6 +57,7 @@ Failure triggers, read from the request's ``model`` (combinable, e.g. ``slow-0.2
                     finish chunk, no ``[DONE]``. Non-streaming: headers + half the body, then drops.
   ``stream-error``  at the same point sends vLLM's in-stream error event
                     ``data: {"error": {...}}`` then ``data: [DONE]``.
+                    (``/v1/responses``: drops the connection instead, as vLLM 0.33.0 does.)
   ``tokens-K``      reply with the K-token reply ``tok0 .. tok{K-1}`` whatever the server default.
 
 Token and logprob rules: see ``tests/upstreams/__init__.py``.
@@ -517,7 +534,8 @@ class FakeVLLM(FakeUpstream):
         except rapi.UnsupportedInput as exc:
             return JSONResponse(error_body(400, str(exc), "BadRequestError", "input"), 400)
         if body.get("background"):
-            return JSONResponse(error_body(400, RESPONSES_BACKGROUND_MESSAGE, "invalid_request_error", "background"), 400)
+            err = error_body(400, RESPONSES_BACKGROUND_MESSAGE, "invalid_request_error", "background")
+            return JSONResponse(err, 400)
         if body.get("previous_response_id"):  # the store is off by default, so nothing is ever found
             message = f"Response with id '{body['previous_response_id']}' not found."
             return JSONResponse(error_body(404, message, "invalid_request_error", "response_id"), 404)
@@ -552,8 +570,9 @@ class FakeVLLM(FakeUpstream):
         }
         raw: Optional[tuple[Any, Any]] = None
         if body.get("enable_response_messages"):  # vLLM's only token-id channel on this endpoint
-            raw = ([{"message": rapi.prompt_text(messages, tools), "tokens": prompt_ids, "type": "raw_message_tokens"}],
-                   [{"message": gen.text, "tokens": gen.token_ids, "type": "raw_message_tokens"}] if gen.tokens else None)
+            raw_in = {"message": rapi.prompt_text(messages, tools), "tokens": prompt_ids, "type": "raw_message_tokens"}
+            raw_out = {"message": gen.text, "tokens": gen.token_ids, "type": "raw_message_tokens"}
+            raw = ([raw_in], [raw_out] if gen.tokens else None)
         rid, created = f"resp_{_random_uuid()}", int(time.time())
 
         def response(state: str, output: list[Any], final: bool) -> dict[str, Any]:
@@ -563,8 +582,8 @@ class FakeVLLM(FakeUpstream):
         if body.get("stream"):
             return self._responses_stream(gen, self.per_step(body), logprobs, top, final_status, response, triggers)
         if gen.finish_reason == "tool_calls":
-            output = [_function_call_item(f"fc_{_random_uuid()}", f"chatcmpl-tool-{_random_uuid()}", gen.tool_name or "",
-                                          gen.tool_arguments, final_status)]
+            output = [_function_call_item(f"fc_{_random_uuid()}", f"chatcmpl-tool-{_random_uuid()}",
+                                          gen.tool_name or "", gen.tool_arguments, final_status)]
         elif gen.text:
             part = {"annotations": [], "text": gen.text, "type": "output_text",
                     "logprobs": rapi.output_logprobs(gen, 0, top) if logprobs else None}
@@ -632,7 +651,8 @@ class FakeVLLM(FakeUpstream):
             close += [
                 ("response.output_text.done",
                  {"content_index": 0, "item_id": item_id, "logprobs": [], "output_index": 0, "text": text}),
-                ("response.content_part.done", {"content_index": 0, "item_id": item_id, "output_index": 0, "part": part}),
+                ("response.content_part.done",
+                 {"content_index": 0, "item_id": item_id, "output_index": 0, "part": part}),
                 ("response.output_item.done", {"item": items[-1], "output_index": 0}),
             ]
         elif state == "tool":
