@@ -138,10 +138,61 @@ def anthropic_choice(response: Mapping[str, Any]) -> TraceChoice:
                        finish_reason=response.get("stop_reason"), stop_reason=response.get("stop_sequence"))
 
 
+def responses_choice(response: Mapping[str, Any]) -> TraceChoice:
+    """A Responses API object (`/v1/responses`) as one choice.
+
+    Logprobs come from `output[].content[].logprobs` (asked for with `include:
+    ["message.output_text.logprobs"]`); token ids only from vLLM's `enable_response_messages`
+    (`output_messages[].tokens`, EOS included).
+    """
+    text: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
+    for item in response.get("output") or []:
+        kind = item.get("type")
+        if kind == "message":
+            for part in item.get("content") or []:
+                if part.get("type") == "output_text":
+                    text.append(part.get("text") or "")
+                    items.extend(part.get("logprobs") or [])
+        elif kind == "reasoning":
+            for part in (item.get("content") or []) + (item.get("summary") or []):
+                if part.get("text"):
+                    reasoning.append(part["text"])
+        elif kind == "function_call":
+            tool_calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
+                               "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})
+    values, tokens, tops = chat_logprobs({"content": items}) if items else (None, None, None)
+    ids: Optional[list[int]] = None
+    for raw in response.get("output_messages") or []:
+        ids = (ids or []) + (_ints(raw.get("tokens")) or [])
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    status = response.get("status")
+    finish = {"completed": "tool_calls" if tool_calls else "stop", "incomplete": "length"}.get(status, status)
+    choice = TraceChoice(index=0, message={k: v for k, v in message.items() if v is not None},
+                         finish_reason=finish, token_ids=ids, logprobs=values, tokens=tokens, top_logprobs=tops)
+    return choice
+
+
+def responses_prompt_ids(response: Mapping[str, Any]) -> Optional[list[int]]:
+    ids: Optional[list[int]] = None
+    for raw in response.get("input_messages") or []:
+        ids = (ids or []) + (_ints(raw.get("tokens")) or [])
+    return ids
+
+
 def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[str, Any]] = None) -> list[TraceChoice]:
     """Every choice of a chat or text completion, in index order."""
-    if "choices" not in response and response.get("type") == "message":
-        return [anthropic_choice(response)]
+    if "choices" not in response:
+        if response.get("type") == "message":
+            return [anthropic_choice(response)]
+        if response.get("object") == "response":
+            return [responses_choice(response)]
     out: list[TraceChoice] = []
     n_choices = len(response.get("choices") or [])
     for i, ch in enumerate(response.get("choices") or []):
@@ -173,7 +224,10 @@ def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[s
 
 
 def prompt_ids_from(response: Mapping[str, Any], choices: Iterable[TraceChoice] = ()) -> Optional[list[int]]:
-    """Top-level `prompt_token_ids` (chat), else the first choice's (completions)."""
+    """Top-level `prompt_token_ids` (chat), else the first choice's (completions), else vLLM's
+    Responses `input_messages`."""
+    if response.get("object") == "response":
+        return responses_prompt_ids(response)
     ids = _ints(response.get("prompt_token_ids"))
     if ids is None:
         ids = _ints((response.get("provider_specific_fields") or {}).get("prompt_token_ids"))

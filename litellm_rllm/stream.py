@@ -87,6 +87,7 @@ class StreamAccumulator:
         self.is_text = False
         # Token strings repeat (a vocabulary is finite): keep one object per distinct string.
         self._intern: dict[str, str] = {}
+        self.final_response: Optional[dict[str, Any]] = None  # Responses API streams
 
     def _choice(self, index: int) -> _ChoiceAcc:
         acc = self._choices.get(index)
@@ -160,9 +161,14 @@ class StreamAccumulator:
 
     def _add_event(self, event: dict[str, Any]) -> None:
         """The same as `add` for a parsed upstream event (plain dicts: the tapped-stream hot path)."""
-        if "choices" not in event and event.get("type") in _ANTHROPIC_EVENTS:
-            self._add_anthropic(event)
-            return
+        if "choices" not in event:
+            kind = event.get("type")
+            if kind in _ANTHROPIC_EVENTS:
+                self._add_anthropic(event)
+                return
+            if isinstance(kind, str) and kind.startswith("response."):
+                self._add_responses_event(event)
+                return
         now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
@@ -248,6 +254,21 @@ class StreamAccumulator:
                     acc.top_lps.append(alt["logprob"])
             else:
                 acc.top_counts.append(0)
+
+    def _add_responses_event(self, event: dict[str, Any]) -> None:
+        """Responses API stream: the final `response.completed` (or `.incomplete` / `.failed`)
+        event carries the whole response, logprobs included; deltas only time the stream."""
+        now = time.perf_counter()
+        self.chunks += 1
+        self.last_chunk_at = now
+        kind = event["type"]
+        if kind.endswith(".delta") and self.first_token_at is None:
+            self.first_token_at = now
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.final_response = event.get("response")
+            usage = (self.final_response or {}).get("usage")
+            if usage is not None:
+                self.usage = usage
 
     def _add_anthropic(self, event: dict[str, Any]) -> None:
         """Anthropic Messages stream events (`/v1/messages` served by Anthropic)."""
@@ -349,6 +370,12 @@ class StreamAccumulator:
         return plain(self.usage) if self.usage is not None else None
 
     def choices(self) -> list[TraceChoice]:
+        if self.final_response is not None:
+            from .capture import choices_from_response, responses_prompt_ids
+
+            if self.prompt_token_ids is None:
+                self.prompt_token_ids = responses_prompt_ids(self.final_response)
+            return choices_from_response(self.final_response)
         usage = self.usage_dict()
         out: list[TraceChoice] = []
         for index in sorted(self._choices):

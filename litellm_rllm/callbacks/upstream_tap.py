@@ -38,6 +38,8 @@ CLIENT_KIND: dict[tuple[str, str], str] = {
     ("hosted_vllm", "atext_completion"): _OPENAI,
     ("openai", "acompletion"): _OPENAI,
     ("openai", "atext_completion"): _OPENAI,
+    ("hosted_vllm", "aresponses"): _HANDLER,
+    ("openai", "aresponses"): _HANDLER,
 }
 MAX_RAW_BODY = 512 << 20  # a non-streamed body larger than this is not kept (LiteLLM's copy is used)
 
