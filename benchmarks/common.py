@@ -1,0 +1,214 @@
+"""Pieces the benchmarks share: the fake vLLM upstream, the two proxy configs (bare LiteLLM and
+LiteLLM + litellm-rllm) and `litellm --config` subprocesses pinned to chosen CPUs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MASTER_KEY = "sk-rllm-bench-" + secrets.token_hex(16)
+RLLM_CALLBACKS = [
+    "litellm_rllm.callbacks.metadata",
+    "litellm_rllm.callbacks.sampling",
+    "litellm_rllm.callbacks.tracer",
+]
+# Model groups of both configs. `policy` matches the repo's policies (`provider: hosted_vllm`);
+# the fake vLLM reads `tokens-K` / `drip-S` in the served model name.
+LONG_TOKENS = 32_000
+
+
+def model_list(api_base: str, memory_tokens: int, memory_drip_s: float) -> list[dict[str, Any]]:
+    def vllm(name: str, served: str) -> dict[str, Any]:
+        return {"model_name": name, "litellm_params": {"model": f"hosted_vllm/{served}", "api_base": api_base,
+                                                       "api_key": "fake-vllm-key"}}
+
+    return [
+        vllm("policy", "policy"),  # the upstream's default reply length (--tokens)
+        vllm("policy-32k", f"tokens-{LONG_TOKENS}"),
+        vllm("policy-long", f"drip-{memory_drip_s:g}-tokens-{memory_tokens}"),
+    ]
+
+
+def cpu_plan(pin: str) -> dict[str, Optional[list[int]]]:
+    """Which CPUs each process may use. `auto` on 2+ CPUs: the proxies get the last CPU alone
+    (the system under test, loop + writer thread, all of its cost on one core as a GIL-bound
+    process has anyway), the upstream and the load generator share the others."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin == "none" or len(allowed) < 2:
+        return {"proxy": None, "upstream": None, "client": None}
+    return {"proxy": allowed[-1:], "upstream": allowed[:-1], "client": allowed[:-1]}
+
+
+def _preexec(cpus: Optional[Sequence[int]]) -> Any:
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def python() -> str:
+    return sys.executable
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update({
+        "LITELLM_MASTER_KEY": MASTER_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "PYTHONPATH": str(REPO) + os.pathsep + e.get("PYTHONPATH", ""),
+    })
+    for var in ("RLLM_STORE_URL", "CONFIG_FILE_PATH", "RLLM_POLICIES_FILE"):
+        e.pop(var, None)
+    e.update(extra)
+    return e
+
+
+class Upstream:
+    """`python -m tests.upstreams.vllm` as a subprocess (fixed replies, cached JSON fragments)."""
+
+    def __init__(self, tokens: int, tokens_per_step: int = 1, cpus: Optional[Sequence[int]] = None,
+                 log_dir: Optional[Path] = None) -> None:
+        cmd = [python(), "-m", "tests.upstreams.vllm", "--port", "0", "--tokens", str(tokens),
+               "--tokens-per-step", str(tokens_per_step), "--max-recorded", "0", "--model-name", "policy"]
+        self._log = open(log_dir / "upstream.log", "wb") if log_dir else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=env(), stdout=subprocess.PIPE, stderr=self._log,
+                                     preexec_fn=_preexec(cpus))
+        line = self.proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"upstream did not start: {line!r}")
+        self.base_url = line.split(" ", 1)[1]
+        self.api_base = self.base_url + "/v1"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Optional[str] = None,
+                 memory_tokens: int = 2000, memory_drip_s: float = 0.0) -> Path:
+    """A proxy config: the same model list for both; the plugin's adds the three callbacks, a
+    store and the repo's policies (configs/policies.yaml, copied next to the config)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "model_list": model_list(api_base, memory_tokens, memory_drip_s),
+        "litellm_settings": {"num_retries": 0},
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    if plugin:
+        shutil.copy(REPO / "configs" / "policies.yaml", folder / "policies.yaml")
+        config["litellm_settings"]["callbacks"] = list(RLLM_CALLBACKS)
+        config["callback_settings"] = {"litellm_rllm": {
+            "store": store_url or f"sqlite:///{folder / 'traces.db'}", "policies_file": "policies.yaml"}}
+    path = folder / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+class Proxy:
+    """`litellm --config FILE` on 127.0.0.1, pinned to `cpus` (all its threads: set before exec)."""
+
+    def __init__(self, name: str, config: Path, cpus: Optional[Sequence[int]] = None,
+                 wrapper: Sequence[str] = ()) -> None:
+        self.name = name
+        self.config = config
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = config.parent / "proxy.log"
+        exe = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*wrapper, exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=str(config.parent), env=env(), stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=_preexec(cpus),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 180.0) -> "Proxy":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} proxy exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(self.base_url + "/health/liveliness", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.name} proxy not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def slug_for(session: str) -> str:
+    from litellm_rllm.slug import encode
+
+    return encode({"session_id": session, "task": "bench"})
