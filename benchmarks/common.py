@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-MASTER_KEY = "sk-rllm-bench-" + secrets.token_hex(16)
+# one key per benchmark run, shared with the child processes through the environment
+MASTER_KEY = os.environ.setdefault("RLLM_BENCH_MASTER_KEY", "sk-rllm-bench-" + secrets.token_hex(16))
 RLLM_CALLBACKS = [
     "litellm_rllm.callbacks.metadata",
     "litellm_rllm.callbacks.sampling",

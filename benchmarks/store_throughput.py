@@ -163,13 +163,16 @@ def main() -> None:
     completion = args.traces * args.completion_tokens
     print(f"mode={args.mode} traces={args.traces} batch={args.batch_size} "
           f"completion_tokens={args.completion_tokens} prompt_tokens={args.prompt_tokens}")
-    print(f"traces/s: {len(traces) / elapsed:,.0f}   ({elapsed:.2f} s; submit {submit_us:.2f} us/trace)")
-    print(f"process CPU: {cpu / len(traces) * 1e6:.1f} us/trace (all threads; wall is {elapsed / len(traces) * 1e6:.1f})")
+    n = len(traces)
+    print(f"traces/s: {n / elapsed:,.0f}   ({elapsed:.2f} s; submit {submit_us:.2f} us/trace)")
+    print(f"process CPU: {cpu / n * 1e6:.1f} us/trace (all threads; wall {elapsed / n * 1e6:.1f})")
     print(f"completion tokens/s: {completion / elapsed:,.0f}")
     print(f"bytes per completion token: {size / completion:.2f}   (file {size / 1e6:.1f} MB)")
+    arrays = len(sample.arrays or b"")
     print(
-        f"row payload per trace: doc {len(sample.doc)} B, arrays {len(sample.arrays or b'')} B,"
-        f" top_logprobs {len(sample.detail or b'')} B"
+        f"row payload per trace: doc {len(sample.doc)} B (JSON: messages, text, metadata),"
+        f" arrays {arrays} B ({arrays / args.completion_tokens:.2f} B/completion token incl."
+        f" prompt ids), top_logprobs {len(sample.detail or b'')} B"
     )
     print(f"writer stats: {stats}")
     os.remove(path)

@@ -278,12 +278,31 @@ def test_prompt_logprobs_for_vllm_only_without_stream_and_hidden_from_the_client
     assert "stream" in gateway.trace(sid)["injected"]["skipped"]["prompt_logprobs"]
 
 
-def test_routes_without_chat_sampling_params_are_sent_unchanged(gateway, ups):
-    for model, upstream in (("policy", "vllm"), ("teacher", "openai")):
-        resp = gateway.http.post("/v1/responses", json={"model": model, "input": "hello responses"})
+def test_responses_route_gets_the_policy_in_the_responses_api_names(gateway, ups):
+    """/v1/responses takes logprobs as an `include` item plus `top_logprobs`, and vLLM's token
+    ids via `enable_response_messages`; the client that asked for none of it sees none of it."""
+    expected = {
+        "policy": ("vllm", 2, True),  # trained-policy: logprobs, top 2, token ids
+        "teacher": ("openai", 1, None),  # openai-everything: token ids skipped on OpenAI
+    }
+    for model, (upstream, top, messages) in expected.items():
+        sid = f"resp-{model}-{uuid.uuid4().hex[:6]}"
+        resp = gateway.http.post(f"/meta/{encode({'session_id': sid})}/v1/responses",
+                                 json={"model": model, "input": "hello responses"})
         assert resp.status_code == 200, resp.text
         [req] = ups[upstream].requests
-        assert req["path"] == "/v1/responses" and injected_params(req["json"]) == {}
+        body = req["json"]
+        assert req["path"] == "/v1/responses"
+        assert body["include"] == ["message.output_text.logprobs"] and body["top_logprobs"] == top
+        assert body.get("enable_response_messages") is messages
+        assert "logprobs" not in body and "return_token_ids" not in body
+        client = resp.json()
+        assert "output_messages" not in client
+        assert all(not part.get("logprobs") for item in client["output"] for part in item.get("content") or [])
+        trace = gateway.trace(sid)
+        assert trace["choices"][0]["logprobs"]  # the trace keeps them
+        assert bool(trace["choices"][0]["token_ids"]) is bool(messages)
+        ups[upstream].clear()
 
 
 # ---------------------------------------------------------------------------------------------

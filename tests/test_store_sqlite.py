@@ -26,7 +26,9 @@ def f32(value: float) -> float:
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
-def make(trace_id: str, session: str | None = "s", *, uids: list[str] | None = None, **kw: Any) -> Trace:
+def make(
+    trace_id: str, session: str | None = "s", *, uids: list[str] | None = None, **kw: Any
+) -> Trace:
     return Trace(
         trace_id=trace_id,
         session_id=session,
@@ -341,7 +343,8 @@ def test_since_keeps_traces_created_at_or_after(store: SqliteStore) -> None:
 def test_limit_and_paging_keep_write_order(store: SqliteStore) -> None:
     n = 800  # every query below spans more than one read page (256)
     for start in range(0, n, 100):
-        store.write([make(f"t{i:04d}", f"s{i % 3}" if i % 3 else None) for i in range(start, start + 100)])
+        batch = range(start, start + 100)
+        store.write([make(f"t{i:04d}", f"s{i % 3}" if i % 3 else None) for i in batch])
     everything = store.traces()
     assert [t.trace_id for t in everything] == [f"t{i:04d}" for i in range(n)]
     assert [t.trace_id for t in store.traces(limit=300)] == [f"t{i:04d}" for i in range(300)]

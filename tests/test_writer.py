@@ -122,7 +122,9 @@ async def test_aflush_times_out_with_false(db: str) -> None:
         writer.close()
 
 
-def test_submit_never_raises_even_when_build_raises(db: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_submit_never_raises_even_when_build_raises(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
     def build(item: dict[str, Any]) -> Optional[Trace]:
         if item["kind"] == "boom":
             raise RuntimeError("cannot build")

@@ -172,11 +172,11 @@ def finish_success(data: dict[str, Any], response: Any) -> None:
 
 
 def finish_failure(data: dict[str, Any], exc: BaseException) -> None:
-    cid = call_id_of(data)
-    if cid is None or calls.ended(cid):
-        return
-    state = calls.end(cid) or CallState(cid)
-    if TRACER not in calls.roles:
+    """A failed call that reached our pre-call hooks (so LiteLLM had authenticated it) becomes
+    an `error` trace. Requests refused before that (no or wrong key) are not traced: anyone who
+    can reach the proxy could fill the store with them."""
+    state = calls.end(call_id_of(data))
+    if state is None or TRACER not in calls.roles:
         return
     try:
         record = _record(state, data, "error")
@@ -184,7 +184,7 @@ def finish_failure(data: dict[str, Any], exc: BaseException) -> None:
         _submit(record)
     except Exception:
         counters["capture_errors"] += 1
-        log.exception("litellm-rllm: capture failed for call %s", cid)
+        log.exception("litellm-rllm: capture failed for call %s", state.call_id)
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:
@@ -314,6 +314,9 @@ def _without_top(logprobs: Any) -> dict[str, Any]:
 
 def strip_response(response: Any, fields: tuple[str, ...]) -> None:
     """Remove what the plugin added and the client did not ask for."""
+    if _field(response, "output") is not None and _field(response, "choices") is None:
+        _strip_responses(response, fields)
+        return
     choices = response.get("choices") if isinstance(response, dict) else getattr(response, "choices", None)
     if "return_token_ids" in fields:
         _drop(response, "prompt_token_ids")
@@ -336,5 +339,42 @@ def strip_response(response: Any, fields: tuple[str, ...]) -> None:
             _drop(message, "token_ids")
 
 
+def _field(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _strip_responses(response: Any, fields: tuple[str, ...]) -> None:
+    """The Responses API shape: logprobs inside `output[].content[]`, vLLM's token ids in
+    `input_messages` / `output_messages`. (Tapped calls are traced from the upstream's bytes,
+    so editing LiteLLM's object here costs the trace nothing.)"""
+    if "return_token_ids" in fields:
+        _drop(response, "input_messages")
+        _drop(response, "output_messages")
+    if "logprobs" in fields or "top_logprobs" in fields:
+        for item in _field(response, "output") or ():
+            for part in _field(item, "content") or ():
+                _empty_logprobs(part)
+
+
+def _empty_logprobs(obj: Any) -> None:
+    if obj is not None and _field(obj, "logprobs"):
+        if isinstance(obj, dict):
+            obj["logprobs"] = []
+        else:
+            setattr(obj, "logprobs", [])
+
+
 def strip_chunk(chunk: Any, fields: tuple[str, ...]) -> None:
+    kind = _field(chunk, "type")
+    kind = getattr(kind, "value", kind)
+    if isinstance(kind, str) and kind.startswith("response."):  # a Responses API stream event
+        if "logprobs" in fields or "top_logprobs" in fields:
+            _empty_logprobs(chunk)  # output_text.delta / .done
+            _empty_logprobs(_field(chunk, "part"))  # content_part.done
+            for part in _field(_field(chunk, "item"), "content") or ():  # output_item.done
+                _empty_logprobs(part)
+        inner = _field(chunk, "response")
+        if inner is not None:
+            _strip_responses(inner, fields)
+        return
     strip_response(chunk, fields)

@@ -44,6 +44,11 @@ _LOGPROB_PARAMS = frozenset({"logprobs", "top_logprobs"})
 # Everything else (embeddings, responses, images, audio, rerank, ...) is sent unchanged.
 _CHAT_CALLS = frozenset({"completion", "acompletion", "anthropic_messages", "aanthropic_messages"})
 _TEXT_CALLS = frozenset({"text_completion", "atext_completion"})
+# The Responses API names the same things differently: logprobs are an `include` item (with
+# `top_logprobs`), vLLM's token ids come with `enable_response_messages` (input/output
+# messages with their `tokens`); there are no prompt logprobs.
+_RESPONSES_CALLS = frozenset({"responses", "aresponses"})
+RESPONSES_LOGPROBS = "message.output_text.logprobs"
 
 
 def logprobs_denied(model: Optional[str], provider: Optional[str]) -> bool:
@@ -126,6 +131,45 @@ def _call_type_name(call_type: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _asked(client: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    extra = kwargs.get("extra_body") if isinstance(kwargs.get("extra_body"), Mapping) else {}
+    return {k: client.get(k, extra.get(k)) for k in INJECTABLE}
+
+
+def _responses_asked(client: Mapping[str, Any]) -> dict[str, Any]:
+    """What a Responses API client asked for itself, in the policy's terms."""
+    extra = client.get("extra_body") if isinstance(client.get("extra_body"), Mapping) else {}
+    include = client.get("include") or ()
+    return {
+        "logprobs": True if RESPONSES_LOGPROBS in include else None,
+        "top_logprobs": client.get("top_logprobs"),
+        "return_token_ids": client.get("enable_response_messages", extra.get("enable_response_messages")),
+        "prompt_logprobs": None,
+    }
+
+
+def _apply_chat(kwargs: dict[str, Any], params: Mapping[str, Any]) -> None:
+    for key, value in params.items():
+        if key in _NON_OPENAI:
+            body = dict(kwargs.get("extra_body") or {})
+            body[key] = value
+            kwargs["extra_body"] = body
+        else:
+            kwargs[key] = value
+
+
+def _apply_responses(kwargs: dict[str, Any], params: Mapping[str, Any]) -> None:
+    if params.get("logprobs"):
+        kwargs["include"] = [*(kwargs.get("include") or ()), RESPONSES_LOGPROBS]
+        kwargs.setdefault("top_logprobs", params.get("top_logprobs") or 0)
+    elif params.get("top_logprobs"):
+        kwargs["top_logprobs"] = params["top_logprobs"]
+    if params.get("return_token_ids"):
+        body = dict(kwargs.get("extra_body") or {})
+        body["enable_response_messages"] = True
+        kwargs["extra_body"] = body
+
+
 class SamplingPolicyCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
@@ -149,27 +193,26 @@ class SamplingPolicyCallback(CustomLogger):
         if cid is None:
             return
         name = _call_type_name(call_type)
-        if name is not None and name not in _CHAT_CALLS | _TEXT_CALLS:
-            return  # embeddings, responses, images, ...: no chat sampling params to add
+        if name is not None and name not in _CHAT_CALLS | _TEXT_CALLS | _RESPONSES_CALLS:
+            return  # embeddings, images, audio, ...: no sampling params to add
+        responses = name in _RESPONSES_CALLS
         state = calls.get_or_create(cid)
         client = state.client_request if state.client_request is not None else kwargs
-        extra = kwargs.get("extra_body") if isinstance(kwargs.get("extra_body"), Mapping) else {}
-        asked = {k: client.get(k, extra.get(k)) for k in INJECTABLE}
+        asked = _responses_asked(client) if responses else _asked(client, kwargs)
         override = pipeline.session_of(kwargs).get("sampling") if kwargs else None
+        target = target_of(kwargs, call_type)
         decision = decide(
             self.policies.current,
-            target_of(kwargs, call_type),
+            target,
             call_id=cid,
             client_params=asked,
             override=override if isinstance(override, Mapping) else None,
         )
-        for key, value in decision.params.items():
-            if key in _NON_OPENAI:
-                body = dict(kwargs.get("extra_body") or {})
-                body[key] = value
-                kwargs["extra_body"] = body
-            else:
-                kwargs[key] = value
+        if responses:
+            decision.params.pop("prompt_logprobs", None)
+            _apply_responses(kwargs, decision.params)
+        else:
+            _apply_chat(kwargs, decision.params)
         state.injected = decision.injected()
         state.strip = tuple(decision.params) if decision.strip else ()
         state.upstream = kwargs

@@ -278,7 +278,8 @@ def _decode_detail(trace: Trace, blob: bytes) -> None:
     if ids_mode is None:
         ids: list[Optional[int]] = [None] * k
     elif ids_mode == "packed":
-        ids = unpack_ids(raw[floats_at + 4 * k : floats_at + 8 * k]) or []  # type: ignore[assignment]
+        packed = raw[floats_at + 4 * k : floats_at + 8 * k]
+        ids = unpack_ids(packed) or []  # type: ignore[assignment]
     else:
         ids = ids_mode
     extras: Optional[list[Optional[dict[str, Any]]]] = header["x"]
@@ -296,7 +297,9 @@ def _decode_detail(trace: Trace, blob: bytes) -> None:
         for count in entry["n"]:
             pos = []
             for j in range(at, at + count):
-                alt: dict[str, Any] = {"token": tokens[j], "logprob": logprobs[j], "token_id": ids[j]}
+                alt: dict[str, Any] = {
+                    "token": tokens[j], "logprob": logprobs[j], "token_id": ids[j]
+                }
                 if extras is not None and extras[j]:
                     alt.update(extras[j])  # type: ignore[arg-type]
                 pos.append(alt)

@@ -277,6 +277,7 @@ class TraceWriter:
                     self._wake.wait(self._poll)
             except BaseException:  # noqa: BLE001 - the thread must outlive any bug
                 logger.exception("trace writer: unexpected error in the writer thread")
+                time.sleep(self._poll)
             finally:
                 for barrier in barriers:
                     barrier.release()

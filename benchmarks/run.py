@@ -1,0 +1,470 @@
+"""Bare LiteLLM vs LiteLLM + litellm-rllm, same machine, same run, same load: one table.
+
+    python benchmarks/run.py            # full: ~10 min
+    python benchmarks/run.py --quick    # smoke: ~2 min, noisy
+
+What it does:
+
+1. Starts the fake vLLM upstream (`tests/upstreams/vllm.py`: vLLM's wire format, fixed replies of
+   `--tokens` tokens from cached JSON fragments, streaming and not) and two `litellm --config`
+   proxies with the same model list: *bare* (no callbacks) and *plugin* (the three
+   `litellm_rllm.callbacks.*` entries, the repo's `configs/policies.yaml`, a SQLite store in a
+   temp folder). Both stay up for the whole run.
+2. CPUs (`--pin auto`, 2+ CPUs): both proxies on the last CPU, alone; the upstream and the load
+   generator on the others. The proxy, the system under test, is then the bottleneck, and all of
+   the plugin's cost (its writer thread included) lands on the proxy's core, where a GIL-bound
+   process spends it anyway. `--pin none` lets the OS schedule.
+3. Drives them with `benchmarks/loadgen.py` in its own process, in rounds; within a round every
+   phase runs on both proxies back to back, in alternating order (AB BA AB ...), so machine
+   noise hits both sides alike. Medians over rounds are reported. Phases:
+   `ns-sat` (non-streaming, closed loop at `--concurrency`: throughput), `ns-rate` (open loop at
+   `--rate-frac` x bare's throughput: latency p50/p99), `st-sat` (streaming throughput),
+   `st-rate` (streaming at a fixed rate: TTFT and time per chunk). Proxy CPU per request (loop
+   thread and other threads, from /proc) is recorded in every phase.
+4. Memory: `--memory-streams` concurrent long streams (`--memory-tokens`, top_logprobs 5) per
+   proxy; the proxy's RSS is sampled during the run: (peak - idle before) / streams.
+5. Checks the plugin really captured: flushes its writer (`POST /rllm/flush`) and counts the
+   rows in the SQLite store against the requests it answered.
+6. Plugin CPU and event-loop blocking (`benchmarks/loop_block.py`: the proxy in-process with
+   every plugin hook timed and a loop-lag monitor), for `--tokens` replies and for a
+   32,000-token reply with top_logprobs 5.
+7. Store throughput and bytes per token (`benchmarks/store_throughput.py`; `--store-url
+   postgresql://...` adds the PostgreSQL store when it exists).
+
+The client request is the same for both proxies: by default it asks for `logprobs` and
+`return_token_ids` itself (`--client-asks logprobs`), so both proxies move the same bytes and
+the difference is the plugin's capture; `--client-asks nothing` lets the policy inject them
+(then the plugin also pays for the bigger upstream responses and for hiding them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+
+import common  # noqa: E402
+from common import MASTER_KEY, Proxy, Upstream  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SIDES = ("bare", "plugin")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def med(values: list[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread id of a process."""
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return out
+
+
+def split_cpu(pid: int, before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """(loop thread, all other threads) CPU seconds between two samples. Uvicorn runs the event
+    loop in the main thread (tid == pid)."""
+    main = after.get(pid, 0.0) - before.get(pid, 0.0)
+    other = sum(v - before.get(t, 0.0) for t, v in after.items() if t != pid)
+    return main, other
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="rllm-bench-"))
+        self.plan = common.cpu_plan(args.pin)
+        self.results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.answered = {"bare": 0, "plugin": 0}
+        self.headers = json.dumps({"x-rllm-slug": common.slug_for("bench-session")})
+        self.store_db = self.dir / "plugin" / "traces.db"
+
+    # ---- load ----------------------------------------------------------------------------
+
+    def body(self, top: Optional[int] = None) -> dict[str, Any]:
+        top = self.args.top_logprobs if top is None else top
+        if self.args.client_asks == "nothing":
+            return {}
+        body: dict[str, Any] = {"logprobs": True, "return_token_ids": True}
+        if top:
+            body["top_logprobs"] = top
+        return body
+
+    def loadgen(self, proxy: Proxy, *extra: str, body: Optional[dict[str, Any]] = None,
+                background: bool = False) -> Any:
+        cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", proxy.base_url, "--key", MASTER_KEY,
+               "--headers", self.headers, "--body", json.dumps(self.body() if body is None else body), *extra]
+        cpus = self.plan["client"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        if background:
+            return proc
+        return self.collect(proxy, proc)
+
+    def collect(self, proxy: Proxy, proc: subprocess.Popen) -> dict[str, Any]:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadgen failed against {proxy.name}:\n{err[-3000:]}")
+        result = json.loads(out)
+        self.answered[proxy.name] += result["ok"]
+        if result["errors"]:
+            log(f"  {proxy.name}: errors {result['errors']}")
+        return result
+
+    def phase(self, proxy: Proxy, name: str) -> dict[str, Any]:
+        a = self.args
+        secs = str(a.phase_seconds)
+        if name == "ns-sat":
+            extra = ["--mode", "closed", "--requests", "1000000", "--concurrency", str(a.concurrency), "--max-seconds", secs]
+        elif name == "ns-rate":
+            extra = ["--mode", "open", "--rate", f"{self.ns_rate:.3f}", "--requests", str(int(self.ns_rate * a.phase_seconds)),
+                     "--max-seconds", secs]
+        elif name == "st-sat":
+            extra = ["--stream", "--mode", "closed", "--requests", "1000000", "--concurrency", str(a.stream_concurrency),
+                     "--max-seconds", secs]
+        elif name == "st-rate":
+            extra = ["--stream", "--mode", "open", "--rate", f"{self.st_rate:.3f}",
+                     "--requests", str(max(3, int(self.st_rate * a.phase_seconds))), "--max-seconds", secs]
+        else:
+            raise ValueError(name)
+        before = thread_cpu(proxy.pid)
+        result = self.loadgen(proxy, *extra)
+        after = thread_cpu(proxy.pid)
+        main, other = split_cpu(proxy.pid, before, after)
+        n = max(1, result["ok"])
+        result["cpu_loop_ms_per_req"] = main / n * 1000.0
+        result["cpu_other_ms_per_req"] = other / n * 1000.0
+        return result
+
+    # ---- stages --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        a = self.args
+        log(f"work dir {self.dir}; CPUs: proxies {self.plan['proxy']}, upstream+load {self.plan['upstream']}")
+        self.upstream = Upstream(a.tokens, a.tokens_per_step, cpus=self.plan["upstream"], log_dir=self.dir)
+        self.proxies: dict[str, Proxy] = {}
+        for side in SIDES:
+            cfg = common.write_config(self.dir / side, plugin=side == "plugin", api_base=self.upstream.api_base,
+                                      memory_tokens=a.memory_tokens, memory_drip_s=a.memory_drip)
+            self.proxies[side] = Proxy(side, cfg, self.plan["proxy"])
+        t0 = time.monotonic()
+        for p in self.proxies.values():
+            p.wait_ready()
+        log(f"proxies ready in {time.monotonic() - t0:.0f}s (bare :{self.proxies['bare'].port}, plugin :{self.proxies['plugin'].port})")
+
+    def warmup(self) -> None:
+        a = self.args
+        for side in SIDES:
+            p = self.proxies[side]
+            self.loadgen(p, "--requests", str(a.warmup), "--concurrency", str(a.concurrency), "--max-seconds", "30")
+            self.loadgen(p, "--stream", "--requests", str(max(4, a.warmup // 8)), "--concurrency",
+                         str(a.stream_concurrency), "--max-seconds", "30")
+        # the open-loop rates: a fraction of bare LiteLLM's saturation throughput, fixed for the run
+        if a.rate:
+            self.ns_rate = a.rate
+        else:
+            r = self.loadgen(self.proxies["bare"], "--requests", "1000000", "--concurrency", str(a.concurrency),
+                             "--max-seconds", str(min(3.0, a.phase_seconds)))
+            self.ns_rate = max(1.0, r["throughput_rps"] * a.rate_frac)
+        if a.stream_rate:
+            self.st_rate = a.stream_rate
+        else:
+            r = self.loadgen(self.proxies["bare"], "--stream", "--requests", "1000000", "--concurrency",
+                             str(a.stream_concurrency), "--max-seconds", str(min(3.0, a.phase_seconds)))
+            self.st_rate = max(0.5, r["throughput_rps"] * a.rate_frac)
+        log(f"open-loop rates: non-streaming {self.ns_rate:.1f}/s, streaming {self.st_rate:.2f}/s")
+
+    def rounds(self) -> None:
+        a = self.args
+        phases = ["ns-sat", "ns-rate", "st-sat", "st-rate"]
+        for r in range(a.rounds):
+            for k, name in enumerate(phases):
+                order = SIDES if (r + k) % 2 == 0 else SIDES[::-1]
+                for side in order:
+                    res = self.phase(self.proxies[side], name)
+                    self.results.setdefault(name, {}).setdefault(side, []).append(res)
+                    log(f"round {r + 1}/{a.rounds} {name:7s} {side:6s} {short(name, res)}")
+
+    def memory(self) -> dict[str, Any]:
+        """(peak RSS during M concurrent long streams - RSS before) / M, per proxy."""
+        a = self.args
+        out: dict[str, list[float]] = {s: [] for s in SIDES}
+        body = dict(self.body(top=5)) if a.client_asks == "logprobs" else {}
+        for r in range(a.memory_rounds):
+            for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
+                p = self.proxies[side]
+                time.sleep(0.5)
+                idle = p.rss_bytes()
+                proc = self.loadgen(p, "--stream", "--model", "policy-long", "--mode", "closed", "--requests",
+                                    str(a.memory_streams), "--concurrency", str(a.memory_streams),
+                                    "--max-seconds", "120", body=body, background=True)
+                peak = idle
+                while proc.poll() is None:
+                    peak = max(peak, p.rss_bytes())
+                    time.sleep(0.02)
+                res = self.collect(p, proc)
+                per = (peak - idle) / max(1, res["ok"])
+                out[side].append(per)
+                log(f"memory {side:6s} idle {idle / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB, {res['ok']} streams of "
+                    f"{res['chunks_mean']:.0f} chunks: {per / 1e3:.0f} kB/stream")
+        return {s: med(v) for s, v in out.items()}
+
+    def check_traces(self) -> dict[str, Any]:
+        p = self.proxies["plugin"]
+        r = httpx.post(p.base_url + "/rllm/flush", headers=common.auth(), timeout=120)
+        stats = httpx.get(p.base_url + "/rllm/stats", headers=common.auth(), timeout=30).json()
+        con = sqlite3.connect(f"file:{self.store_db}?mode=ro", uri=True)
+        try:
+            tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            table = "traces" if "traces" in tables else tables[0]
+            rows = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        finally:
+            con.close()
+        return {"flush_status": r.status_code, "rows": rows, "answered": self.answered["plugin"], "stats": stats}
+
+    def inproc(self, tokens: int, top: int, requests: int, label: str) -> Optional[dict[str, Any]]:
+        """benchmarks/loop_block.py: the plugin proxy in-process, hooks timed, loop lag watched."""
+        cmd = [sys.executable, str(HERE / "loop_block.py"), "--upstream", self.upstream.api_base, "--tokens", str(tokens),
+               "--top-logprobs", str(top), "--requests", str(requests), "--json"]
+        if self.args.switch_interval:
+            cmd += ["--switch-interval", str(self.args.switch_interval)]
+        cpus = self.plan["proxy"]
+        log(f"in-process plugin proxy: {label}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=common.env(),
+                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        if proc.returncode != 0:
+            log(f"loop_block failed:\n{proc.stderr[-3000:]}")
+            return None
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def store(self) -> dict[str, Any]:
+        a = self.args
+        out: dict[str, Any] = {}
+        cmd = [sys.executable, str(HERE / "store_throughput.py"), "--traces", str(a.store_traces),
+               "--completion-tokens", "1000"]
+        log("store throughput: SQLite")
+        out["sqlite"] = parse_store(subprocess.run(cmd, capture_output=True, text=True, env=common.env()))
+        if a.store_url:
+            log(f"store throughput: {a.store_url.split('://', 1)[0]}")
+            res = subprocess.run(cmd + ["--store-url", a.store_url], capture_output=True, text=True, env=common.env())
+            out["postgresql"] = parse_store(res)
+        return out
+
+    def stop(self) -> None:
+        for p in getattr(self, "proxies", {}).values():
+            p.stop()
+        if getattr(self, "upstream", None) is not None:
+            self.upstream.stop()
+
+
+def parse_store(proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-800:]}
+    text = proc.stdout
+    out: dict[str, Any] = {"raw": text}
+    m = re.search(r"traces/s: ([\d,]+)", text)
+    if m:
+        out["traces_per_s"] = float(m.group(1).replace(",", ""))
+    m = re.search(r"bytes per completion token: ([\d.]+)", text)
+    if m:
+        out["bytes_per_token"] = float(m.group(1))
+    return out
+
+
+def short(name: str, r: dict[str, Any]) -> str:
+    cpu = f"cpu {r['cpu_loop_ms_per_req']:.2f}+{r['cpu_other_ms_per_req']:.2f} ms/req"
+    if name.endswith("sat"):
+        return f"{r['throughput_rps']:.1f} req/s, {cpu}"
+    if name == "ns-rate":
+        return f"p50 {r['latency_ms']['p50']:.1f} ms p99 {r['latency_ms']['p99']:.1f} ms, {cpu}"
+    pc = r["per_chunk_ms"]["p50"]
+    return f"ttft p50 {r['ttft_ms']['p50']:.1f} ms, chunk {pc if pc is None else round(pc, 3)} ms, {cpu}"
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def fmt(v: Optional[float], spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, Any]],
+          inproc: dict[str, Any], store: Optional[dict[str, Any]]) -> str:
+    a = b.args
+    R = b.results
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def metric(phase: str, pick: Any) -> tuple[Optional[float], Optional[float]]:
+        if phase not in R:
+            return None, None
+        return tuple(med([pick(x) for x in R[phase].get(s, [])]) for s in SIDES)  # type: ignore[return-value]
+
+    def add(label: str, bare: Optional[float], plug: Optional[float], spec: str = ".1f", kind: str = "ratio",
+            target: str = "") -> None:
+        if kind == "ratio":
+            rel = "-" if not bare or plug is None else f"{plug / bare:.3f}x"
+        else:  # added
+            rel = "-" if bare is None or plug is None else f"{plug - bare:+{spec}}"
+        rows.append((label, fmt(bare, spec), fmt(plug, spec), rel, target))
+
+    add("non-streaming throughput (req/s)", *metric("ns-sat", lambda x: x["throughput_rps"]), target=">= 0.97x")
+    add("  proxy CPU per request, loop thread (ms)", *metric("ns-sat", lambda x: x["cpu_loop_ms_per_req"]), ".2f", "added")
+    add("  proxy CPU per request, other threads (ms)", *metric("ns-sat", lambda x: x["cpu_other_ms_per_req"]), ".2f", "added")
+    add(f"latency p50 at {b.ns_rate:.0f} req/s (ms)", *metric("ns-rate", lambda x: x["latency_ms"]["p50"]), ".1f", "added")
+    add(f"latency p99 at {b.ns_rate:.0f} req/s (ms)", *metric("ns-rate", lambda x: x["latency_ms"]["p99"]), ".1f", "added")
+    add("streaming throughput (streams/s)", *metric("st-sat", lambda x: x["throughput_rps"]), ".2f", target=">= 0.95x")
+    add("  proxy CPU per stream, loop thread (ms)", *metric("st-sat", lambda x: x["cpu_loop_ms_per_req"]), ".2f", "added")
+    add("  proxy CPU per stream, other threads (ms)", *metric("st-sat", lambda x: x["cpu_other_ms_per_req"]), ".2f", "added")
+    add(f"TTFT p50 at {b.st_rate:.1f} streams/s (ms)", *metric("st-rate", lambda x: x["ttft_ms"]["p50"]), ".2f", "added")
+    add(f"TTFT p99 at {b.st_rate:.1f} streams/s (ms)", *metric("st-rate", lambda x: x["ttft_ms"]["p99"]), ".2f", "added")
+    add("time per chunk p50 (ms)", *metric("st-rate", lambda x: x["per_chunk_ms"]["p50"]), ".3f", "added")
+    if mem:
+        add(f"memory per in-flight stream (kB; {a.memory_tokens} tok, top 5)",
+            *(None if mem.get(s) is None else mem[s] / 1e3 for s in SIDES), ".0f", "added")
+
+    w = [max(len(r[i]) for r in rows + [("", "bare LiteLLM", "+ litellm-rllm", "plugin vs bare", "target")])
+         for i in range(5)]
+    head = ("", "bare LiteLLM", "+ litellm-rllm", "plugin vs bare", "target")
+    lines = [
+        f"litellm-rllm benchmark: {a.tokens}-token replies, client asks {a.client_asks}"
+        f"{'' if not a.top_logprobs else f' (top_logprobs {a.top_logprobs})'}, {a.rounds} rounds x "
+        f"{a.phase_seconds:g}s phases, medians; concurrency {a.concurrency} / {a.stream_concurrency} streams; "
+        f"CPUs: proxy {b.plan['proxy']}, upstream+load {b.plan['upstream']}",
+        "  ".join(h.ljust(w[i]) if i == 0 else h.rjust(w[i]) for i, h in enumerate(head)),
+    ]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
+    if traces:
+        lines.append(f"captured: {traces['rows']} traces stored for {traces['answered']} answered requests "
+                     f"(writer {traces['stats'].get('writer')}, capture {traces['stats'].get('capture')})")
+    for label, res in inproc.items():
+        if res:
+            lines.append(describe_inproc(label, res))
+    if store:
+        for name, s in store.items():
+            if "error" in s:
+                lines.append(f"store {name}: failed: {s['error'][-300:]}")
+            else:
+                lines.append(f"store {name}: {fmt(s.get('traces_per_s'), ',.0f')} traces/s of 1,000-token traces "
+                             f"(target >= 10,000 for SQLite), {fmt(s.get('bytes_per_token'), '.2f')} bytes per completion "
+                             f"token (target <= 9)")
+    return "\n".join(lines)
+
+
+def describe_inproc(label: str, r: dict[str, Any]) -> str:
+    out = [f"plugin in-process, {label}:"]
+    for mode in ("nonstream", "stream"):
+        m = r.get(mode)
+        if not m:
+            continue
+        out.append(
+            f"  {mode:9s}: on-loop {m['loop_us_per_request']:.0f} us/request"
+            + (f" + {m['loop_us_per_chunk']:.2f} us/chunk" if m.get("loop_us_per_chunk") is not None else "")
+            + f" ({m['chunks_per_request']:.0f} chunks); writer thread {m['writer_cpu_us_per_trace']:.0f} us CPU/trace;"
+            f" longest plugin block {m['max_block_ms']:.3f} ms ({m['max_block_where']}); loop lag max"
+            f" {m['lag_max_ms']:.2f} ms, max while the writer ran {m['lag_max_writer_ms']:.2f} ms")
+    return "\n".join(out)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--quick", action="store_true", help="~2 minute smoke version (2 rounds, short phases)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5; quick 2)")
+    ap.add_argument("--phase-seconds", type=float, default=None, help="per phase and proxy (default 10; quick 2.5)")
+    ap.add_argument("--tokens", type=int, default=256, help="reply length K of the upstream")
+    ap.add_argument("--tokens-per-step", type=int, default=1, help="tokens per stream chunk (vLLM's stream_interval)")
+    ap.add_argument("--top-logprobs", type=int, default=0, help="top_logprobs the client asks for in the load phases")
+    ap.add_argument("--client-asks", choices=("logprobs", "nothing"), default="logprobs")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--stream-concurrency", type=int, default=8)
+    ap.add_argument("--rate-frac", type=float, default=0.5, help="open-loop rate as a fraction of bare's throughput")
+    ap.add_argument("--rate", type=float, default=None, help="fixed non-streaming open-loop rate (req/s)")
+    ap.add_argument("--stream-rate", type=float, default=None, help="fixed streaming open-loop rate (streams/s)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--memory-streams", type=int, default=None, help="concurrent long streams (default 32; quick 16)")
+    ap.add_argument("--memory-tokens", type=int, default=2000)
+    ap.add_argument("--memory-drip", type=float, default=0.0, help="seconds between upstream steps of the long streams")
+    ap.add_argument("--memory-rounds", type=int, default=None)
+    ap.add_argument("--store-traces", type=int, default=None, help="traces for store_throughput.py (default 20000)")
+    ap.add_argument("--store-url", default=None,
+                    help="also benchmark this store (postgresql://user:pass@host/db) with store_throughput.py")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval for the in-process plugin proxy (an experiment)")
+    ap.add_argument("--pin", choices=("auto", "none"), default="auto")
+    ap.add_argument("--skip", default="", help="comma list of: load,memory,inproc,long,store")
+    ap.add_argument("--json", default=None, help="also write every raw result to this file")
+    a = ap.parse_args(argv)
+    quick = a.quick
+    a.rounds = a.rounds or (2 if quick else 5)
+    a.phase_seconds = a.phase_seconds or (2.5 if quick else 10.0)
+    a.warmup = a.warmup or (60 if quick else 200)
+    a.memory_streams = a.memory_streams or (16 if quick else 32)
+    a.memory_rounds = a.memory_rounds or (1 if quick else 2)
+    a.store_traces = a.store_traces or (5000 if quick else 20000)
+    skip = set(filter(None, a.skip.split(",")))
+
+    b = Bench(a)
+    mem = traces = store = None
+    inproc: dict[str, Any] = {}
+    t0 = time.monotonic()
+    try:
+        b.start()
+        b.warmup()
+        if "load" not in skip:
+            b.rounds()
+        if "memory" not in skip:
+            mem = b.memory()
+        traces = b.check_traces()
+        if "inproc" not in skip:
+            inproc[f"{a.tokens}-token replies"] = b.inproc(a.tokens, a.top_logprobs, 20 if quick else 100,
+                                                            f"{a.tokens}-token replies")
+        if "long" not in skip:
+            inproc[f"{common.LONG_TOKENS}-token reply, top_logprobs 5"] = b.inproc(
+                common.LONG_TOKENS, 5, 1 if quick else 3, f"{common.LONG_TOKENS} tokens, top_logprobs 5")
+    finally:
+        b.stop()
+    if "store" not in skip:
+        store = b.store()
+    log(f"done in {time.monotonic() - t0:.0f}s")
+    report = table(b, mem, traces, inproc, store)
+    print(report)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "results": b.results, "memory": mem, "traces": traces,
+                                            "inproc": inproc, "store": store, "table": report}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
