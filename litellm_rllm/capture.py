@@ -192,7 +192,9 @@ def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[s
         if response.get("type") == "message":
             return [anthropic_choice(response)]
         if response.get("object") == "response":
-            return [responses_choice(response)]
+            choice = responses_choice(response)
+            choice.completeness = check_completeness(choice, response.get("usage"))
+            return [choice]
     out: list[TraceChoice] = []
     n_choices = len(response.get("choices") or [])
     for i, ch in enumerate(response.get("choices") or []):
@@ -245,8 +247,9 @@ def check_completeness(choice: TraceChoice, usage: Optional[Mapping[str, Any]]) 
     if n_ids is None and n_lp is None:
         return None
     n_usage = None
-    if usage and usage.get("completion_tokens") is not None:
-        n_usage = int(usage["completion_tokens"])
+    reported = (usage or {}).get("completion_tokens", (usage or {}).get("output_tokens"))
+    if reported is not None:
+        n_usage = int(reported)
     problems: list[str] = []
     if n_ids is not None and n_lp is not None and n_ids != n_lp:
         problems.append(f"{n_ids} token ids but {n_lp} logprobs")

@@ -1,0 +1,89 @@
+"""Pure capture logic: response formats -> trace choices, completeness checks, SSE parsing."""
+
+from __future__ import annotations
+
+import json
+
+from litellm_rllm.capture import check_completeness, choices_from_response, prompt_ids_from
+from litellm_rllm.sse import SSEParser
+from litellm_rllm.stream import StreamAccumulator
+from litellm_rllm.trace import TraceChoice
+
+
+def test_completeness_flags_ids_logprobs_and_usage_mismatch():
+    choice = TraceChoice(index=0, token_ids=[1, 2, 3], logprobs=[-0.5, -0.25])
+    result = check_completeness(choice, {"completion_tokens": 3})
+    assert not result.ok
+    assert result.problems == ["3 token ids but 2 logprobs", "2 logprobs but usage says 3 completion tokens"]
+    ok = check_completeness(TraceChoice(index=0, token_ids=[1, 2], logprobs=[-1.0, -2.0]), {"completion_tokens": 2})
+    assert ok.ok and ok.problems == []
+
+
+def test_completions_format_gives_tokens_logprobs_and_per_choice_ids():
+    response = {"object": "text_completion", "choices": [
+        {"index": 0, "text": " a b", "finish_reason": "length", "prompt_token_ids": [5, 6], "token_ids": [7, 8],
+         "logprobs": {"tokens": [" a", " b"], "token_logprobs": [-0.5, -0.25], "top_logprobs": [{" a": -0.5}, {" b": -0.25}],
+                      "text_offset": [0, 2]}}]}
+    [choice] = choices_from_response(response)
+    assert choice.text == " a b" and choice.token_ids == [7, 8] and choice.logprobs == [-0.5, -0.25]
+    assert [[t.token for t in pos] for pos in choice.top_logprobs] == [[" a"], [" b"]]
+    assert prompt_ids_from(response, [choice]) == [5, 6]
+
+
+def test_anthropic_message_becomes_one_choice_with_tool_calls():
+    response = {"type": "message", "role": "assistant", "stop_reason": "tool_use", "content": [
+        {"type": "text", "text": "Let me look."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}}]}
+    [choice] = choices_from_response(response)
+    assert choice.message["content"] == "Let me look."
+    assert choice.message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"location": "Paris"}'}
+    assert choice.finish_reason == "tool_use" and choice.token_ids is None
+
+
+def test_sse_parser_handles_events_and_crlf_split_across_reads():
+    events = []
+    parser = SSEParser(events.append)
+    body = b'data: {"a": 1}\r\n\r\nevent: x\r\ndata: {"b":\r\ndata: 2}\r\n\r\ndata: [DONE]\r\n\r\n'
+    for i in range(len(body)):  # one byte at a time: every possible split
+        parser.feed(body[i:i + 1])
+    parser.close()
+    assert events == [{"a": 1}, {"b": 2}] and parser.done
+
+
+def test_stream_accumulator_merges_tool_call_fragments_by_index():
+    acc = StreamAccumulator()
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"x"'}}]},
+                      "token_ids": [1], "logprobs": {"content": [{"token": "a", "logprob": -0.5, "top_logprobs": []}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ': 1}'}}]},
+                      "token_ids": [2], "logprobs": {"content": [{"token": "b", "logprob": -0.25, "top_logprobs": []}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls", "stop_reason": None, "token_ids": [3],
+                      "logprobs": {"content": [{"token": "</s>", "logprob": -1.0, "top_logprobs": []}]}}]},
+        {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}},
+    ]
+    for c in chunks:
+        acc.add(json.loads(json.dumps(c)))
+    [choice] = acc.choices()
+    assert choice.message["tool_calls"] == [{"id": "call_1", "type": "function",
+                                             "function": {"name": "f", "arguments": '{"x": 1}'}}]
+    assert choice.token_ids == [1, 2, 3] and choice.logprobs == [-0.5, -0.25, -1.0]
+    assert choice.finish_reason == "tool_calls" and choice.completeness.ok
+
+
+def test_vllm_responses_stream_gap_is_flagged_in_the_trace(proxy, vllm_upstream):
+    """vLLM's Responses stream drops the EOS logprob (the ids keep it): flagged, not hidden."""
+    import uuid
+
+    from litellm_rllm.slug import encode
+
+    sid = f"gap-{uuid.uuid4().hex[:8]}"
+    with proxy.client.stream("POST", f"/meta/{encode({'session_id': sid})}/v1/responses",
+                             json={"model": "policy", "input": "hello", "stream": True}) as resp:
+        assert resp.status_code == 200
+        list(resp.iter_lines())
+    [trace] = proxy.traces(sid)
+    completeness = trace.choices[0].completeness
+    assert len(trace.choices[0].token_ids) == 9 and len(trace.choices[0].logprobs) == 8
+    assert not completeness.ok and "9 token ids but 8 logprobs" in completeness.problems
