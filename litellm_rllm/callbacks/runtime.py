@@ -20,6 +20,21 @@ from ..store.writer import TraceWriter
 
 log = logging.getLogger("litellm_rllm")
 
+
+def _ensure_log_handler() -> None:
+    """Inside the proxy nobody configures our logger; give it LiteLLM's look (time, level) at
+    INFO unless the deployment configured logging itself (a root handler or one of ours)."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s - litellm_rllm:%(levelname)s: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+_ensure_log_handler()
+
 _lock = threading.Lock()
 _settings: Optional[Settings] = None
 _writer: Optional[TraceWriter] = None
