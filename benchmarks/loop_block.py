@@ -44,62 +44,81 @@ import common  # noqa: E402
 
 
 class Timeline:
-    """Outermost plugin segments on the loop thread: (name, start, duration); nested ones are
-    kept per name only. Writer windows: (start, end, thread CPU, items)."""
+    """Outermost plugin segments on the loop thread: (name, start, wall, cpu, gc) where `gc` is
+    the time garbage collections took inside the segment (a collection runs in whichever code
+    allocates when a threshold is crossed, so it is LiteLLM's heap being scanned as much as
+    ours); nested segments are kept per name only. Writer windows: (start, end, CPU, items)."""
 
     def __init__(self) -> None:
         self.depth = 0
-        self.segments: list[tuple[str, float, float]] = []
+        self.segments: list[tuple[str, float, float, float, float]] = []
         self.nested: dict[str, list[float]] = {}
         self.writer: list[tuple[float, float, float, int]] = []
         self.lags: list[tuple[float, float]] = []
         self.loop_thread = threading.get_ident()
+        self.gc_loop = 0.0  # seconds of GC on the loop thread so far
+        self.gc_pauses: list[tuple[float, float, bool]] = []  # (start, seconds, on the loop thread)
+        self._gc_start = 0.0
+
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        dt = time.perf_counter() - self._gc_start
+        on_loop = threading.get_ident() == self.loop_thread
+        if on_loop:
+            self.gc_loop += dt
+        self.gc_pauses.append((self._gc_start, dt, on_loop))
 
 
 TL = Timeline()
 
 
-def timed_sync(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    perf = time.perf_counter
+def _timed(name: str, fn: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+    perf, cpu = time.perf_counter, time.thread_time
+
+    def enter() -> Optional[tuple[float, float, float]]:
+        TL.depth += 1
+        return (perf(), cpu(), TL.gc_loop) if TL.depth == 1 else (perf(), 0.0, 0.0)
+
+    def leave(mark: tuple[float, float, float]) -> None:
+        TL.depth -= 1
+        if TL.depth == 0:
+            TL.segments.append((name, mark[0], perf() - mark[0], cpu() - mark[1], TL.gc_loop - mark[2]))
+        else:
+            TL.nested.setdefault(name, []).append(perf() - mark[0])
+
+    if is_async:
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            mark = enter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                leave(mark)  # type: ignore[arg-type]
+
+        awrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        return awrapper
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if threading.get_ident() != TL.loop_thread:
             return fn(*args, **kwargs)
-        TL.depth += 1
-        t0 = perf()
+        mark = enter()
         try:
             return fn(*args, **kwargs)
         finally:
-            dt = perf() - t0
-            TL.depth -= 1
-            if TL.depth == 0:
-                TL.segments.append((name, t0, dt))
-            else:
-                TL.nested.setdefault(name, []).append(dt)
+            leave(mark)  # type: ignore[arg-type]
 
     wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
     return wrapper
+
+
+def timed_sync(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    return _timed(name, fn, False)
 
 
 def timed_async(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """For hooks that never await anything real: the coroutine runs in one go."""
-    perf = time.perf_counter
-
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        TL.depth += 1
-        t0 = perf()
-        try:
-            return await fn(*args, **kwargs)
-        finally:
-            dt = perf() - t0
-            TL.depth -= 1
-            if TL.depth == 0:
-                TL.segments.append((name, t0, dt))
-            else:
-                TL.nested.setdefault(name, []).append(dt)
-
-    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-    return wrapper
+    return _timed(name, fn, True)
 
 
 def instrument() -> None:
@@ -196,35 +215,49 @@ async def client_main(url: str) -> None:
 
 
 def summarize(t_from: float, t_to: float, requests: int, chunks: int) -> dict[str, Any]:
-    segs = [s for s in TL.segments if t_from <= s[1] <= t_to]
-    per_name: dict[str, list[float]] = {}
-    for name, _, dt in segs:
-        per_name.setdefault(name, []).append(dt)
+    segs = [seg for seg in TL.segments if t_from <= seg[1] <= t_to]
+    per_name: dict[str, list[tuple[float, float, float]]] = {}
+    for name, _, wall, cpu, gcs in segs:
+        per_name.setdefault(name, []).append((wall, cpu, gcs))
     chunk_names = {"tee: feed read", "stream: strip chunk", "accumulate event"}
-    total = sum(dt for _, _, dt in segs)
-    per_chunk_total = sum(dt for name, _, dt in segs if name in chunk_names)
+    cpu_total = sum(seg[3] for seg in segs)
+    cpu_chunks = sum(seg[3] for seg in segs if seg[0] in chunk_names)
     writer = [w for w in TL.writer if t_from <= w[0] <= t_to]
     w_items = sum(w[3] for w in writer)
     lags = [(t, lag) for t, lag in TL.lags if t_from <= t <= t_to]
+    gcs = [g for g in TL.gc_pauses if t_from <= g[0] <= t_to]
 
     def in_writer(t: float, lag: float) -> bool:
         return any(ws <= t + lag + 0.001 and t <= we for ws, we, _, _ in writer)
 
     lag_writer = [lag for t, lag in lags if in_writer(t, lag)]
     lag_other = [lag for t, lag in lags if not in_writer(t, lag)]
-    worst = max(segs, key=lambda s: s[2]) if segs else ("-", 0.0, 0.0)
+    worst_wall = max(segs, key=lambda seg: seg[2]) if segs else ("-", 0.0, 0.0, 0.0, 0.0)
+    worst_cpu = max(segs, key=lambda seg: seg[3]) if segs else ("-", 0.0, 0.0, 0.0, 0.0)
+    worst_own = max(segs, key=lambda seg: seg[2] - seg[4]) if segs else ("-", 0.0, 0.0, 0.0, 0.0)
     lag_sorted = sorted(lag for _, lag in lags)
     return {
         "requests": requests,
         "chunks_per_request": chunks / max(1, requests),
-        "loop_us_per_request": (total - per_chunk_total) / max(1, requests) * 1e6,
-        "loop_us_per_chunk": per_chunk_total / chunks * 1e6 if chunks else None,
-        "loop_us_total_per_request": total / max(1, requests) * 1e6,
-        "max_block_ms": worst[2] * 1e3,
-        "max_block_where": worst[0],
-        "by_hook": {name: {"calls": len(v), "us_mean": sum(v) / len(v) * 1e6, "us_max": max(v) * 1e6,
-                           "us_per_request": sum(v) / max(1, requests) * 1e6}
-                    for name, v in sorted(per_name.items(), key=lambda kv: -sum(kv[1]))},
+        # CPU of the loop thread inside plugin code (thread_time), GC included
+        "loop_us_per_request": (cpu_total - cpu_chunks) / max(1, requests) * 1e6,
+        "loop_us_per_chunk": cpu_chunks / chunks * 1e6 if chunks else None,
+        "loop_us_total_per_request": cpu_total / max(1, requests) * 1e6,
+        # the longest single hold of the loop by plugin code: wall, and wall without GC pauses
+        "max_block_ms": worst_wall[2] * 1e3,
+        "max_block_where": worst_wall[0],
+        "max_block_cpu_ms": worst_cpu[3] * 1e3,
+        "max_block_cpu_where": worst_cpu[0],
+        "max_block_no_gc_ms": (worst_own[2] - worst_own[4]) * 1e3,
+        "max_block_no_gc_where": worst_own[0],
+        "by_hook": {name: {"calls": len(v),
+                           "cpu_us_mean": sum(x[1] for x in v) / len(v) * 1e6,
+                           "wall_us_max": max(x[0] for x in v) * 1e6,
+                           "cpu_us_max": max(x[1] for x in v) * 1e6,
+                           "gc_us_max": max(x[2] for x in v) * 1e6,
+                           "cpu_us_per_request": sum(x[1] for x in v) / max(1, requests) * 1e6}
+                    for name, v in sorted(per_name.items(), key=lambda kv: -sum(x[1] for x in kv[1]))},
+        "nested_us_mean": {name: sum(v) / len(v) * 1e6 for name, v in TL.nested.items()},
         "writer_cpu_us_per_trace": sum(w[2] for w in writer) / w_items * 1e6 if w_items else 0.0,
         "writer_wall_ms_max": max((w[1] - w[0]) * 1e3 for w in writer) if writer else 0.0,
         "lag_samples": len(lags),
@@ -233,6 +266,8 @@ def summarize(t_from: float, t_to: float, requests: int, chunks: int) -> dict[st
         "lag_max_writer_ms": max(lag_writer, default=0.0) * 1e3,
         "lag_max_outside_writer_ms": max(lag_other, default=0.0) * 1e3,
         "lag_over_2ms_in_writer": sum(1 for x in lag_writer if x > 0.002),
+        "gc_max_ms_loop": max((g[1] for g in gcs if g[2]), default=0.0) * 1e3,
+        "gc_max_ms_writer": max((g[1] for g in gcs if not g[2]), default=0.0) * 1e3,
     }
 
 
@@ -285,6 +320,7 @@ async def serve_and_measure(args: argparse.Namespace, config: Path) -> dict[str,
                            "switch_interval_s": sys.getswitchinterval()}
     for mode in args.modes.split(","):
         await asyncio.sleep(0.2)
+        TL.nested.clear()
         t_from = time.perf_counter()
         chunks = 0
         answers = []
@@ -347,6 +383,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     TL.loop_thread = threading.get_ident()
+    import gc
+
+    gc.callbacks.append(TL.gc_callback)
     if not args.bare:
         instrument()
     uvloop.install()

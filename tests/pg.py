@@ -8,7 +8,7 @@ Loaded as a pytest plugin (``pytest_plugins`` in conftest.py, or ``-p tests.pg``
 * ``pg_fresh_url``: function-scoped, the same database with a new, unique schema.
 
 PostgreSQL refuses to run as root: as root, the server runs as a dedicated system user
-(``rllmpg``, created on first use) through ``runuser``. The binaries are found with
+(``rllmpg``, created on first use): the child processes switch to it before ``exec``. The binaries are found with
 ``pg_config --bindir``, in ``/usr/lib/postgresql/*/bin``, or on PATH; ``scripts/test.sh``
 installs them on a fresh machine. In CI (``CI`` set) a server that cannot start fails the tests
 loudly; elsewhere the PostgreSQL tests are skipped with the reason.
@@ -129,17 +129,22 @@ class PgServer:
     # ------------------------------------------------------------------ processes
 
     def _cmd(self, exe: str, *args: str) -> list[str]:
-        cmd = [os.path.join(self.bindir, exe), *args]
-        if self.run_as:
-            runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-            cmd = [runuser, "-u", self.run_as, "--", *cmd]
-        return cmd
+        return [os.path.join(self.bindir, exe), *args]
+
+    def _as_user(self) -> dict[str, object]:
+        """Popen arguments that run the child as the server's user (the child itself, no
+        ``runuser`` in between: signals sent to ``proc`` reach the postmaster)."""
+        if not self.run_as:
+            return {}
+        info = pwd.getpwnam(self.run_as)
+        return {"user": info.pw_uid, "group": info.pw_gid, "extra_groups": [],
+                "env": {**os.environ, "HOME": str(self.base), "USER": self.run_as, "LOGNAME": self.run_as}}
 
     def _initdb(self) -> None:
         proc = subprocess.run(
             self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                       "-E", "UTF8", "--locale=C", "--no-sync"),
-            capture_output=True, text=True, timeout=180,
+            capture_output=True, text=True, timeout=180, cwd=str(self.base), **self._as_user(),
         )
         if proc.returncode != 0:
             raise PgUnavailable(f"initdb failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -155,8 +160,8 @@ class PgServer:
             "-c", "shared_buffers=64MB", "-c", "logging_collector=off",
         ]
         try:
-            self.proc = subprocess.Popen(self._cmd("postgres", *args), stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self._cmd("postgres", *args), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=str(self.base), **self._as_user())
         finally:
             log.close()
         deadline = time.monotonic() + timeout

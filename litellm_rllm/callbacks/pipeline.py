@@ -266,6 +266,40 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
 
 
 # ---------------------------------------------------------------------------------------
+# The final hooks, shared by the tracer and the sampling callback
+# ---------------------------------------------------------------------------------------
+
+
+async def _success_hook(self: Any, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+    finish_success(data, response)
+    return response
+
+
+async def _failure_hook(self: Any, request_data: dict, original_exception: Exception, user_api_key_dict: Any,
+                        traceback_str: Optional[str] = None) -> Any:
+    finish_failure(request_data, original_exception)
+    return None
+
+
+async def _stream_hook(self: Any, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
+    async for chunk in wrap_stream(response, request_data):
+        yield chunk
+
+
+def with_final_hooks(cls: type) -> type:
+    """Give a callback class the shared end-of-call hooks.
+
+    They are set in the class's own `__dict__` on purpose: LiteLLM calls the streaming
+    iterator hook only when it is in `vars(type(callback))`, so an inherited one (a mixin)
+    would be skipped silently.
+    """
+    cls.async_post_call_success_hook = _success_hook  # type: ignore[attr-defined]
+    cls.async_post_call_failure_hook = _failure_hook  # type: ignore[attr-defined]
+    cls.async_post_call_streaming_iterator_hook = _stream_hook  # type: ignore[attr-defined]
+    return cls
+
+
+# ---------------------------------------------------------------------------------------
 # Hiding injected fields from the client. Fields are replaced, never mutated in place, so a
 # snapshot taken before (the trace) keeps them.
 # ---------------------------------------------------------------------------------------

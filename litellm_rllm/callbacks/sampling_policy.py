@@ -170,6 +170,7 @@ def _apply_responses(kwargs: dict[str, Any], params: Mapping[str, Any]) -> None:
         kwargs["extra_body"] = body
 
 
+@pipeline.with_final_hooks
 class SamplingPolicyCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
@@ -216,16 +217,3 @@ class SamplingPolicyCallback(CustomLogger):
         state.injected = decision.injected()
         state.strip = tuple(decision.params) if decision.strip else ()
         state.upstream = kwargs
-
-    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
-        pipeline.finish_success(data, response)
-        return response
-
-    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                           user_api_key_dict: Any, traceback_str: Optional[str] = None) -> Any:
-        pipeline.finish_failure(request_data, original_exception)
-        return None
-
-    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
-        async for chunk in pipeline.wrap_stream(response, request_data):
-            yield chunk

@@ -20,6 +20,7 @@ from .routes import install_rllm_routes, install_slug_route
 log = logging.getLogger("litellm_rllm")
 
 
+@pipeline.with_final_hooks
 class TraceCaptureCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
@@ -46,16 +47,3 @@ class TraceCaptureCallback(CustomLogger):
                 pipeline.counters["capture_errors"] += 1
                 log.exception("litellm-rllm: could not tap the upstream stream")
         return None
-
-    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
-        pipeline.finish_success(data, response)
-        return response
-
-    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
-                                           user_api_key_dict: Any, traceback_str: Optional[str] = None) -> Any:
-        pipeline.finish_failure(request_data, original_exception)
-        return None
-
-    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
-        async for chunk in pipeline.wrap_stream(response, request_data):
-            yield chunk
