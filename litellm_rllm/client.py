@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ __all__ = [
     "current_metadata",
     "current_session",
     "current_slug",
+    "fetch_traces",
+    "flush",
     "proxied_base_url",
     "session",
     "unwrap",
@@ -219,3 +222,47 @@ def _http_client(client: Any) -> Any:
             f"wrap() needs an openai.OpenAI or openai.AsyncOpenAI client, got {type(client).__name__}"
         )
     return http
+
+
+# ---------------------------------------------------------------------------------------
+# Trainer side: the proxy's flush barrier and remote read-back
+# ---------------------------------------------------------------------------------------
+
+
+def _proxy_root(base_url: str) -> str:
+    """`http://host:4000/v1` or `.../meta/<slug>/v1` -> `http://host:4000`."""
+    from .slug import split_path
+
+    parsed = urlsplit(base_url)
+    _, path = split_path(parsed.path or "/")
+    path = path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[:-3]
+    return urlunsplit((parsed.scheme, parsed.netloc, path, "", "")).rstrip("/")
+
+
+def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    """Block until every call the proxy finished before now is durable in its store.
+
+    Call it on each proxy a rollout used (each has its own writer), then read the store.
+    Needs the master key or an admin key.
+    """
+    import httpx
+
+    resp = httpx.post(f"{_proxy_root(base_url)}/rllm/flush", params={"timeout": timeout},
+                      headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout + 10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0) -> list[Any]:
+    """A session's traces (nested sessions included) in `seq` order, read through the proxy
+    (which flushes first), as `Trace` objects."""
+    import httpx
+
+    from .trace import Trace
+
+    resp = httpx.get(f"{_proxy_root(base_url)}/rllm/sessions/{session}/traces",
+                     headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
+    resp.raise_for_status()
+    return [Trace.model_validate(t) for t in resp.json()["traces"]]

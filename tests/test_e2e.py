@@ -32,8 +32,7 @@ def proxy_proc(tmp_path_factory, upstream_urls):
 
 def flush(proc) -> None:
     """Barrier: the proxy's writer has made every finished call durable."""
-    resp = httpx.post(proc.base_url + "/rllm/flush", headers=harness.auth(), timeout=30)
-    assert resp.status_code == 200, resp.text
+    assert rllm.flush(proc.base_url + "/v1", harness.MASTER_KEY)["flushed"] is True
 
 
 def test_50_concurrent_sessions_of_4_requests_are_not_crossed(proxy_proc, vllm_upstream):
@@ -54,6 +53,9 @@ def test_50_concurrent_sessions_of_4_requests_are_not_crossed(proxy_proc, vllm_u
 
     asyncio.run(main())
     flush(proxy_proc)
+    # the same session read back through the proxy equals the store's
+    remote = rllm.fetch_traces(proxy_proc.base_url + f"/meta/{slugs.encode({'x': 1})}/v1", ids[0], harness.MASTER_KEY)
+    assert [t.trace_id for t in remote] == [t.trace_id for t in harness.read_traces(proxy_proc.store_url, ids[0])]
     total = 0
     for i, sid in ids.items():
         traces = harness.read_traces(proxy_proc.store_url, sid)
