@@ -135,6 +135,13 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {MASTER_KEY}"}
 
 
+def probe_env(gc_path: Path) -> dict[str, str]:
+    """The proxy's environment plus the GC probe (benchmarks/gcprobe/sitecustomize.py)."""
+    e = env(RLLM_BENCH_GC_STATS=str(gc_path))
+    e["PYTHONPATH"] = str(REPO / "benchmarks" / "gcprobe") + os.pathsep + e["PYTHONPATH"]
+    return e
+
+
 class Proxy:
     """`litellm --config FILE` on 127.0.0.1, pinned to `cpus` (all its threads: set before exec)."""
 
@@ -145,11 +152,12 @@ class Proxy:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / "proxy.log"
+        self.gc_path = config.parent / "gc.json"
         exe = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [*wrapper, exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=str(config.parent), env=env(), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=str(config.parent), env=probe_env(self.gc_path), stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=_preexec(cpus),
         )
 
@@ -176,6 +184,19 @@ class Proxy:
 
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
+
+    def gc_stats(self) -> Optional[dict[str, Any]]:
+        """Garbage-collector totals from the probe (benchmarks/gcprobe), fresh to ~0.1 s."""
+        import json
+
+        time.sleep(0.15)
+        try:
+            return json.loads(self.gc_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def gc_freeze(self) -> None:
+        Path(str(self.gc_path) + ".freeze").touch()
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)

@@ -105,6 +105,8 @@ async def one(session: aiohttp.ClientSession, args: argparse.Namespace, body: by
                 stats.per_chunk.append((last_event - first_event) / (events - 1))
             stats.chunks.append(events)
             stats.ok += 1
+            if stats.ok == 1 and args.mark_first:
+                print("first-done", flush=True, file=sys.stderr)
     except asyncio.TimeoutError:
         stats.error("timeout")
     except aiohttp.ClientError as exc:
@@ -177,6 +179,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--headers", default="{}", help="JSON of extra request headers")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this long")
     ap.add_argument("--timeout", type=float, default=120.0, help="per request")
+    ap.add_argument("--mark-first", action="store_true", help="print 'first-done' on stderr when a stream ends")
     args = ap.parse_args(argv)
     try:
         import uvloop

@@ -4,21 +4,25 @@ Runs the real LiteLLM proxy app with the plugin's config in this process (uvicor
 `litellm --config` runs it), with
 
 * every plugin entry point that runs on the event loop wrapped in a timer (the callbacks' hooks,
-  the tee's per-read `UpstreamTap.feed`, the stream wrapper's per-chunk strip and its end-of-stream
-  record, the slug check): each one runs without awaiting, so its wall time is one uninterrupted
-  hold of the loop; nested timers are reported but not double counted;
+  the tee's per-read `UpstreamTap.feed`, the stream wrapper's per-chunk strip and end-of-stream
+  record, the slug check). None of them awaits, so each call is one uninterrupted hold of the
+  loop: its thread CPU time (`time.thread_time`) is the plugin's own work, its wall time adds
+  OS preemption, GIL waits and garbage collections that happened to run inside it (reported
+  apart). Nested timers are reported but not double counted;
 * the writer thread's `_process` timed (thread CPU per trace, and its busy windows);
-* a loop-lag monitor: a task that sleeps 1 ms and records how late it wakes. A lag that falls in
-  a writer busy window is the GIL: the writer thread (pure Python while it builds a trace) keeps
-  the GIL up to `sys.getswitchinterval()` (5 ms) before the loop thread gets it back.
+* a loop-lag monitor: a task that sleeps 1 ms and records how late it wakes. A lag inside a
+  writer busy window is the GIL: the writer thread keeps it up to `sys.getswitchinterval()`
+  (5 ms) while it runs Python, and for the whole of a C call or a garbage collection;
+* every garbage collection (generation, duration, thread) through `gc.callbacks`.
 
 Requests come from a client subprocess started before the measurement (no fork while measuring),
 one at a time, so each request's plugin work is seen alone.
 
     python benchmarks/loop_block.py [--tokens 32000] [--top-logprobs 5] [--requests 3]
-        [--modes nonstream,stream] [--switch-interval 0.001] [--bare] [--json]
+        [--modes nonstream,stream] [--switch-interval 0.001] [--gc-freeze] [--bare] [--json]
 
-`--bare` runs the same without the plugin (the loop lag LiteLLM itself causes, for comparison).
+`--bare` runs the same without the plugin (the loop lag LiteLLM itself causes, for comparison);
+`--switch-interval` and `--gc-freeze` are experiments.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class Timeline:
         self.lags: list[tuple[float, float]] = []
         self.loop_thread = threading.get_ident()
         self.gc_loop = 0.0  # seconds of GC on the loop thread so far
-        self.gc_pauses: list[tuple[float, float, bool]] = []  # (start, seconds, on the loop thread)
+        self.gc_pauses: list[tuple[float, float, bool, int]] = []  # (start, seconds, on the loop thread, generation)
         self._gc_start = 0.0
 
     def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
@@ -68,7 +72,7 @@ class Timeline:
         on_loop = threading.get_ident() == self.loop_thread
         if on_loop:
             self.gc_loop += dt
-        self.gc_pauses.append((self._gc_start, dt, on_loop))
+        self.gc_pauses.append((self._gc_start, dt, on_loop, int(info.get("generation", -1))))
 
 
 TL = Timeline()
@@ -268,6 +272,9 @@ def summarize(t_from: float, t_to: float, requests: int, chunks: int) -> dict[st
         "lag_over_2ms_in_writer": sum(1 for x in lag_writer if x > 0.002),
         "gc_max_ms_loop": max((g[1] for g in gcs if g[2]), default=0.0) * 1e3,
         "gc_max_ms_writer": max((g[1] for g in gcs if not g[2]), default=0.0) * 1e3,
+        "gc_ms_per_request": sum(g[1] for g in gcs) / max(1, requests) * 1e3,
+        "gc_full_collections": sum(1 for g in gcs if g[3] == 2),
+        "gc_full_ms_max": max((g[1] for g in gcs if g[3] == 2), default=0.0) * 1e3,
     }
 
 
@@ -288,6 +295,11 @@ async def serve_and_measure(args: argparse.Namespace, config: Path) -> dict[str,
             raise RuntimeError("proxy did not start")
         await asyncio.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
+    if args.gc_freeze:
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the experiment: everything alive after start-up leaves the collector's view
     cpus = common.cpu_plan("auto")["client"] if args.client_cpus is None else [int(c) for c in args.client_cpus.split(",")]
     client = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", url, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=common.env(),
@@ -297,7 +309,7 @@ async def serve_and_measure(args: argparse.Namespace, config: Path) -> dict[str,
         body["top_logprobs"] = args.top_logprobs
     model = "policy-32k" if args.tokens == common.LONG_TOKENS else "policy"
 
-    async def ask(mode: str) -> dict[str, Any]:
+    async def ask(mode: str, model: str = model, body: dict[str, Any] = body) -> dict[str, Any]:
         client.stdin.write(f"{mode} {model} {json.dumps(body)}\n".encode())  # type: ignore[union-attr]
         await client.stdin.drain()  # type: ignore[union-attr]
         return json.loads(await client.stdout.readline())  # type: ignore[union-attr]
@@ -307,9 +319,10 @@ async def serve_and_measure(args: argparse.Namespace, config: Path) -> dict[str,
         from litellm_rllm.callbacks import runtime
 
         writer = runtime.writer()
+    short = {**body, "max_tokens": 16}
     for _ in range(2):  # warm: first-call imports and caches, the client's connection
-        await ask("nonstream")
-        await ask("stream")
+        await ask("nonstream", "policy", short)
+        await ask("stream", "policy", short)
     if writer is not None:
         await writer.aflush(120)
     await asyncio.sleep(0.3)
@@ -359,6 +372,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval (experiment)")
     ap.add_argument("--client-cpus", default=None)
     ap.add_argument("--bare", action="store_true", help="LiteLLM without the plugin (lag baseline)")
+    ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once the proxy is up (experiment)")
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
     args = ap.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """Bare LiteLLM vs LiteLLM + litellm-rllm, same machine, same run, same load: one table.
 
-    python benchmarks/run.py            # full: ~10 min
-    python benchmarks/run.py --quick    # smoke: ~2 min, noisy
+    python benchmarks/run.py            # full: ~15 min
+    python benchmarks/run.py --quick    # smoke: ~2-3 min, noisy, no 32k-token part
 
 What it does:
 
@@ -20,16 +20,23 @@ What it does:
    `ns-sat` (non-streaming, closed loop at `--concurrency`: throughput), `ns-rate` (open loop at
    `--rate-frac` x bare's throughput: latency p50/p99), `st-sat` (streaming throughput),
    `st-rate` (streaming at a fixed rate: TTFT and time per chunk). Proxy CPU per request (loop
-   thread and other threads, from /proc) is recorded in every phase.
+   thread and other threads, from /proc) and garbage-collection time (a probe loaded into both
+   proxies, `benchmarks/gcprobe/`) are recorded in every phase: at saturation the pinned proxy
+   is CPU-bound, so the CPU per request gives the throughput ratio with far less noise than
+   the request rate itself.
 4. Memory: `--memory-streams` concurrent long streams (`--memory-tokens`, top_logprobs 5) per
    proxy; the proxy's RSS is sampled during the run: (peak - idle before) / streams.
 5. Checks the plugin really captured: flushes its writer (`POST /rllm/flush`) and counts the
    rows in the SQLite store against the requests it answered.
 6. Plugin CPU and event-loop blocking (`benchmarks/loop_block.py`: the proxy in-process with
    every plugin hook timed and a loop-lag monitor), for `--tokens` replies and for a
-   32,000-token reply with top_logprobs 5.
-7. Store throughput and bytes per token (`benchmarks/store_throughput.py`; `--store-url
-   postgresql://...` adds the PostgreSQL store when it exists).
+   32,000-token reply with top_logprobs 5 (the latter also bare, for the lag LiteLLM causes).
+7. The writer thread's GIL stalls for one 32,000-token trace (`benchmarks/writer_gil.py`).
+8. Store throughput and bytes per token (`benchmarks/store_throughput.py`; `--store-url
+   postgresql://...` adds the PostgreSQL store once store_throughput.py takes that option).
+
+A sampling profile of the plugin proxy under load (py-spy, per thread) is a separate command:
+`python benchmarks/profile_proxy.py`.
 
 The client request is the same for both proxies: by default it asks for `logprobs` and
 `return_token_ids` itself (`--client-asks logprobs`), so both proxies move the same bytes and
@@ -43,6 +50,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -159,13 +167,19 @@ class Bench:
                      "--requests", str(max(3, int(self.st_rate * a.phase_seconds))), "--max-seconds", secs]
         else:
             raise ValueError(name)
+        gc0 = proxy.gc_stats()
         before = thread_cpu(proxy.pid)
         result = self.loadgen(proxy, *extra)
         after = thread_cpu(proxy.pid)
+        gc1 = proxy.gc_stats()
         main, other = split_cpu(proxy.pid, before, after)
         n = max(1, result["ok"])
         result["cpu_loop_ms_per_req"] = main / n * 1000.0
         result["cpu_other_ms_per_req"] = other / n * 1000.0
+        if gc0 and gc1:
+            result["gc_ms_per_req"] = (sum(gc1["seconds"]) - sum(gc0["seconds"])) / n * 1000.0
+            result["gc_full"] = gc1["count"][2] - gc0["count"][2]
+            result["gc_full_max_ms"] = gc1["max"][2] * 1000.0
         return result
 
     # ---- stages --------------------------------------------------------------------------
@@ -205,6 +219,11 @@ class Bench:
                              str(a.stream_concurrency), "--max-seconds", str(min(3.0, a.phase_seconds)))
             self.st_rate = max(0.5, r["throughput_rps"] * a.rate_frac)
         log(f"open-loop rates: non-streaming {self.ns_rate:.1f}/s, streaming {self.st_rate:.2f}/s")
+        if a.gc_freeze:
+            for p in self.proxies.values():
+                p.gc_freeze()
+            time.sleep(1.5)
+            log("gc.freeze() done in both proxies (--gc-freeze)")
 
     def rounds(self) -> None:
         a = self.args
@@ -218,7 +237,9 @@ class Bench:
                     log(f"round {r + 1}/{a.rounds} {name:7s} {side:6s} {short(name, res)}")
 
     def memory(self) -> dict[str, Any]:
-        """(peak RSS during M concurrent long streams - RSS before) / M, per proxy."""
+        """RSS with M long streams in flight: (peak RSS before the first stream ends - RSS
+        before they start) / M, per proxy. Stopping at the first end keeps what the writer
+        thread allocates afterwards (building traces) out of the figure."""
         a = self.args
         out: dict[str, list[float]] = {s: [] for s in SIDES}
         body = dict(self.body(top=5)) if a.client_asks == "logprobs" else {}
@@ -228,17 +249,31 @@ class Bench:
                 time.sleep(0.5)
                 idle = p.rss_bytes()
                 proc = self.loadgen(p, "--stream", "--model", "policy-long", "--mode", "closed", "--requests",
-                                    str(a.memory_streams), "--concurrency", str(a.memory_streams),
+                                    str(a.memory_streams), "--concurrency", str(a.memory_streams), "--mark-first",
                                     "--max-seconds", "120", body=body, background=True)
+                first_done = threading.Event()
+
+                def watch(stream: Any = proc.stderr, flag: threading.Event = first_done) -> None:
+                    for line in stream:
+                        if line.startswith("first-done"):
+                            flag.set()
+                    flag.set()
+
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
                 peak = idle
-                while proc.poll() is None:
+                while not first_done.is_set() and proc.poll() is None:
                     peak = max(peak, p.rss_bytes())
-                    time.sleep(0.02)
-                res = self.collect(p, proc)
-                per = (peak - idle) / max(1, res["ok"])
+                    time.sleep(0.01)
+                out_text = proc.stdout.read()  # type: ignore[union-attr]
+                proc.wait()
+                watcher.join(5)
+                res = json.loads(out_text)
+                self.answered[side] += res["ok"]
+                per = (peak - idle) / a.memory_streams
                 out[side].append(per)
-                log(f"memory {side:6s} idle {idle / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB, {res['ok']} streams of "
-                    f"{res['chunks_mean']:.0f} chunks: {per / 1e3:.0f} kB/stream")
+                log(f"memory {side:6s} idle {idle / 1e6:.0f} MB, peak in flight {peak / 1e6:.0f} MB, {a.memory_streams} "
+                    f"streams of {res['chunks_mean'] or 0:.0f} chunks: {per / 1e3:.0f} kB/stream")
         return {s: med(v) for s, v in out.items()}
 
     def check_traces(self) -> dict[str, Any]:
@@ -254,14 +289,18 @@ class Bench:
             con.close()
         return {"flush_status": r.status_code, "rows": rows, "answered": self.answered["plugin"], "stats": stats}
 
-    def inproc(self, tokens: int, top: int, requests: int, label: str) -> Optional[dict[str, Any]]:
+    def inproc(self, tokens: int, top: int, requests: int, label: str, bare: bool = False) -> Optional[dict[str, Any]]:
         """benchmarks/loop_block.py: the plugin proxy in-process, hooks timed, loop lag watched."""
         cmd = [sys.executable, str(HERE / "loop_block.py"), "--upstream", self.upstream.api_base, "--tokens", str(tokens),
                "--top-logprobs", str(top), "--requests", str(requests), "--json"]
+        if bare:
+            cmd.append("--bare")
+        if self.plan["client"]:
+            cmd += ["--client-cpus", ",".join(map(str, self.plan["client"]))]
         if self.args.switch_interval:
             cmd += ["--switch-interval", str(self.args.switch_interval)]
         cpus = self.plan["proxy"]
-        log(f"in-process plugin proxy: {label}")
+        log(f"in-process {'bare' if bare else 'plugin'} proxy: {label}")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=common.env(),
                               preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         if proc.returncode != 0:
@@ -277,9 +316,34 @@ class Bench:
         log("store throughput: SQLite")
         out["sqlite"] = parse_store(subprocess.run(cmd, capture_output=True, text=True, env=common.env()))
         if a.store_url:
-            log(f"store throughput: {a.store_url.split('://', 1)[0]}")
-            res = subprocess.run(cmd + ["--store-url", a.store_url], capture_output=True, text=True, env=common.env())
-            out["postgresql"] = parse_store(res)
+            name = a.store_url.split("://", 1)[0]
+            if "--store-url" not in (HERE / "store_throughput.py").read_text():
+                out[name] = {"error": "benchmarks/store_throughput.py has no --store-url option yet (the PostgreSQL hook)"}
+            else:
+                log(f"store throughput: {name}")
+                res = subprocess.run(cmd + ["--store-url", a.store_url], capture_output=True, text=True, env=common.env())
+                out[name] = parse_store(res)
+        return out
+
+    def gil(self) -> dict[str, Any]:
+        """benchmarks/writer_gil.py: loop lag while the writer thread stores one 32k-token trace."""
+        a = self.args
+        variants = [("as is", [])]
+        if not a.quick:
+            variants += [("switch interval 1 ms", ["--switch-interval", "0.001"]),
+                         ("packed top_logprobs (prototype)", ["--experiment", "packed"])]
+        kinds = "stream" if a.quick else "stream,nonstream"
+        out: dict[str, Any] = {}
+        cpus = self.plan["proxy"]
+        for label, extra in variants:
+            log(f"writer GIL stalls: {label}")
+            proc = subprocess.run([sys.executable, str(HERE / "writer_gil.py"), "--kind", kinds, "--json", *extra],
+                                  capture_output=True, text=True, env=common.env(),
+                                  preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+            if proc.returncode != 0:
+                out[label] = {"error": proc.stderr[-800:]}
+                continue
+            out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
         return out
 
     def stop(self) -> None:
@@ -305,6 +369,8 @@ def parse_store(proc: subprocess.CompletedProcess) -> dict[str, Any]:
 
 def short(name: str, r: dict[str, Any]) -> str:
     cpu = f"cpu {r['cpu_loop_ms_per_req']:.2f}+{r['cpu_other_ms_per_req']:.2f} ms/req"
+    if r.get("gc_ms_per_req") is not None:
+        cpu += f" (gc {r['gc_ms_per_req']:.2f}, {r['gc_full']} full)"
     if name.endswith("sat"):
         return f"{r['throughput_rps']:.1f} req/s, {cpu}"
     if name == "ns-rate":
@@ -321,7 +387,7 @@ def fmt(v: Optional[float], spec: str = ".1f") -> str:
 
 
 def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, Any]],
-          inproc: dict[str, Any], store: Optional[dict[str, Any]]) -> str:
+          inproc: dict[str, Any], store: Optional[dict[str, Any]], gil: Optional[dict[str, Any]] = None) -> str:
     a = b.args
     R = b.results
     rows: list[tuple[str, str, str, str, str]] = []
@@ -342,11 +408,21 @@ def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, An
     add("non-streaming throughput (req/s)", *metric("ns-sat", lambda x: x["throughput_rps"]), target=">= 0.97x")
     add("  proxy CPU per request, loop thread (ms)", *metric("ns-sat", lambda x: x["cpu_loop_ms_per_req"]), ".2f", "added")
     add("  proxy CPU per request, other threads (ms)", *metric("ns-sat", lambda x: x["cpu_other_ms_per_req"]), ".2f", "added")
+    add("  garbage collection per request (ms, in the above)", *metric("ns-sat", lambda x: x.get("gc_ms_per_req")),
+        ".2f", "added")
+    cpu_b, cpu_p = metric("ns-sat", lambda x: x["cpu_loop_ms_per_req"] + x["cpu_other_ms_per_req"])
+    add("  throughput implied by proxy CPU/request (1/ms)", None if not cpu_b else 1000.0 / cpu_b,
+        None if not cpu_p else 1000.0 / cpu_p, ".1f")
     add(f"latency p50 at {b.ns_rate:.0f} req/s (ms)", *metric("ns-rate", lambda x: x["latency_ms"]["p50"]), ".1f", "added")
     add(f"latency p99 at {b.ns_rate:.0f} req/s (ms)", *metric("ns-rate", lambda x: x["latency_ms"]["p99"]), ".1f", "added")
     add("streaming throughput (streams/s)", *metric("st-sat", lambda x: x["throughput_rps"]), ".2f", target=">= 0.95x")
     add("  proxy CPU per stream, loop thread (ms)", *metric("st-sat", lambda x: x["cpu_loop_ms_per_req"]), ".2f", "added")
     add("  proxy CPU per stream, other threads (ms)", *metric("st-sat", lambda x: x["cpu_other_ms_per_req"]), ".2f", "added")
+    add("  garbage collection per stream (ms, in the above)", *metric("st-sat", lambda x: x.get("gc_ms_per_req")),
+        ".2f", "added")
+    cpu_b, cpu_p = metric("st-sat", lambda x: x["cpu_loop_ms_per_req"] + x["cpu_other_ms_per_req"])
+    add("  throughput implied by proxy CPU/stream (1/s)", None if not cpu_b else 1000.0 / cpu_b,
+        None if not cpu_p else 1000.0 / cpu_p, ".2f")
     add(f"TTFT p50 at {b.st_rate:.1f} streams/s (ms)", *metric("st-rate", lambda x: x["ttft_ms"]["p50"]), ".2f", "added")
     add(f"TTFT p99 at {b.st_rate:.1f} streams/s (ms)", *metric("st-rate", lambda x: x["ttft_ms"]["p99"]), ".2f", "added")
     add("time per chunk p50 (ms)", *metric("st-rate", lambda x: x["per_chunk_ms"]["p50"]), ".3f", "added")
@@ -372,6 +448,19 @@ def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, An
     for label, res in inproc.items():
         if res:
             lines.append(describe_inproc(label, res))
+    if gil:
+        lines.append("writer thread vs event loop, one 32,000-token trace with top_logprobs 5 (benchmarks/writer_gil.py,"
+                     " idle loop, 1 ms lag monitor):")
+        for label, g in gil.items():
+            if "error" in g:
+                lines.append(f"  {label}: failed: {g['error'][-300:]}")
+                continue
+            for kind in ("stream", "nonstream"):
+                r = g.get(kind)
+                if r:
+                    lines.append(f"  {label:32s} {kind:9s}: writer busy {r['writer_busy_ms']:.0f} ms; loop lag max "
+                                 f"{r['lag_max_ms']:.1f} ms, p50 {r['lag_p50_ms']:.2f} ms, {r['lags_over_2ms']}/"
+                                 f"{r['loop_wakeups']} wakeups > 2 ms; longest GC pause {r['gc_max_ms']:.0f} ms")
     if store:
         for name, s in store.items():
             if "error" in s:
@@ -384,17 +473,30 @@ def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, An
 
 
 def describe_inproc(label: str, r: dict[str, Any]) -> str:
-    out = [f"plugin in-process, {label}:"]
+    if r.get("bare"):
+        out = [f"{label} (in-process, benchmarks/loop_block.py --bare):"]
+        for mode in ("nonstream", "stream"):
+            m = r.get(mode)
+            if m:
+                out.append(f"  {mode:9s}: loop lag max {m['lag_max_ms']:.0f} ms; GC {m['gc_ms_per_request']:.0f} ms/request,"
+                           f" longest full collection {m['gc_full_ms_max']:.0f} ms")
+        return "\n".join(out)
+    out = [f"plugin's own work on the event loop, {label} (in-process, thread CPU, benchmarks/loop_block.py):"]
     for mode in ("nonstream", "stream"):
         m = r.get(mode)
         if not m:
             continue
+        top = ", ".join(f"{name} {h['cpu_us_per_request']:.0f}" for name, h in list(m["by_hook"].items())[:4])
+        per_chunk = "" if m.get("loop_us_per_chunk") is None else f" + {m['loop_us_per_chunk']:.1f} us/chunk"
         out.append(
-            f"  {mode:9s}: on-loop {m['loop_us_per_request']:.0f} us/request"
-            + (f" + {m['loop_us_per_chunk']:.2f} us/chunk" if m.get("loop_us_per_chunk") is not None else "")
-            + f" ({m['chunks_per_request']:.0f} chunks); writer thread {m['writer_cpu_us_per_trace']:.0f} us CPU/trace;"
-            f" longest plugin block {m['max_block_ms']:.3f} ms ({m['max_block_where']}); loop lag max"
-            f" {m['lag_max_ms']:.2f} ms, max while the writer ran {m['lag_max_writer_ms']:.2f} ms")
+            f"  {mode:9s}: {m['loop_us_per_request']:.0f} us/request{per_chunk} ({m['chunks_per_request']:.0f} chunks;"
+            f" {top}); writer thread {m['writer_cpu_us_per_trace']:.0f} us CPU/trace")
+        out.append(
+            f"             longest hold: {m['max_block_cpu_ms']:.2f} ms CPU ({m['max_block_cpu_where']}), "
+            f"{m['max_block_ms']:.2f} ms wall ({m['max_block_where']}; wall includes OS preemption and GIL waits);"
+            f" loop lag max {m['lag_max_ms']:.1f} ms, {m['lag_over_2ms_in_writer']} lags > 2 ms while the writer ran"
+            f" (max {m['lag_max_writer_ms']:.1f} ms; longest GC pause: loop {m['gc_max_ms_loop']:.1f} ms,"
+            f" writer {m['gc_max_ms_writer']:.1f} ms)")
     return "\n".join(out)
 
 
@@ -415,7 +517,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--stream-rate", type=float, default=None, help="fixed streaming open-loop rate (streams/s)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--memory-streams", type=int, default=None, help="concurrent long streams (default 32; quick 16)")
-    ap.add_argument("--memory-tokens", type=int, default=2000)
+    ap.add_argument("--memory-tokens", type=int, default=None, help="tokens per long stream (default 2000; quick 1000)")
     ap.add_argument("--memory-drip", type=float, default=0.0, help="seconds between upstream steps of the long streams")
     ap.add_argument("--memory-rounds", type=int, default=None)
     ap.add_argument("--store-traces", type=int, default=None, help="traces for store_throughput.py (default 20000)")
@@ -423,18 +525,23 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="also benchmark this store (postgresql://user:pass@host/db) with store_throughput.py")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="sys.setswitchinterval for the in-process plugin proxy (an experiment)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="experiment: gc.collect(); gc.freeze() in both proxies after the warm-up")
     ap.add_argument("--pin", choices=("auto", "none"), default="auto")
-    ap.add_argument("--skip", default="", help="comma list of: load,memory,inproc,long,store")
+    ap.add_argument("--skip", default=None,
+                    help="comma list of: load,memory,inproc,long,gil,store (default: none; quick: long)")
     ap.add_argument("--json", default=None, help="also write every raw result to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (configs, proxy logs, the store)")
     a = ap.parse_args(argv)
     quick = a.quick
     a.rounds = a.rounds or (2 if quick else 5)
     a.phase_seconds = a.phase_seconds or (2.5 if quick else 10.0)
     a.warmup = a.warmup or (60 if quick else 200)
-    a.memory_streams = a.memory_streams or (16 if quick else 32)
-    a.memory_rounds = a.memory_rounds or (1 if quick else 2)
+    a.memory_streams = a.memory_streams or (12 if quick else 32)
+    a.memory_rounds = a.memory_rounds or (1 if quick else 3)
+    a.memory_tokens = a.memory_tokens or (1000 if quick else 2000)
     a.store_traces = a.store_traces or (5000 if quick else 20000)
-    skip = set(filter(None, a.skip.split(",")))
+    skip = set(filter(None, (a.skip if a.skip is not None else ("long" if quick else "")).split(",")))
 
     b = Bench(a)
     mem = traces = store = None
@@ -449,21 +556,29 @@ def main(argv: Optional[list[str]] = None) -> None:
             mem = b.memory()
         traces = b.check_traces()
         if "inproc" not in skip:
-            inproc[f"{a.tokens}-token replies"] = b.inproc(a.tokens, a.top_logprobs, 20 if quick else 100,
+            inproc[f"{a.tokens}-token replies"] = b.inproc(a.tokens, a.top_logprobs, 10 if quick else 100,
                                                             f"{a.tokens}-token replies")
         if "long" not in skip:
             inproc[f"{common.LONG_TOKENS}-token reply, top_logprobs 5"] = b.inproc(
-                common.LONG_TOKENS, 5, 1 if quick else 3, f"{common.LONG_TOKENS} tokens, top_logprobs 5")
+                common.LONG_TOKENS, 5, 1 if quick else 2, f"{common.LONG_TOKENS} tokens, top_logprobs 5")
+            if not quick:
+                inproc[f"{common.LONG_TOKENS}-token reply, top_logprobs 5, bare LiteLLM (for the lag it causes)"] = b.inproc(
+                    common.LONG_TOKENS, 5, 1, f"{common.LONG_TOKENS} tokens, top_logprobs 5", bare=True)
     finally:
         b.stop()
+    gil = None
+    if "gil" not in skip:
+        gil = b.gil()
     if "store" not in skip:
         store = b.store()
-    log(f"done in {time.monotonic() - t0:.0f}s")
-    report = table(b, mem, traces, inproc, store)
+    log(f"done in {time.monotonic() - t0:.0f}s" + (f"; work folder {b.dir}" if a.keep else ""))
+    if not a.keep:
+        shutil.rmtree(b.dir, ignore_errors=True)
+    report = table(b, mem, traces, inproc, store, gil)
     print(report)
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "results": b.results, "memory": mem, "traces": traces,
-                                            "inproc": inproc, "store": store, "table": report}, indent=1, default=str))
+                                            "inproc": inproc, "store": store, "gil": gil, "table": report}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""SQLite trace-store throughput: traces/s through TraceWriter, and bytes on disk per token.
+"""Trace-store throughput: traces/s through TraceWriter, and bytes on disk per token.
 
     python benchmarks/store_throughput.py [--traces 20000] [--completion-tokens 1000]
+    python benchmarks/store_throughput.py --store-url postgresql://user@host/db   # PostgreSQL
+
+With ``--store-url postgresql://...`` the traces go to a new schema ``bench_<random>`` (unless the
+URL names one with ``?schema=``), dropped at the end; sizes are PostgreSQL's
+(``pg_total_relation_size`` of the schema's tables, ``pg_column_size`` of the arrays column).
 
 Traces carry ``--completion-tokens`` completion ids + float logprobs (no top_logprobs),
 ``--prompt-tokens`` prompt ids, and chat messages of matching length, like a vLLM call with
@@ -109,6 +114,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--mode", choices=("writer", "direct"), default="writer")
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
+    parser.add_argument("--store-url", default=None, help="postgresql://... instead of a SQLite file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -129,9 +135,20 @@ def main() -> None:
             )
         )
 
-    workdir = tempfile.mkdtemp(prefix="rllm-bench-", dir=args.dir)
-    path = os.path.join(workdir, "traces.db")
-    store = SqliteStore(path)
+    pg_schema = None
+    if args.store_url:
+        from litellm_rllm import store as store_mod
+        from litellm_rllm.store.postgres import parse_url
+
+        url = args.store_url
+        if "schema=" not in url:
+            url += ("&" if "?" in url else "?") + f"schema=bench_{os.urandom(4).hex()}"
+            pg_schema = parse_url(url)[1]
+        store = store_mod.open(url)
+    else:
+        workdir = tempfile.mkdtemp(prefix="rllm-bench-", dir=args.dir)
+        path = os.path.join(workdir, "traces.db")
+        store = SqliteStore(path)
 
     start = time.perf_counter()
     cpu_start = time.process_time()
@@ -154,11 +171,16 @@ def main() -> None:
 
     cpu = time.process_time() - cpu_start
     assert store.count() == len(traces), (store.count(), stats)
-    store.checkpoint()
+    arrays_column = None
+    if args.store_url:
+        size, arrays_column = _pg_sizes(store, drop=pg_schema is not None)
+    else:
+        store.checkpoint()
     store.close()
-    size = os.path.getsize(path) + sum(
-        os.path.getsize(path + ext) for ext in ("-wal", "-shm") if os.path.exists(path + ext)
-    )
+    if not args.store_url:
+        size = os.path.getsize(path) + sum(
+            os.path.getsize(path + ext) for ext in ("-wal", "-shm") if os.path.exists(path + ext)
+        )
     sample = encode(traces[0])
     completion = args.traces * args.completion_tokens
     print(f"mode={args.mode} traces={args.traces} batch={args.batch_size} "
@@ -168,6 +190,10 @@ def main() -> None:
     print(f"process CPU: {cpu / n * 1e6:.1f} us/trace (all threads; wall {elapsed / n * 1e6:.1f})")
     print(f"completion tokens/s: {completion / elapsed:,.0f}")
     print(f"bytes per completion token: {size / completion:.2f}   (file {size / 1e6:.1f} MB)")
+    if arrays_column is not None:
+        prompt_ids = args.traces * args.prompt_tokens * 4
+        print(f"arrays column (ids + logprobs), PostgreSQL pg_column_size: "
+              f"{(arrays_column - prompt_ids) / completion:.3f} B/completion token (prompt ids excluded)")
     arrays = len(sample.arrays or b"")
     print(
         f"row payload per trace: doc {len(sample.doc)} B (JSON: messages, text, metadata),"
@@ -175,8 +201,24 @@ def main() -> None:
         f" prompt ids), top_logprobs {len(sample.detail or b'')} B"
     )
     print(f"writer stats: {stats}")
-    os.remove(path)
-    os.rmdir(workdir)
+    if not args.store_url:
+        os.remove(path)
+        os.rmdir(workdir)
+
+
+def _pg_sizes(store: object, drop: bool) -> tuple[int, int]:
+    """(bytes of the schema's tables incl. indexes and TOAST, bytes of the arrays column)."""
+    conn = store._connection()  # type: ignore[attr-defined]
+    schema = store.schema  # type: ignore[attr-defined]
+    total = conn.execute(
+        "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+        (schema,),
+    ).fetchone()[0]
+    arrays = conn.execute(f'SELECT COALESCE(SUM(pg_column_size(arrays)), 0) FROM "{schema}".traces').fetchone()[0]
+    if drop:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    return int(total), int(arrays)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Benchmark-only probe, loaded into the proxy processes by `benchmarks/run.py` (this folder is
+put on their PYTHONPATH; nothing else imports it): the garbage collector's pauses per
+generation, written as JSON to `$RLLM_BENCH_GC_STATS` ten times a second. When the file
+`$RLLM_BENCH_GC_STATS.freeze` appears, it runs `gc.collect(); gc.freeze()` once (the
+`--gc-freeze` experiment: what survived start-up is no longer scanned by full collections)."""
+
+import os
+
+_PATH = os.environ.get("RLLM_BENCH_GC_STATS")
+
+if _PATH:
+    import gc
+    import json
+    import threading
+    import time
+
+    _totals = {"count": [0, 0, 0], "seconds": [0.0, 0.0, 0.0], "max": [0.0, 0.0, 0.0], "frozen": False}
+    _start = [0.0]
+
+    def _callback(phase, info):
+        if phase == "start":
+            _start[0] = time.perf_counter()
+            return
+        gen = info.get("generation", 0)
+        dt = time.perf_counter() - _start[0]
+        _totals["count"][gen] += 1
+        _totals["seconds"][gen] += dt
+        if dt > _totals["max"][gen]:
+            _totals["max"][gen] = dt
+
+    gc.callbacks.append(_callback)
+
+    def _writer():
+        while True:
+            time.sleep(0.1)
+            if not _totals["frozen"] and os.path.exists(_PATH + ".freeze"):
+                gc.collect()
+                gc.freeze()
+                _totals["frozen"] = True
+            try:
+                tmp = _PATH + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(_totals, f)
+                os.replace(tmp, _PATH)
+            except OSError:
+                pass
+
+    threading.Thread(target=_writer, name="bench-gc-probe", daemon=True).start()
