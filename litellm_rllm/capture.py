@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from .trace import Completeness, TopLogprob, TraceChoice
+from .trace import Completeness, TopColumns, TraceChoice
 
 # What of the client's request body goes into the trace's `request` (an allow-list, so
 # credentials and LiteLLM's internal fields can never slip in).
@@ -79,8 +79,8 @@ def _psf(choice: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def chat_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[list[list[TopLogprob]]]]:
-    """`logprobs.content[]` -> (logprob per token, token strings, top alternatives per token)."""
+def chat_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[TopColumns]]:
+    """`logprobs.content[]` -> (logprob per token, token strings, top alternatives as columns)."""
     if not isinstance(logprobs, Mapping):
         return None, None, None
     content = logprobs.get("content")
@@ -88,31 +88,39 @@ def chat_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[s
         return None, None, None
     values: list[float] = []
     tokens: list[str] = []
-    tops: list[list[TopLogprob]] = []
-    any_top = False
+    top_tokens: list[Optional[str]] = []
+    top_lps: list[float] = []
+    counts: list[int] = []
     for item in content:
         values.append(float(item.get("logprob")))
         tokens.append(item.get("token"))
-        alts = item.get("top_logprobs") or []
-        if alts:
-            any_top = True
-        tops.append([TopLogprob(token=a.get("token"), logprob=float(a.get("logprob"))) for a in alts])
-    return values, tokens, (tops if any_top else None)
+        alts = item.get("top_logprobs") or ()
+        counts.append(len(alts))
+        for a in alts:
+            top_tokens.append(a.get("token"))
+            top_lps.append(float(a.get("logprob")))
+    return values, tokens, (TopColumns(top_tokens, top_lps, counts) if top_tokens else None)
 
 
-def text_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[list[list[TopLogprob]]]]:
+def text_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[TopColumns]]:
     """Completions' `{tokens, token_logprobs, top_logprobs: [{token: logprob}]}`."""
     if not isinstance(logprobs, Mapping) or logprobs.get("token_logprobs") is None:
         return None, None, None
     values = [float(v) if v is not None else float("nan") for v in logprobs["token_logprobs"]]
     tokens = list(logprobs.get("tokens") or []) or None
     raw_tops = logprobs.get("top_logprobs")
-    tops = None
-    if raw_tops and any(raw_tops):
-        tops = [
-            [TopLogprob(token=tok, logprob=float(lp)) for tok, lp in (alt or {}).items()] for alt in raw_tops
-        ]
-    return values, tokens, tops
+    if not raw_tops or not any(raw_tops):
+        return values, tokens, None
+    top_tokens: list[Optional[str]] = []
+    top_lps: list[float] = []
+    counts: list[int] = []
+    for alt in raw_tops:
+        alt = alt or {}
+        counts.append(len(alt))
+        for tok, lp in alt.items():
+            top_tokens.append(tok)
+            top_lps.append(float(lp))
+    return values, tokens, TopColumns(top_tokens, top_lps, counts)
 
 
 def anthropic_choice(response: Mapping[str, Any]) -> TraceChoice:
@@ -175,7 +183,8 @@ def responses_choice(response: Mapping[str, Any]) -> TraceChoice:
     status = response.get("status")
     finish = {"completed": "tool_calls" if tool_calls else "stop", "incomplete": "length"}.get(status, status)
     choice = TraceChoice(index=0, message={k: v for k, v in message.items() if v is not None},
-                         finish_reason=finish, token_ids=ids, logprobs=values, tokens=tokens, top_logprobs=tops)
+                         finish_reason=finish, token_ids=ids, logprobs=values, tokens=tokens)
+    choice.set_top_columns(tops)
     return choice
 
 
@@ -217,8 +226,8 @@ def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[s
             prompt_token_ids=_ints(_psf(ch, "prompt_token_ids")),
             logprobs=values,
             tokens=tokens,
-            top_logprobs=tops,
         )
+        choice.set_top_columns(tops)
         choice.completeness = check_completeness(choice, usage if n_choices == 1 else None)
         out.append(choice)
     out.sort(key=lambda c: c.index)

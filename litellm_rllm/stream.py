@@ -14,7 +14,7 @@ from array import array
 from typing import Any, Optional
 
 from .capture import check_completeness
-from .trace import TopLogprob, TraceChoice
+from .trace import TopColumns, TraceChoice
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -380,15 +380,7 @@ class StreamAccumulator:
         out: list[TraceChoice] = []
         for index in sorted(self._choices):
             acc = self._choices[index]
-            tops = None
-            if acc.has_tops:
-                # model_construct: the values came from our own arrays, no validation needed
-                make = TopLogprob.model_construct
-                toks, lps = acc.top_tokens, acc.top_lps.tolist()
-                tops, pos = [], 0
-                for count in acc.top_counts:
-                    tops.append([make(token=toks[k], logprob=lps[k]) for k in range(pos, pos + count)])
-                    pos += count
+            tops = TopColumns(acc.top_tokens, acc.top_lps, acc.top_counts) if acc.has_tops else None
             message = None
             text = None
             if self.is_text:
@@ -417,8 +409,8 @@ class StreamAccumulator:
                 prompt_token_ids=acc.prompt_token_ids,
                 logprobs=acc.logprobs.tolist() if acc.has_lps else None,
                 tokens=list(acc.tokens) if acc.has_lps and any(t is not None for t in acc.tokens) else None,
-                top_logprobs=tops,
             )
+            choice.set_top_columns(tops)
             choice.completeness = check_completeness(choice, usage if len(self._choices) == 1 else None)
             out.append(choice)
         return out

@@ -12,7 +12,7 @@ from array import array
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 TraceStatus = Literal["ok", "error", "incomplete"]
 
@@ -27,6 +27,29 @@ class TopLogprob(BaseModel):
     token: Optional[str] = None
     logprob: float
     token_id: Optional[int] = None
+
+
+class TopColumns:
+    """Top logprobs of one choice as columns: every alternative's token and logprob in order,
+    and how many alternatives each position has. The capture path builds these instead of one
+    `TopLogprob` object per alternative (160,000 of them for 32k tokens x 5) and the store
+    writes them as they are; `TopLogprob` objects exist only where a reader asks for them."""
+
+    __slots__ = ("tokens", "logprobs", "counts")
+
+    def __init__(self, tokens: list[Optional[str]], logprobs: Sequence[float], counts: Sequence[int]) -> None:
+        self.tokens = tokens
+        self.logprobs = logprobs
+        self.counts = counts
+
+    def positions(self) -> list[list[TopLogprob]]:
+        make = TopLogprob.model_construct
+        lps = self.logprobs.tolist() if isinstance(self.logprobs, array) else list(self.logprobs)
+        out, at = [], 0
+        for count in self.counts:
+            out.append([make(token=self.tokens[k], logprob=lps[k]) for k in range(at, at + count)])
+            at += count
+        return out
 
 
 class Completeness(BaseModel):
@@ -53,6 +76,31 @@ class TraceChoice(BaseModel):
     tokens: Optional[list[str]] = None
     top_logprobs: Optional[list[list[TopLogprob]]] = None
     completeness: Optional[Completeness] = None
+    _top_columns: Optional[TopColumns] = PrivateAttr(default=None)
+
+    def set_top_columns(self, columns: Optional[TopColumns]) -> None:
+        """Keep top logprobs as columns (write path); `top_logprobs` stays unset."""
+        self._top_columns = columns
+
+    def top_columns(self) -> Optional[TopColumns]:
+        """The top logprobs as columns, whichever form this choice holds them in."""
+        if self._top_columns is not None:
+            return self._top_columns
+        if self.top_logprobs is None:
+            return None
+        tokens, lps, counts = [], [], []
+        for pos in self.top_logprobs:
+            counts.append(len(pos))
+            for alt in pos:
+                tokens.append(alt.token)
+                lps.append(alt.logprob)
+        return TopColumns(tokens, lps, counts)
+
+    def materialize(self) -> "TraceChoice":
+        """Turn columns into `top_logprobs` objects (for JSON output of a freshly built trace)."""
+        if self._top_columns is not None and self.top_logprobs is None:
+            self.top_logprobs = self._top_columns.positions()
+        return self
 
 
 class TraceError(BaseModel):
@@ -149,6 +197,7 @@ def unpack_floats(blob: Optional[bytes]) -> Optional[list[float]]:
 
 __all__ = [
     "Completeness",
+    "TopColumns",
     "TopLogprob",
     "Trace",
     "TraceChoice",

@@ -26,7 +26,7 @@ def test_completions_format_gives_tokens_logprobs_and_per_choice_ids():
                       "text_offset": [0, 2]}}]}
     [choice] = choices_from_response(response)
     assert choice.text == " a b" and choice.token_ids == [7, 8] and choice.logprobs == [-0.5, -0.25]
-    assert [[t.token for t in pos] for pos in choice.top_logprobs] == [[" a"], [" b"]]
+    assert [[t.token for t in pos] for pos in choice.materialize().top_logprobs] == [[" a"], [" b"]]
     assert prompt_ids_from(response, [choice]) == [5, 6]
 
 

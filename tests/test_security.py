@@ -97,7 +97,10 @@ def test_planted_credentials_appear_nowhere_in_store_export_or_logs(proxy, vllm_
     assert all(t.caller and "api_key" not in json.dumps(t.caller) for t in traces)
     planted = [harness.MASTER_KEY, "fake-vllm-key", "sk-fake-openai-key", "sk-ant-fake-key"]
     db = Path(proxy.store_url.removeprefix("sqlite:///"))
-    blobs = {p.name: p.read_bytes() for p in db.parent.glob(db.name + "*")}
+    # the database, its WAL and any spool files next to it
+    files = [p for p in db.parent.glob(db.name + "*") if p.is_file()]
+    files += [p for d in db.parent.glob(db.name + "*") if d.is_dir() for p in d.rglob("*") if p.is_file()]
+    blobs = {str(p.relative_to(db.parent)): p.read_bytes() for p in files}
     export = subprocess.run([sys.executable, "-m", "litellm_rllm.cli", "traces", "export", "--store",
                              proxy.store_url, "--session", sid], capture_output=True, text=True, check=True).stdout
     assert len(export.splitlines()) == 5

@@ -68,11 +68,11 @@ class UpstreamTap:
             else:
                 self.body += data
 
-    def json_body(self) -> Optional[bytes]:
-        """The complete 2xx JSON body, or None."""
+    def json_body(self) -> Optional[bytearray]:
+        """The complete 2xx JSON body (not copied: the writer thread parses it), or None."""
         if self.is_sse or not self.finished or self.body is None or not (200 <= self.status_code < 300):
             return None
-        return bytes(self.body)
+        return self.body
 
 
 class _TeeStream(httpx.AsyncByteStream):

@@ -31,6 +31,8 @@ float32 values (what vLLM computed in the first place).
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -171,22 +173,29 @@ def encode_arrays(trace: Trace) -> Optional[bytes]:
 
 
 def encode_detail(trace: Trace) -> Optional[bytes]:
-    if all(c.tokens is None and c.top_logprobs is None for c in trace.choices):
+    columns = [c.top_columns() for c in trace.choices]
+    if all(c.tokens is None and cols is None for c, cols in zip(trace.choices, columns)):
         return None
     per_choice: list[dict[str, Any]] = []
-    alts: list[TopLogprob] = []
-    for choice in trace.choices:
+    tokens: list[Optional[str]] = []
+    logprob_parts: list[bytes] = []
+    alts: list[TopLogprob] = []  # only for choices that hold TopLogprob objects (ids, extras)
+    for choice, cols in zip(trace.choices, columns):
         entry: dict[str, Any] = {}
         if choice.tokens is not None:
             entry["tokens"] = choice.tokens
-        if choice.top_logprobs is not None:
-            entry["n"] = [len(pos) for pos in choice.top_logprobs]
-            for pos in choice.top_logprobs:
-                alts.extend(pos)
+        if cols is not None:
+            entry["n"] = list(cols.counts)
+            tokens.extend(cols.tokens)
+            logprob_parts.append(_floats(cols.logprobs))
+            if choice.top_logprobs is not None:
+                for pos in choice.top_logprobs:
+                    alts.extend(pos)
         per_choice.append(entry)
-    # Columnar, one comprehension per attribute; list.count runs in C.
-    alt_ids = [alt.token_id for alt in alts]
-    extras = [alt.__pydantic_extra__ or None for alt in alts]
+    # Token ids and extra fields of alternatives exist only on TopLogprob objects (a reader's
+    # edits, or a provider that sends them); columns from capture carry neither.
+    alt_ids = [alt.token_id for alt in alts] if len(alts) == len(tokens) else [None] * len(tokens)
+    extras = [alt.__pydantic_extra__ or None for alt in alts] if len(alts) == len(tokens) else [None]
     missing_ids = alt_ids.count(None)
     tail = b""
     ids_mode: Any = alt_ids  # mixed: a JSON list with nulls
@@ -197,15 +206,21 @@ def encode_detail(trace: Trace) -> Optional[bytes]:
         tail = _pack("i", alt_ids)
     header = {
         "choices": per_choice,
-        "t": [alt.token for alt in alts],
+        "t": tokens,
         "i": ids_mode,
         "x": None if extras.count(None) == len(extras) else extras,
     }
-    alt_logprobs = [alt.logprob for alt in alts]
     # Serialise through pydantic-core: it handles the extras' types like the doc does.
     head = _TOP_HEADER_ADAPTER.dump_json(header)
-    body = b"".join((_HEAD.pack(DETAIL_FORMAT, len(head)), head, _pack("f", alt_logprobs), tail))
+    body = b"".join((_HEAD.pack(DETAIL_FORMAT, len(head)), head, *logprob_parts, tail))
     return zlib.compress(body, _ZLIB_LEVEL)
+
+
+def _floats(values: Any) -> bytes:
+    """float32 little-endian, straight from an `array('f')` when capture built one."""
+    if isinstance(values, array) and values.typecode == "f" and sys.byteorder == "little":
+        return values.tobytes()
+    return _pack("f", values)
 
 
 # ------------------------------------------------------------------------------- decode
