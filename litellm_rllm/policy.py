@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 log = logging.getLogger("litellm_rllm.policy")
 
@@ -109,12 +109,19 @@ class Policies(BaseModel):
                 return (rule.name or f"rules[{i}]"), rule
         return "defaults", None
 
+    _effective: dict[int, Defaults] = PrivateAttr(default_factory=dict)
+
     def effective(self, rule: Optional[Rule]) -> Defaults:
+        """The rule's actions over the defaults; computed once per rule (this runs per call,
+        and policies are immutable once loaded: a reload builds a new `Policies`)."""
         if rule is None:
             return self.defaults
-        merged = self.defaults.model_dump()
-        merged.update(rule.model_dump(exclude_none=True, include=set(Actions.model_fields)))
-        return Defaults(**merged)
+        cached = self._effective.get(id(rule))
+        if cached is None:
+            merged = self.defaults.model_dump()
+            merged.update(rule.model_dump(exclude_none=True, include=set(Actions.model_fields)))
+            cached = self._effective[id(rule)] = Defaults(**merged)
+        return cached
 
 
 @dataclass(frozen=True)
