@@ -24,6 +24,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "RLLM_POLICIES_FILE": "policies_file",
     "RLLM_SLUG_SECRET": "slug_secret",
     "RLLM_REQUIRE_SIGNED_SLUGS": "require_signed_slugs",
+    "RLLM_SPOOL_DIR": "spool_dir",
 }
 
 
@@ -47,6 +48,11 @@ class Settings(BaseModel):
     require_signed_slugs: bool = False
     writer_batch_size: int = Field(256, ge=1, le=100_000)
     writer_max_queue: int = Field(100_000, ge=1)
+    # Local spool for traces the store cannot take (down or too slow), replayed when it is back.
+    # Default folder: `<file>.spool` next to a SQLite file, else `rllm_spool` in the working
+    # directory (one subfolder per store); relative to the proxy config's folder. 0 = no spool.
+    spool_dir: Optional[str] = None
+    spool_max_bytes: int = Field(1 << 30, ge=0)
     policies_reload_interval_s: float = Field(1.0, gt=0, le=3600)
     # Calls to OpenAI-format upstreams (hosted_vllm/, openai/) are captured from the upstream's
     # bytes, which keep what LiteLLM's parsing drops. Off: capture LiteLLM's parsed responses.
@@ -81,6 +87,24 @@ class Settings(BaseModel):
         """A path from the YAML, relative to the proxy config's folder."""
         p = Path(os.path.expandvars(os.path.expanduser(path)))
         return p if p.is_absolute() else self.config_dir() / p
+
+    def spool_path(self) -> Optional[Path]:
+        """The writer's spool folder, or None when spooling is off: `<file>.spool` next to a
+        SQLite file, else a folder per store (named after it, without credentials) inside
+        `spool_dir` (default `rllm_spool` in the working directory), so proxies of different
+        stores can share one `spool_dir`."""
+        from .store.spool import store_folder_name
+
+        if self.spool_max_bytes == 0:
+            return None
+        if self.store.startswith("sqlite:///"):
+            db = self.store[len("sqlite:///"):].split("?", 1)[0]
+            if db == ":memory:":
+                return None
+            if not self.spool_dir:
+                return Path(os.path.expanduser(db)).resolve().parent / (Path(db).name + ".spool")
+        base = self.resolve_path(self.spool_dir) if self.spool_dir else Path.cwd() / "rllm_spool"
+        return base / store_folder_name(self.store)
 
     def policies_path(self) -> Optional[Path]:
         return self.resolve_path(self.policies_file) if self.policies_file else None

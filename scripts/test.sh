@@ -9,4 +9,33 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
+
+# PostgreSQL server binaries: tests/pg.py starts a private server (initdb into a temp dir, on
+# 127.0.0.1) for the PostgreSQL store and durability tests. In CI they fail without it.
+have_pg() {
+  local d
+  for d in "${RLLM_PG_BINDIR:-}" "$(pg_config --bindir 2>/dev/null || true)" /usr/lib/postgresql/*/bin \
+           /usr/local/pgsql/bin /usr/local/bin /usr/bin; do
+    if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/postgres" ]; then return 0; fi
+  done
+  return 1
+}
+if ! have_pg; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing the PostgreSQL server (apt-get install postgresql)" >&2
+    # only the binaries are needed: ask the package not to create (and start) a system cluster
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      mkdir -p /etc/postgresql-common
+      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  else
+    echo "test.sh: PostgreSQL server binaries (initdb, postgres) not found and cannot be installed" \
+         "here (needs root and apt-get). Install them (e.g. sudo apt-get install postgresql) or set" \
+         "RLLM_PG_BINDIR; without them the PostgreSQL tests are skipped, and fail in CI." >&2
+  fi
+fi
+
 exec .venv/bin/python -m pytest "$@"

@@ -17,7 +17,7 @@ from tests.upstreams.fixtures import *  # noqa: E402,F401,F403
 
 # Provider cassettes (tests/test_cassettes.py): the --record-cassettes option and the
 # `cassette_use` fixture come from this plugin module.
-pytest_plugins = ["tests.cassette_support"]
+pytest_plugins = ["tests.cassette_support", "tests.pg"]
 
 
 class InProcessProxy:

@@ -16,6 +16,7 @@ loudly; elsewhere the PostgreSQL tests are skipped with the reason.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -25,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlencode
@@ -97,6 +99,9 @@ def _ensure_os_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
+_STARTED: "weakref.WeakSet[PgServer]" = weakref.WeakSet()  # for _stop_leftovers
+
+
 class PgServer:
     """One PostgreSQL cluster in a temp dir, listening on 127.0.0.1:``port`` only.
 
@@ -119,6 +124,7 @@ class PgServer:
         self.log_path = self.base / "postgres.log"
         self.fsync = fsync
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        _STARTED.add(self)
         if self.run_as:
             info = pwd.getpwnam(self.run_as)
             for path in (self.base, self.sockdir):
@@ -232,6 +238,16 @@ class PgServer:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A test run that ends without its fixture teardown (Ctrl-C) leaves no server behind."""
+    for server in list(_STARTED):
+        try:
+            server.destroy()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def with_schema(url: str, schema: str) -> str:

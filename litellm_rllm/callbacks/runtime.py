@@ -8,6 +8,7 @@ callbacks module several times across config reloads).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -49,8 +50,13 @@ def settings() -> Settings:
         return _settings
 
 
+@functools.lru_cache(maxsize=4096)
 def check_slug(slug: str) -> Any:
-    """Decode and validate a slug with this proxy's limits and secrets (raises SlugError)."""
+    """Decode and validate a slug with this proxy's limits and secrets (raises SlugError).
+
+    Cached: an agent sends the same slug on every call of its session, and the route and the
+    metadata hook both need it decoded. The result (`SlugMetadata`) is immutable; errors are
+    not cached. Settings are fixed for the process's life, so they can't go stale."""
     from ..slug import SlugLimits, decode
 
     cfg = settings()
@@ -75,8 +81,13 @@ def writer() -> TraceWriter:
                 build=build_trace,
                 batch_size=cfg.writer_batch_size,
                 max_queue=cfg.writer_max_queue,
+                spool=cfg.spool_path(),
+                spool_max_bytes=cfg.spool_max_bytes or None,
             )
             atexit.register(_writer.close)
+            from .shutdown import install_shutdown_close  # SIGTERM: uvicorn skips atexit
+
+            install_shutdown_close(_writer.close)
         return _writer
 
 

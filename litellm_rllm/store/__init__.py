@@ -2,6 +2,7 @@
 
     store = litellm_rllm.store.open("sqlite:///rllm_traces.db")
     store.traces(session="run-1")   # seq order, nested sessions included
+    litellm_rllm.store.open("postgresql://user:pass@host/db?schema=rllm")   # many proxies
 
 The proxy side writes through ``TraceWriter`` (off the event loop, batched).
 """
@@ -20,9 +21,21 @@ ENV_URL = "RLLM_STORE_URL"
 DEFAULT_URL = "sqlite:///rllm_traces.db"
 
 
-# scheme -> opener. A backend with an optional driver (PostgreSQL) should import it inside
-# its opener, so a missing driver only matters to the URLs that need it.
-OPENERS: dict[str, Callable[[str], TraceStore]] = {"sqlite": SqliteStore.from_url}
+def _open_postgres(url: str) -> TraceStore:
+    """The PostgreSQL backend, imported here: psycopg (the ``postgres`` extra) is only needed
+    by the URLs that use it, and its absence is a clear error naming the package."""
+    from litellm_rllm.store.postgres import PostgresStore
+
+    return PostgresStore.from_url(url)
+
+
+# scheme -> opener. A backend with an optional driver (PostgreSQL) imports it inside its opener,
+# so a missing driver only matters to the URLs that need it.
+OPENERS: dict[str, Callable[[str], TraceStore]] = {
+    "sqlite": SqliteStore.from_url,
+    "postgresql": _open_postgres,
+    "postgres": _open_postgres,
+}
 
 
 def resolve_url(url: Optional[str] = None) -> str:

@@ -7,7 +7,17 @@ drains the deque in batches, one store transaction per batch.
 
 Ordering/barrier: the deque is FIFO and has one consumer, so ``flush`` appends a marker and
 waits until the thread has passed it: everything submitted before the call is then durable
-(written, or definitively failed and counted).
+(written, spooled, or definitively failed and counted).
+
+Spool (optional, ``spool=``): a batch the store did not take (retries exhausted, or the store
+cannot be opened) or that would wait too long (the queue is past ``spool_backlog``: the store is
+too slow) is appended to a local fsynced spool file instead, and serving goes on. While the
+spool holds traces, new batches go behind them in the spool (so per-session order, hence
+``seq``, is the submit order), and the thread replays the spool into the store, oldest first,
+whenever the store answers again: a probe every ``probe_interval`` seconds, and at every flush
+barrier. Replaying is idempotent (the store skips known trace ids). A batch the spool cannot
+take (full: ``spool_max_bytes``; or a disk error) is counted as ``failed`` /
+``spool_dropped`` and its trace ids logged: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -22,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from litellm_rllm.store.base import TraceStore
 from litellm_rllm.store.codec import TraceEncodeError
+from litellm_rllm.store.spool import Spool, SpoolFile
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -31,6 +43,7 @@ BuildFn = Callable[[Any], Optional[Trace]]
 
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
 _DROP_LOG_INTERVAL = 10.0  # seconds between "queue full" error lines (a full queue floods)
+_ORPHAN_SCAN_INTERVAL = 60.0  # seconds between looks for spool files of dead processes
 
 
 class _Barrier:
@@ -81,6 +94,14 @@ class TraceWriter:
 
     The writer registers ``close(exit_timeout)`` with ``atexit`` unless ``close_at_exit=False``
     (and unregisters it on ``close``), so a normal interpreter exit drains the queue.
+
+    ``spool``: a ``Spool`` (or its folder) makes failed and backlogged batches durable on local
+    disk instead of failing them (module docstring). With a spool, a failing batch is retried
+    for at most ``spool_after`` seconds before it is spooled; ``spool_backlog`` is the queue
+    depth past which batches are spooled rather than waiting for a slow store (default:
+    8 batches, at least 2,048 items); ``probe_interval`` the seconds between replay attempts
+    while the store is down; ``drain_budget`` the seconds a replay may run before the thread
+    also serves the queue.
     """
 
     def __init__(
@@ -95,6 +116,12 @@ class TraceWriter:
         close_at_exit: bool = True,
         exit_timeout: float = 10.0,
         name: str = "litellm-rllm-trace-writer",
+        spool: Union[Spool, str, "os.PathLike[str]", None] = None,
+        spool_max_bytes: Optional[int] = None,
+        spool_after: float = 1.0,
+        spool_backlog: Optional[int] = None,
+        probe_interval: float = 1.0,
+        drain_budget: float = 1.0,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -129,6 +156,34 @@ class TraceWriter:
         self._failed = 0
         self._build_errors = 0
         self._skipped = 0
+        self._spooled = 0
+        self._spool_dropped = 0
+        self._replayed = 0
+        self._adopted = 0
+
+        self._spool: Optional[Spool] = None
+        if isinstance(spool, Spool):
+            self._spool = spool
+        elif spool is not None:
+            try:
+                kwargs = {} if spool_max_bytes is None else {"max_bytes": spool_max_bytes}
+                self._spool = Spool(str(spool), **kwargs)
+            except Exception:  # noqa: BLE001 - serve without a spool rather than not at all
+                logger.exception(
+                    "trace writer: cannot use the spool folder %s; traces the store does not "
+                    "take will be counted as failed",
+                    spool,
+                )
+        self._spool_after = spool_after
+        self._spool_backlog = (
+            spool_backlog if spool_backlog is not None else max(8 * batch_size, 2048)
+        )
+        self._probe_interval = probe_interval
+        self._drain_budget = drain_budget
+        self._last_failure: Optional[float] = None  # monotonic time of the last failed store call
+        self._next_orphan_scan = 0.0  # look for dead processes' spool files right away
+        self._last_probe_cost = 0.0  # seconds the last failed replay attempt took
+        self._last_spool_log = float("-inf")
 
         self._close_at_exit = close_at_exit
         if close_at_exit:
@@ -179,8 +234,12 @@ class TraceWriter:
         )
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Block until everything submitted before this call is durable or has definitively
-        failed. False on timeout (or when called from the writer thread itself)."""
+        """Block until everything submitted before this call is durable (in the store, or in the
+        spool when the store is down: see ``stats()["spool_pending"]``) or has definitively
+        failed. False on timeout (or when called from the writer thread itself).
+
+        At the barrier the thread first tries to replay the spool, so a flush after the store
+        came back returns with everything in the store."""
         if threading.current_thread() is self._thread:
             return False
         barrier = _Barrier()
@@ -240,9 +299,16 @@ class TraceWriter:
     def stats(self) -> dict[str, int]:
         """Counters since start. ``submitted`` counts accepted items; each ends up ``written``,
         ``duplicates``, ``failed``, ``build_errors`` or ``skipped``, or is still queued
-        (``queue_depth``, which also counts pending flush markers)."""
+        (``queue_depth``, which also counts pending flush markers) or in the spool.
+
+        Spool: ``spooled`` traces were appended to it; once replayed they count in ``written``
+        or ``duplicates`` (and in ``replayed``); ``spool_pending`` are in it now, not yet in the
+        store (``spool_bytes`` on disk, including files adopted from dead processes);
+        ``spool_dropped`` did not fit (also in ``failed``); ``adopted`` were replayed from
+        spools that earlier or dead processes left behind (not in ``submitted``)."""
         with self._lock:
             submitted, dropped, depth = self._submitted, self._dropped, len(self._queue)
+        spool = self._spool
         return {
             "submitted": submitted,
             "written": self._written,
@@ -252,7 +318,17 @@ class TraceWriter:
             "build_errors": self._build_errors,
             "skipped": self._skipped,
             "queue_depth": depth,
+            "spooled": self._spooled,
+            "spool_pending": spool.pending_traces if spool is not None else 0,
+            "spool_bytes": spool.pending_bytes if spool is not None else 0,
+            "spool_dropped": self._spool_dropped,
+            "replayed": self._replayed,
+            "adopted": self._adopted,
         }
+
+    @property
+    def spool(self) -> Optional[Spool]:
+        return self._spool
 
     @property
     def store(self) -> Optional[TraceStore]:
@@ -269,7 +345,11 @@ class TraceWriter:
                 items, barriers = self._take()
                 if items:
                     self._process(items)
-                elif not barriers:
+                if barriers and self._spool_has_work():
+                    self._drain_spool(forced=True)
+                if not items and not barriers:
+                    if self._spool_has_work():
+                        self._drain_spool()
                     with self._lock:
                         if self._stopping and not self._queue:
                             self._exited = True
@@ -282,6 +362,18 @@ class TraceWriter:
                 for barrier in barriers:
                     barrier.release()
         self._close_owned_store()
+        if self._spool is not None:
+            if self._spool.has_pending():
+                logger.warning(
+                    "trace writer: stopping with %d traces in the spool %s; they are replayed "
+                    "on the next start",
+                    self._spool.pending_traces,
+                    self._spool.own.path,
+                )
+            try:
+                self._spool.close()
+            except Exception:  # noqa: BLE001
+                logger.exception("trace writer: closing the spool failed")
 
     def _take(self) -> tuple[list[Any], list[_Barrier]]:
         """Up to batch_size items, stopping at a barrier so it is released right after them."""
@@ -327,9 +419,20 @@ class TraceWriter:
 
     def _write(self, traces: list[Trace]) -> None:
         """One batch, retried with backoff (exactly-once makes a retry after an unknown
-        outcome safe), then handed to ``_handle_failed_batch``."""
+        outcome safe), then handed to ``_handle_failed_batch``. With a spool: behind what is
+        already spooled, or straight to the spool when the queue shows the store too slow."""
+        if self._spool is not None:
+            if self._spool_has_work():
+                self._drain_spool()
+            if self._spool.has_pending():
+                self._spool_batch(traces)
+                return
+            if len(self._queue) > self._spool_backlog:
+                self._spool_batch(traces, reason=f"queue past {self._spool_backlog} (store too slow)")
+                return
         pending = traces
         attempt = 0
+        started = time.monotonic()
         while pending:
             try:
                 result = self._ensure_store().write(pending)
@@ -350,8 +453,14 @@ class TraceWriter:
                 duplicates = len(getattr(result, "duplicates", ()))
                 self._duplicates += duplicates
                 self._written += len(pending) - duplicates
+                self._last_failure = None
                 return
-            if attempt >= len(self._retry_delays) or self._abort.is_set():
+            self._last_failure = time.monotonic()
+            spool_now = self._spool is not None and (
+                attempt < len(self._retry_delays)
+                and self._last_failure - started + self._retry_delays[attempt] > self._spool_after
+            )
+            if attempt >= len(self._retry_delays) or self._abort.is_set() or spool_now:
                 self._handle_failed_batch(pending, error)
                 return
             delay = self._retry_delays[attempt]
@@ -367,11 +476,11 @@ class TraceWriter:
             self._abort.wait(delay)
 
     def _handle_failed_batch(self, traces: list[Trace], error: BaseException) -> None:
-        """SPOOL SEAM (issue 5): the retries are exhausted for ``traces``.
-
-        Today the traces are counted as ``failed`` and their ids logged; the disk spool will
-        persist them here for a later replay instead.
-        """
+        """The retries are exhausted for ``traces``: spooled when there is a spool, else
+        counted as ``failed`` with their ids logged."""
+        if self._spool is not None:
+            self._spool_batch(traces, reason=repr(error))
+            return
         self._failed += len(traces)
         logger.error(
             "trace writer: giving up on %d traces after %d attempts (%r); trace ids: %s",
@@ -380,6 +489,159 @@ class TraceWriter:
             error,
             ", ".join(t.trace_id for t in traces),
         )
+
+    # ------------------------------------------------------------------------- spool
+
+    def _spool_batch(self, traces: list[Trace], reason: Optional[str] = None) -> None:
+        """Append ``traces`` to the spool (fsynced); what it cannot take is counted and logged."""
+        spool = self._spool
+        assert spool is not None
+        pending = traces
+        while pending:
+            try:
+                stored = spool.append(pending)
+            except TraceEncodeError as exc:
+                keep = [t for t in pending if t.trace_id not in exc.errors]
+                self._failed += len(pending) - len(keep)
+                for trace_id, err in exc.errors.items():
+                    logger.error("trace writer: trace %s cannot be stored, dropped: %r", trace_id, err)
+                pending = keep
+                continue
+            except Exception as exc:  # noqa: BLE001 - disk error: counted, logged, never raised
+                self._failed += len(pending)
+                self._spool_dropped += len(pending)
+                logger.error(
+                    "trace writer: the spool %s cannot take %d traces (%r); dropped: %s",
+                    spool.own.path, len(pending), exc, ", ".join(t.trace_id for t in pending),
+                )
+                return
+            if not stored:
+                self._failed += len(pending)
+                self._spool_dropped += len(pending)
+                logger.error(
+                    "trace writer: the spool %s is full (%d bytes max, spool_max_bytes); "
+                    "%d traces dropped (%d so far): %s",
+                    spool.own.path, spool.max_bytes, len(pending), self._spool_dropped,
+                    ", ".join(t.trace_id for t in pending),
+                )
+                return
+            self._spooled += len(pending)
+            now = time.monotonic()
+            entering = spool.pending_traces == len(pending)  # the spool was empty before
+            if entering or now - self._last_spool_log >= _DROP_LOG_INTERVAL:
+                self._last_spool_log = now
+                logger.warning(
+                    "trace writer: %d traces spooled to %s (%s); %d waiting there for the store",
+                    len(pending), spool.own.path, reason or "the store is still unavailable",
+                    spool.pending_traces,
+                )
+            return
+
+    def _spool_has_work(self) -> bool:
+        spool = self._spool
+        if spool is None:
+            return False
+        return spool.has_pending() or time.monotonic() >= self._next_orphan_scan
+
+    def _drain_spool(self, forced: bool = False) -> bool:
+        """Replay spooled batches, oldest first (dead processes' spools, then ours).
+
+        Returns True when nothing is left. Stops at the first store error, and after
+        ``drain_budget`` seconds when items wait in the queue. After an error the next try waits
+        ``probe_interval``; a flush barrier (``forced``) tries at once, unless the last failed
+        try ended less than its own duration ago (a store that times out, not refuses)."""
+        spool = self._spool
+        if spool is None:
+            return True
+        now = time.monotonic()
+        if now >= self._next_orphan_scan:
+            self._next_orphan_scan = now + _ORPHAN_SCAN_INTERVAL
+            try:
+                spool.adopt_orphans()
+            except Exception:  # noqa: BLE001 - retried at the next scan
+                logger.exception("trace writer: looking for orphaned spool files failed")
+        if not spool.has_pending():
+            return True
+        if self._last_failure is not None:
+            # A flush tries at once, unless failed tries would then take over half the thread's
+            # time (a store that times out rather than refuses); otherwise every probe_interval.
+            gap = self._last_probe_cost if forced else max(self._probe_interval, self._last_probe_cost)
+            if now - self._last_failure < gap:
+                return False
+        deadline = now + self._drain_budget
+        for source in spool.files():
+            adopted = source is not spool.own
+            if not self._drain_file(source, adopted=adopted, deadline=deadline):
+                if self._last_failure is not None and self._last_failure >= now:
+                    self._last_probe_cost = self._last_failure - now
+                return False
+            if adopted:
+                spool.release(source)
+        return True
+
+    def _drain_file(self, source: SpoolFile, *, adopted: bool, deadline: Optional[float]) -> bool:
+        replayed = 0
+        while True:
+            try:
+                record = source.peek()
+            except Exception:  # noqa: BLE001 - a corrupt record: counted, the file emptied
+                lost = source.traces
+                self._failed += lost
+                logger.exception(
+                    "trace writer: the spool %s is corrupt; its %d remaining traces are lost",
+                    source.path, lost,
+                )
+                source.ack_all()
+                return True
+            if record is None:
+                break
+            try:
+                result = self._ensure_store().write(record.traces)
+            except TraceEncodeError as exc:  # cannot happen for decoded traces; never loop
+                keep = [t for t in record.traces if t.trace_id not in exc.errors]
+                self._failed += len(record.traces) - len(keep)
+                logger.error("trace writer: spooled traces cannot be stored, dropped: %s", list(exc.errors))
+                try:
+                    result = self._ensure_store().write(keep) if keep else []
+                except Exception as exc2:  # noqa: BLE001
+                    self._store_down(exc2, source)
+                    return False
+            except Exception as exc:  # noqa: BLE001 - the store is still down
+                self._store_down(exc, source)
+                return False
+            self._last_failure = None
+            duplicates = len(getattr(result, "duplicates", ()))
+            if adopted or record.inherited:
+                self._adopted += len(result)
+            else:
+                self._written += len(result) - duplicates
+                self._duplicates += duplicates
+                self._replayed += len(result)
+            replayed += len(result)
+            source.ack(record)
+            if deadline is not None and time.monotonic() > deadline and self._queue:
+                break
+        done = source.records == 0
+        now = time.monotonic()
+        if replayed and (done or now - self._last_spool_log >= _DROP_LOG_INTERVAL):
+            self._last_spool_log = now
+            logger.warning(
+                "trace writer: spooled traces replayed into the store from %s (%d replayed "
+                "since start); %d left",
+                source.path, self._replayed + self._adopted, source.traces,
+            )
+        return done
+
+    def _store_down(self, exc: BaseException, source: SpoolFile) -> None:
+        self._last_failure = time.monotonic()
+        now = self._last_failure
+        if now - self._last_spool_log >= _DROP_LOG_INTERVAL:
+            self._last_spool_log = now
+            logger.warning(
+                "trace writer: the store is still unavailable (%r); %d traces wait in %s, "
+                "next try in %.1fs",
+                exc, source.traces, source.path, self._probe_interval,
+            )
 
     def _ensure_store(self) -> TraceStore:
         if self._store is None:
