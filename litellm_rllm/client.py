@@ -242,15 +242,19 @@ def _proxy_root(base_url: str) -> str:
 
 
 def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, Any]:
-    """Block until every call the proxy finished before now is durable in its store.
+    """Block until every call the proxy finished before now is durable.
 
-    Call it on each proxy a rollout used (each has its own writer), then read the store.
-    Needs the master key or an admin key.
+    Returns `{"flushed": true, ...}` once everything is in the store, or `{"flushed": false,
+    "durable": true, "spooled": N}` while the store is unreachable and N traces wait in the
+    proxy's local spool (retry later). Call it on each proxy a rollout used (each has its own
+    writer). Needs the master key or an admin key.
     """
     import httpx
 
     resp = httpx.post(f"{_proxy_root(base_url)}/rllm/flush", params={"timeout": timeout},
                       headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout + 10)
+    if resp.status_code == 503 and resp.json().get("durable"):
+        return resp.json()
     resp.raise_for_status()
     return resp.json()
 

@@ -789,5 +789,5 @@ def test_production_guide_covers_every_setting_and_env_var() -> None:
     missing = sorted(n for n in env if f"`{n}`" not in doc)
     assert not missing, f"env vars not in docs/production.md: {missing}"
     for needle in (LIVENESS, READINESS, "kubectl apply -k configs", "docker compose", "seq",
-                   "forward_client_headers_to_llm_api", "<!-- loss-bound -->"):
+                   "forward_client_headers_to_llm_api", "After a SIGKILL"):
         assert needle in doc, f"docs/production.md should mention {needle!r}"

@@ -564,9 +564,6 @@ def test_two_proxies_on_one_sqlite_file(upstream_urls: dict[str, str], proxy_dir
     assert len(sessions) == 40 and all(len(v) == 10 for v in sessions.values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "without LiteLLM's database, its user_api_key_auth answers a missing or wrong key with 400 "
-    "('No connected db.') or 500 (its error handler imports prisma); /rllm/* should answer 401"))
 def test_rllm_routes_without_a_key_answer_401(upstream_urls: dict[str, str], proxy_dir: Path) -> None:
     config = harness.write_config(proxy_dir, upstreams=upstream_urls, store_url=f"sqlite:///{proxy_dir / 't.db'}")
     with harness.ProxyProcess(config) as proc:

@@ -14,6 +14,7 @@ import json
 import logging
 from typing import Any, Callable, Optional
 
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 
@@ -143,11 +144,37 @@ def _require_admin(user: Any) -> None:
         raise HTTPException(status_code=403, detail="litellm-rllm routes need the master key or a proxy admin key")
 
 
+async def _caller(request: Request) -> Any:
+    """LiteLLM's own key check for our routes, with a 401 for a missing or unusable key.
+
+    (Without its database, LiteLLM answers a missing key with a 500 and a wrong one with a
+    400 "No connected db."; a client of these routes needs to see that it is unauthorized.)"""
+    import inspect
+
+    from fastapi import HTTPException
+    from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
+
+    creds = request.headers.get("authorization") or request.headers.get("x-api-key")
+    if not creds:
+        raise HTTPException(status_code=401, detail="missing key: send Authorization: Bearer <master or admin key>")
+    kwargs: dict[str, Any] = {"request": request, "api_key": creds}
+    for name in inspect.signature(user_api_key_auth).parameters:
+        kwargs.setdefault(name, None)
+    try:
+        return await user_api_key_auth(**kwargs)
+    except HTTPException as exc:
+        if exc.status_code in (401, 403):
+            raise
+    except Exception:
+        pass
+    raise HTTPException(status_code=401, detail="invalid key")
+
+
 def install_rllm_routes() -> bool:
     """Add `POST /rllm/flush`, `GET /rllm/sessions/{id}/traces` and `GET /rllm/stats`; idempotent."""
     try:
         from fastapi import APIRouter, Depends, HTTPException, Query
-        from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
+        from fastapi.responses import JSONResponse
         from litellm.proxy.proxy_server import app
     except Exception:
         return False
@@ -159,17 +186,26 @@ def install_rllm_routes() -> bool:
     router = APIRouter()
 
     @router.post("/rllm/flush", tags=["litellm-rllm"])
-    async def rllm_flush(timeout: float = Query(60.0, gt=0, le=600), user: Any = Depends(user_api_key_auth)) -> Any:
-        """Returns once every call that finished before this request is durable in the store."""
+    async def rllm_flush(timeout: float = Query(60.0, gt=0, le=600), user: Any = Depends(_caller)) -> Any:
+        """Returns once every call that finished before this request is durable.
+
+        200 `{"flushed": true}`: everything is in the store. 503 `{"flushed": false,
+        "durable": true, "spooled": N}`: the store is unreachable, N traces wait in the local
+        spool (fsynced, replayed when the store is back); retry later."""
         _require_admin(user)
-        ok = await runtime.writer().aflush(timeout)
-        if not ok:
+        writer = runtime.writer()
+        if not await writer.aflush(timeout):
             raise HTTPException(status_code=504, detail=f"traces not durable within {timeout}s")
-        return {"flushed": True, "writer": runtime.writer().stats()}
+        stats = writer.stats()
+        pending = int(stats.get("spool_pending", 0) or 0)
+        if pending:
+            return JSONResponse(status_code=503, content={"flushed": False, "durable": True, "spooled": pending,
+                                                          "writer": stats})
+        return {"flushed": True, "spooled": 0, "writer": stats}
 
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
-                                  user: Any = Depends(user_api_key_auth)) -> Any:
+                                  user: Any = Depends(_caller)) -> Any:
         """The session's traces (nested sessions included) in `seq` order, after a flush."""
         import asyncio
 
@@ -194,11 +230,15 @@ def install_rllm_routes() -> bool:
                 rows = [t for t in rows if (t.caller or {}).get("team_id") == team]
             return [t.model_dump(mode="json") for t in rows]
 
-        traces = await asyncio.to_thread(read)
+        try:
+            traces = await asyncio.to_thread(read)
+        except Exception as exc:
+            log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
+            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
         return {"session": session, "count": len(traces), "traces": traces}
 
     @router.get("/rllm/stats", tags=["litellm-rllm"])
-    async def rllm_stats(user: Any = Depends(user_api_key_auth)) -> Any:
+    async def rllm_stats(user: Any = Depends(_caller)) -> Any:
         _require_admin(user)
         return {"writer": runtime.writer().stats(), "capture": dict(pipeline.counters),
                 "in_flight": len(runtime.calls)}

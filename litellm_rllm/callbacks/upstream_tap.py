@@ -150,7 +150,10 @@ def _loop_clients() -> _LoopClients:
 def _transport(ssl_verify: Any) -> httpx.AsyncBaseTransport:
     from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
 
-    inner = AsyncHTTPHandler.create_async_transport(ssl_verify=ssl_verify if isinstance(ssl_verify, bool) else None)
+    # Public from LiteLLM 1.106; `_create_async_transport` before (same signature).
+    factory = (getattr(AsyncHTTPHandler, "create_async_transport", None)
+               or getattr(AsyncHTTPHandler, "_create_async_transport", None))
+    inner = factory(ssl_verify=ssl_verify if isinstance(ssl_verify, bool) else None) if factory is not None else None
     return _TeeTransport(inner or httpx.AsyncHTTPTransport(verify=ssl_verify if ssl_verify is not None else True))
 
 
