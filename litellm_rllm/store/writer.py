@@ -122,6 +122,7 @@ class TraceWriter:
         spool_backlog: Optional[int] = None,
         probe_interval: float = 1.0,
         drain_budget: float = 1.0,
+        linger: float = 0.005,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -137,6 +138,7 @@ class TraceWriter:
         self._max_queue = max_queue
         self._retry_delays = tuple(retry_delays)
         self._poll = poll_interval
+        self._linger = linger
         self._exit_timeout = exit_timeout
 
         self._queue: deque[Any] = deque()
@@ -343,6 +345,8 @@ class TraceWriter:
             try:
                 self._wake.clear()
                 items, barriers = self._take()
+                if items and not barriers:
+                    barriers = self._linger_for_more(items)
                 if items:
                     self._process(items)
                 if barriers and self._spool_has_work():
@@ -375,11 +379,33 @@ class TraceWriter:
             except Exception:  # noqa: BLE001
                 logger.exception("trace writer: closing the spool failed")
 
-    def _take(self) -> tuple[list[Any], list[_Barrier]]:
+    def _linger_for_more(self, items: list[Any]) -> list[_Barrier]:
+        """Group commit: a short batch waits up to `linger` seconds for more items (one
+        transaction per call costs more than the call's whole trace otherwise, at moderate
+        rates). A barrier, a full batch or shutdown ends the wait at once."""
+        deadline = time.monotonic() + self._linger
+        while len(items) < self._batch_size and not self._stopping:
+            if not self._queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                if not self._queue:
+                    self._wake.wait(remaining)
+                if not self._queue:
+                    break
+            more, barriers = self._take(self._batch_size - len(items))
+            items.extend(more)
+            if barriers:
+                return barriers
+        return []
+
+    def _take(self, limit: Optional[int] = None) -> tuple[list[Any], list[_Barrier]]:
         """Up to batch_size items, stopping at a barrier so it is released right after them."""
         items: list[Any] = []
         queue = self._queue
-        while len(items) < self._batch_size:
+        limit = self._batch_size if limit is None else limit
+        while len(items) < limit:
             try:
                 item = queue.popleft()
             except IndexError:
