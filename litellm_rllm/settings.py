@@ -57,6 +57,10 @@ class Settings(BaseModel):
     # Calls to OpenAI-format upstreams (hosted_vllm/, openai/) are captured from the upstream's
     # bytes, which keep what LiteLLM's parsing drops. Off: capture LiteLLM's parsed responses.
     raw_capture: bool = True
+    # Opt-in: `gc.freeze()` once, at the first request, so Python's full collections stop
+    # walking LiteLLM's large start-up heap (measured in benchmarks/loop_block.py: GC per
+    # request 17-22 ms -> 0.9 ms, worst loop stall 650-830 ms -> 42 ms). Process-wide, hence off.
+    gc_freeze_after_start: bool = False
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

@@ -85,8 +85,24 @@ def caller_of(user_api_key_dict: Any) -> Optional[dict[str, Any]]:
     return {k: v for k, v in out.items() if v is not None} or None
 
 
+_gc_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    global _gc_frozen
+    _gc_frozen = True
+    if runtime.settings().gc_freeze_after_start:
+        import gc
+
+        gc.freeze()
+        log.info("litellm-rllm: gc.freeze() after start-up (%d objects moved out of collection)",
+                 gc.get_freeze_count())
+
+
 def begin(data: dict[str, Any], user_api_key_dict: Any) -> Optional[CallState]:
     """Register the call (from any callback's pre-call hook); idempotent."""
+    if not _gc_frozen:
+        _freeze_startup_heap()
     cid = call_id_of(data)
     if cid is None:
         return None
