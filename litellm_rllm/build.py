@@ -43,7 +43,7 @@ def build_trace(record: CallRecord) -> Trace:
         if prompt_ids is None:
             prompt_ids = next((c.prompt_token_ids for c in choices if c.prompt_token_ids is not None), None)
     elif record.raw_body is not None or record.response is not None:
-        response = _loads(record.raw_body) if record.raw_body is not None else plain(record.response)
+        response = _loads(b"".join(record.raw_body)) if record.raw_body is not None else plain(record.response)
         usage = response.get("usage")
         choices = choices_from_response(response, usage)
         prompt_ids = prompt_ids_from(response, choices)

@@ -27,7 +27,7 @@ class CallRecord:
     upstream: Optional[dict[str, Any]] = None  # shallow copy of the deployment kwargs
     injected: dict[str, Any] = field(default_factory=dict)
     response: Optional[dict[str, Any]] = None  # shallow snapshot: top-level fields + choices
-    raw_body: Optional[bytearray] = None  # the upstream's JSON response as sent (tapped calls)
+    raw_body: Optional[list[bytes]] = None  # the upstream's JSON response as read (tapped calls)
     hidden: dict[str, Any] = field(default_factory=dict)  # response._hidden_params
     stream_result: Any = None  # stream.StreamAccumulator, for streams
     error: Optional[dict[str, Any]] = None

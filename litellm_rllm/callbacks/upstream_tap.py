@@ -48,14 +48,17 @@ class UpstreamTap:
     """One attempt's upstream response: a stream parsed into packed arrays as it arrives, or a
     JSON body kept as bytes."""
 
-    __slots__ = ("acc", "parser", "status_code", "finished", "error", "is_sse", "body")
+    __slots__ = ("acc", "parser", "status_code", "finished", "error", "is_sse", "body", "body_size")
 
     def __init__(self, started: float, status_code: int, is_sse: bool) -> None:
         self.status_code = status_code
         self.is_sse = is_sse
         self.acc = StreamAccumulator(started=started) if is_sse else None
         self.parser = SSEParser(self.acc.add) if self.acc is not None else None
-        self.body: Optional[bytearray] = None if is_sse else bytearray()
+        # A JSON body as the reads arrived (joined in the writer thread: growing one buffer
+        # would copy megabytes on the event loop each time it reallocates).
+        self.body: Optional[list[bytes]] = None if is_sse else []
+        self.body_size = 0
         self.finished = False  # the body ended normally
         self.error: Optional[str] = None
 
@@ -63,13 +66,14 @@ class UpstreamTap:
         if self.parser is not None:
             self.parser.feed(data)
         elif self.body is not None:
-            if len(self.body) + len(data) > MAX_RAW_BODY:
+            self.body_size += len(data)
+            if self.body_size > MAX_RAW_BODY:
                 self.body = None
             else:
-                self.body += data
+                self.body.append(data)
 
-    def json_body(self) -> Optional[bytearray]:
-        """The complete 2xx JSON body (not copied: the writer thread parses it), or None."""
+    def json_body(self) -> Optional[list[bytes]]:
+        """The complete 2xx JSON body as its reads (the writer thread joins and parses), or None."""
         if self.is_sse or not self.finished or self.body is None or not (200 <= self.status_code < 300):
             return None
         return self.body
