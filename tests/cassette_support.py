@@ -206,6 +206,9 @@ class CassetteUse:
             return request
 
         with self.vcr.use_cassette(name, before_record_request=remember) as cassette:
+            # vcrpy ran the hook on the cassette's own recorded requests while loading it:
+            # only what LiteLLM sends from here on is live.
+            live.clear()
             cassette.live_requests = live
             yield cassette
 

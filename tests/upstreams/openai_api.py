@@ -375,7 +375,8 @@ class FakeOpenAI(FakeUpstream):
                 rounds.append([("response.function_call_arguments.delta",
                                 {**fragment, "obfuscation": OBFUSCATION} if obfuscate else fragment)])
             close = [("response.function_call_arguments.done",
-                      {"item_id": item_id, "output_index": 0, "arguments": gen.tool_arguments})]
+                      {"item_id": item_id, "output_index": 0, "name": final_item.get("name"),
+                       "arguments": gen.tool_arguments})]
         else:
             part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
             added = {"output_index": 0, "item": message("", None, "in_progress")}
