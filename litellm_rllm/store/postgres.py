@@ -59,7 +59,7 @@ from litellm_rllm.store.codec import (
     TraceEncodeError,
     decode,
     encode,
-    from_utc_micros,
+    sessions_from_rows,
     to_utc_micros,
 )
 from litellm_rllm.trace import Trace
@@ -619,31 +619,7 @@ class PostgresStore(TraceStore):
                 f" MAX(created_us), MIN(id) FROM {self._s}.traces GROUP BY session_key, status"
             ).fetchall()
         )
-        acc: dict[str, list[Any]] = {}
-        for key, status, n, lo_seq, hi_seq, lo_us, hi_us, first_id in rows:
-            n, lo_seq, hi_seq, lo_us, hi_us = int(n), int(lo_seq), int(hi_seq), int(lo_us), int(hi_us)
-            cur = acc.get(key)
-            if cur is None:
-                acc[key] = [n, lo_seq, hi_seq, lo_us, hi_us, first_id, {status: n}]
-                continue
-            cur[0] += n
-            cur[1], cur[2] = min(cur[1], lo_seq), max(cur[2], hi_seq)
-            cur[3], cur[4] = min(cur[3], lo_us), max(cur[4], hi_us)
-            cur[5] = min(cur[5], first_id)
-            cur[6][status] = n
-        ordered = sorted(acc.items(), key=lambda item: item[1][5])
-        return [
-            SessionSummary(
-                session_id=key,
-                traces=v[0],
-                first_seq=v[1],
-                last_seq=v[2],
-                first_at=from_utc_micros(v[3]),
-                last_at=from_utc_micros(v[4]),
-                statuses=v[6],
-            )
-            for key, v in ordered
-        ]
+        return sessions_from_rows(rows)
 
     def count(self) -> int:
         row = self._read(lambda conn: conn.execute(f"SELECT COUNT(*) FROM {self._s}.traces").fetchone())
