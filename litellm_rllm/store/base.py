@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from datetime import datetime, timezone
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field
 
@@ -65,6 +65,32 @@ def parse_since(since: Since) -> Optional[datetime]:
     if since.tzinfo is None:
         return since.replace(tzinfo=timezone.utc)
     return since.astimezone(timezone.utc)
+
+
+def keyset_rows(
+    fetch: Callable[[Any, int], Sequence[Sequence[Any]]],
+    start: Any,
+    limit: Optional[int],
+    page_size: int = 256,
+) -> Iterator[Sequence[Any]]:
+    """Rows of a keyset-paginated query, page by page, up to `limit`.
+
+    `fetch(key, n)` returns at most n rows whose key (their first column) is greater than
+    `key`, in key order; every store pages its reads through this one loop."""
+    if limit is not None and limit <= 0:
+        return
+    key, remaining = start, limit
+    while True:
+        page = page_size if remaining is None else min(page_size, remaining)
+        rows = fetch(key, page)
+        yield from rows
+        if remaining is not None:
+            remaining -= len(rows)
+            if remaining <= 0:
+                return
+        if len(rows) < page:
+            return
+        key = rows[-1][0]
 
 
 class TraceStore(abc.ABC):

@@ -53,7 +53,7 @@ import threading
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, parse_since
+from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, keyset_rows, parse_since
 from litellm_rllm.store.codec import (
     EncodedTrace,
     TraceEncodeError,
@@ -538,31 +538,21 @@ class PostgresStore(TraceStore):
     ) -> Iterator[Trace]:
         since_dt = parse_since(since)
         since_us = None if since_dt is None else to_utc_micros(since_dt)
-        if limit is not None and limit <= 0:
-            return
         plan = self._read_plan(session, since_us)
         if plan is None:
             return
-        query, params, last_key = plan
-        remaining = limit
-        while True:
-            page = _READ_PAGE if remaining is None else min(_READ_PAGE, remaining)
+        query, params, start = plan
 
-            def fetch(conn: "psycopg.Connection[Any]", key: int = last_key, n: int = page) -> list[Any]:
+        def fetch(key: Any, n: int) -> list[Any]:
+            def run(conn: "psycopg.Connection[Any]") -> list[Any]:
                 with conn.cursor(binary=True) as cur:
-                    cur.execute(query, (*params, key, n))
+                    cur.execute(query, (*params, int(key), n))
                     return cur.fetchall()
 
-            rows = self._read(fetch)
-            for row in rows:
-                yield _decode_row(row)
-            if remaining is not None:
-                remaining -= len(rows)
-                if remaining <= 0:
-                    return
-            if len(rows) < page:
-                return
-            last_key = int(rows[-1][0])
+            return self._read(run)
+
+        for row in keyset_rows(fetch, start, limit, _READ_PAGE):
+            yield _decode_row(row)
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]

@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, parse_since
+from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, keyset_rows, parse_since
 from litellm_rllm.store.codec import (
     EncodedTrace,
     TraceEncodeError,
@@ -283,27 +283,18 @@ class SqliteStore(TraceStore):
     ) -> Iterator[Trace]:
         since_dt = parse_since(since)
         since_us = None if since_dt is None else to_utc_micros(since_dt)
-        if limit is not None and limit <= 0:
-            return
         plan = self._read_plan(session, since_us)
         if plan is None:
             return
-        query, params, last_id = plan
-        remaining = limit
-        while True:
-            page = _READ_PAGE if remaining is None else min(_READ_PAGE, remaining)
+        query, params, start = plan
+
+        def fetch(key: Any, n: int) -> list[Any]:
             with self._lock:
                 self._check_open()
-                rows = self._conn.execute(query, (*params, last_id, page)).fetchall()
-            for row in rows:
-                yield _decode_row(row)
-            if remaining is not None:
-                remaining -= len(rows)
-                if remaining <= 0:
-                    return
-            if len(rows) < page:
-                return
-            last_id = rows[-1][0]
+                return self._conn.execute(query, (*params, key, n)).fetchall()
+
+        for row in keyset_rows(fetch, start, limit, _READ_PAGE):
+            yield _decode_row(row)
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
