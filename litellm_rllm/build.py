@@ -1,15 +1,26 @@
-"""`CallRecord` -> `Trace`, in the writer thread (the heavy part of capture: dumping LiteLLM
-objects to dicts, walking logprobs, validating the schema)."""
+"""`CallRecord` -> `Trace`, off the event loop: the heavy part of capture (parsing the body,
+walking logprobs, validating the schema).
+
+Two steps, so the heavy one can run in the writer's build process (`store/build_process.py`):
+
+* `prepare(record)` runs where the record was made (the writer thread of the proxy): it keeps
+  only what the trace is built from, trims the request to the allow-listed fields, prices the
+  call (LiteLLM's price table and the deployment's own prices live in the proxy process) and
+  redacts the deployment's key from an error. What it returns holds no credentials and no
+  LiteLLM machinery, so it can be pickled.
+* `build_trace(record)` runs anywhere, LiteLLM not needed: parse, walk, validate.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
-from .capture import choices_from_response, plain, prompt_ids_from, request_view
+from .capture import REQUEST_KEYS, choices_from_response, plain, prompt_ids_from, request_view
 from .record import CallRecord
 from .trace import Trace, TraceError
 
@@ -20,11 +31,51 @@ try:
 except ImportError:  # pragma: no cover
     from json import loads as _loads
 
-# Keys of the slug metadata that are trace columns, not free-form metadata.
-_SESSION_KEYS = ("session_id", "session_uids")
+# What of the deployment kwargs / the client's body a trace is built from (`request_view` reads
+# REQUEST_KEYS and `extra_body`; the rest names the deployment).
+_UPSTREAM_KEYS = REQUEST_KEYS | {"extra_body", "model", "custom_llm_provider", "api_base"}
+_CLIENT_KEYS = REQUEST_KEYS | {"extra_body"}
+_HIDDEN_KEYS = ("response_cost", "custom_llm_provider", "api_base", "litellm_model_name")
+
+
+def prepare(record: CallRecord) -> CallRecord:
+    """The record reduced to what `build_trace` reads, priced and redacted (module docstring).
+    Cheap: dict comprehensions over top-level keys; large parts are shared, not copied."""
+    if record.prepared:
+        return record
+    upstream = record.upstream or {}
+    hidden = {k: record.hidden[k] for k in _HIDDEN_KEYS if k in (record.hidden or {})}
+    if not isinstance(hidden.get("response_cost"), (int, float)) and record.status == "ok":
+        usage = _known_usage(record)
+        if usage:
+            hidden["response_cost"] = _cost(upstream.get("model") or hidden.get("litellm_model_name"), usage)
+    error = record.error
+    if error is not None:
+        error = {**error, "message": redact(str(error.get("message") or ""), secrets=(upstream.get("api_key"),))}
+    return replace(
+        record,
+        prepared=True,
+        upstream={k: v for k, v in upstream.items() if k in _UPSTREAM_KEYS} if record.upstream is not None else None,
+        client_request=({k: v for k, v in record.client_request.items() if k in _CLIENT_KEYS}
+                        if record.client_request is not None else None),
+        hidden=hidden,
+        error=error,
+        usage=None,
+    )
+
+
+def _known_usage(record: CallRecord) -> Optional[Mapping[str, Any]]:
+    """The call's usage where the proxy process has it without parsing the body: the stream's
+    accumulation, LiteLLM's parsed response, or (tapped body) LiteLLM's usage of it."""
+    if record.stream_result is not None:
+        return record.stream_result.usage_dict()
+    if record.response is not None and record.response.get("usage") is not None:
+        return plain(record.response.get("usage"))
+    return plain(record.usage) if record.usage is not None else None
 
 
 def build_trace(record: CallRecord) -> Trace:
+    record = prepare(record)
     session = dict(record.session or {})
     session_id = session.pop("session_id", None)
     uids = session.pop("session_uids", None) or []
@@ -51,11 +102,7 @@ def build_trace(record: CallRecord) -> Trace:
     hidden = record.hidden or {}
     upstream = record.upstream or {}
     cost = hidden.get("response_cost")
-    if not isinstance(cost, (int, float)) and usage and record.status == "ok":
-        cost = _cost(upstream.get("model") or hidden.get("litellm_model_name"), usage)
     error = TraceError(**record.error) if record.error else None
-    if error is not None:
-        error.message = redact(error.message, secrets=(upstream.get("api_key"),))
     return Trace(
         trace_id=record.call_id,
         session_id=str(session_id) if session_id is not None else None,
@@ -99,7 +146,7 @@ def _provider(upstream: Mapping[str, Any]) -> Optional[str]:
 
 def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:
     """USD for a call LiteLLM didn't price yet (streams are priced after the stream, in its
-    logging): its own price table, from the usage the upstream reported."""
+    logging): its own price table, from the usage the upstream reported. Proxy process only."""
     if not isinstance(model, str):
         return None
     try:

@@ -1,8 +1,9 @@
 """`CallRecord`: what the event loop hands the writer for one finished call.
 
 Built on the hot path, so it holds references (the request dict, the response's parts, the
-stream's packed arrays), never copies or JSON; `build.build_trace` turns it into a `Trace` in
-the writer thread.
+stream's packed arrays), never copies or JSON. In the writer thread `build.prepare` reduces it
+to plain data (`prepared`), which `build.build_trace` turns into a `Trace`, in the writer's
+build process or in the thread itself.
 """
 
 from __future__ import annotations
@@ -31,3 +32,5 @@ class CallRecord:
     hidden: dict[str, Any] = field(default_factory=dict)  # response._hidden_params
     stream_result: Any = None  # stream.StreamAccumulator, for streams
     error: Optional[dict[str, Any]] = None
+    usage: Any = None  # LiteLLM's parsed usage of a tapped body: prices it when LiteLLM did not
+    prepared: bool = False  # build.prepare has run: trimmed, priced, redacted

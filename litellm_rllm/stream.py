@@ -2,8 +2,10 @@
 
 `StreamAccumulator.add(chunk)` runs once per chunk on the event loop, so it only appends:
 text pieces to lists, token ids to `array('i')`, logprobs to `array('f')`, top alternatives to
-flat arrays. No JSON, no I/O, no per-chunk objects kept. `choices()` (writer thread) turns the
-arrays into `TraceChoice`s. Chunks may be LiteLLM `ModelResponseStream` objects or plain dicts
+flat arrays, token strings as indices into one vocabulary of the stream's distinct strings. No
+JSON, no I/O, no per-chunk objects kept. So a finished stream is a handful of flat buffers that
+pickle as bytes (the writer hands it to its build process that way) plus a short vocabulary;
+`choices()` (in the writer's build step) turns them into `TraceChoice`s. Chunks may be LiteLLM `ModelResponseStream` objects or plain dicts
 (vLLM's SSE JSON), chat or text completions; `n > 1` choices are kept apart by index.
 """
 
@@ -62,13 +64,29 @@ class _ChoiceAcc:
         self.token_ids = array("i")
         self.prompt_token_ids: Optional[list[int]] = None
         self.logprobs = array("f")
-        self.tokens: list[str] = []
-        self.top_tokens: list[str] = []
+        self.tokens = array("i")  # indices into StreamAccumulator.vocab
+        self.top_tokens = array("i")  # likewise, every alternative in order
         self.top_lps = array("f")
         self.top_counts = array("H")
         self.has_ids = False
         self.has_lps = False
         self.has_tops = False
+
+
+class _Intern(dict):  # type: ignore[type-arg]
+    """token string -> its index in `vocab`; a string not seen before is appended there. A hit
+    is a plain C dict lookup, which keeps the per-token cost on the event loop at that."""
+
+    __slots__ = ("vocab",)
+
+    def __init__(self, vocab: list[Optional[str]]) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def __missing__(self, token: Optional[str]) -> int:
+        index = self[token] = len(self.vocab)
+        self.vocab.append(token)
+        return index
 
 
 class StreamAccumulator:
@@ -85,8 +103,10 @@ class StreamAccumulator:
         self.response_id: Optional[str] = None
         self._choices: dict[int, _ChoiceAcc] = {}
         self.is_text = False
-        # Token strings repeat (a vocabulary is finite): keep one object per distinct string.
-        self._intern: dict[str, str] = {}
+        # Token strings repeat (a vocabulary is finite): each distinct string is kept once, and
+        # positions hold its index (None, a missing token string, is an entry like any other).
+        self.vocab: list[Optional[str]] = []
+        self._intern = _Intern(self.vocab)
         self.final_response: Optional[dict[str, Any]] = None  # Responses API streams
 
     def _choice(self, index: int) -> _ChoiceAcc:
@@ -94,6 +114,12 @@ class StreamAccumulator:
         if acc is None:
             acc = self._choices[index] = _ChoiceAcc(index)
         return acc
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for the writer's build process: the lookup dict is only needed while adding."""
+        state = dict(self.__dict__)
+        state["_intern"] = None
+        return state
 
     def add(self, chunk: Any) -> None:
         if type(chunk) is dict:
@@ -242,16 +268,15 @@ class StreamAccumulator:
         intern = self._intern
         for item in content:
             acc.logprobs.append(item["logprob"])
-            tok = item.get("token")
-            acc.tokens.append(intern.setdefault(tok, tok))
+            acc.tokens.append(intern[item.get("token")])
             alts = item.get("top_logprobs")
             if alts:
                 acc.has_tops = True
                 acc.top_counts.append(len(alts))
+                top_tokens, top_lps = acc.top_tokens.append, acc.top_lps.append
                 for alt in alts:
-                    t = alt.get("token")
-                    acc.top_tokens.append(intern.setdefault(t, t))
-                    acc.top_lps.append(alt["logprob"])
+                    top_tokens(intern[alt.get("token")])
+                    top_lps(alt["logprob"])
             else:
                 acc.top_counts.append(0)
 
@@ -327,36 +352,36 @@ class StreamAccumulator:
                 if args:
                     slot["arguments"].append(args)
 
-    @staticmethod
-    def _add_logprobs(acc: _ChoiceAcc, logprobs: Any) -> None:
+    def _add_logprobs(self, acc: _ChoiceAcc, logprobs: Any) -> None:
         if logprobs is None:
             return
+        intern = self._intern
         content = _get(logprobs, "content")
         if content is not None:  # chat format
             acc.has_lps = True
             for item in content:
                 acc.logprobs.append(_get(item, "logprob"))
-                acc.tokens.append(_get(item, "token"))
+                acc.tokens.append(intern[_get(item, "token")])
                 alts = _get(item, "top_logprobs") or ()
                 acc.top_counts.append(len(alts))
                 if alts:
                     acc.has_tops = True
                     for alt in alts:
-                        acc.top_tokens.append(_get(alt, "token"))
+                        acc.top_tokens.append(intern[_get(alt, "token")])
                         acc.top_lps.append(_get(alt, "logprob"))
             return
         values = _get(logprobs, "token_logprobs")
         if values is not None:  # completions format
             acc.has_lps = True
             acc.logprobs.extend(float("nan") if v is None else v for v in values)
-            acc.tokens.extend(_get(logprobs, "tokens") or ())
+            acc.tokens.extend(intern[tok] for tok in _get(logprobs, "tokens") or ())
             for alt in _get(logprobs, "top_logprobs") or ():
                 alt = alt or {}
                 acc.top_counts.append(len(alt))
                 if alt:
                     acc.has_tops = True
                     for tok, lp in alt.items():
-                        acc.top_tokens.append(tok)
+                        acc.top_tokens.append(intern[tok])
                         acc.top_lps.append(lp)
 
     # ---- writer thread ------------------------------------------------------------------
@@ -377,10 +402,12 @@ class StreamAccumulator:
                 self.prompt_token_ids = responses_prompt_ids(self.final_response)
             return choices_from_response(self.final_response)
         usage = self.usage_dict()
+        token_of = self.vocab.__getitem__
         out: list[TraceChoice] = []
         for index in sorted(self._choices):
             acc = self._choices[index]
-            tops = TopColumns(acc.top_tokens, acc.top_lps, acc.top_counts) if acc.has_tops else None
+            tops = TopColumns(list(map(token_of, acc.top_tokens)), acc.top_lps, acc.top_counts) if acc.has_tops else None
+            tokens = list(map(token_of, acc.tokens)) if acc.has_lps else None
             message = None
             text = None
             if self.is_text:
@@ -408,7 +435,7 @@ class StreamAccumulator:
                 token_ids=acc.token_ids.tolist() if acc.has_ids else None,
                 prompt_token_ids=acc.prompt_token_ids,
                 logprobs=acc.logprobs.tolist() if acc.has_lps else None,
-                tokens=list(acc.tokens) if acc.has_lps and any(t is not None for t in acc.tokens) else None,
+                tokens=tokens if tokens and any(t is not None for t in tokens) else None,
             )
             choice.set_top_columns(tops)
             choice.completeness = check_completeness(choice, usage if len(self._choices) == 1 else None)

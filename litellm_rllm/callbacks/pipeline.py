@@ -171,7 +171,8 @@ def finish_success(data: dict[str, Any], response: Any) -> None:
             record = _record(state, data, "ok")
             raw = state.tap.json_body() if state.tap is not None else None
             if raw is not None:
-                record.raw_body = raw  # the upstream's own JSON: parsed in the writer thread
+                record.raw_body = raw  # the upstream's own JSON: parsed off the event loop
+                record.usage = getattr(response, "usage", None)  # prices it if LiteLLM did not
             else:
                 record.response = _snapshot(response)
             record.hidden = dict(getattr(response, "_hidden_params", None) or {})

@@ -12,11 +12,13 @@ Guarantees a backend must give (SPEC "Read-back"):
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field
 
+from litellm_rllm.store.codec import EncodedTrace, encode_all
 from litellm_rllm.trace import Trace
 
 Since = Union[datetime, str, None]
@@ -48,6 +50,19 @@ class WriteResult(list[Trace]):
     @property
     def inserted(self) -> int:
         return len(self) - len(self.duplicates)
+
+
+@dataclass
+class EncodedWriteResult:
+    """What ``write_encoded`` did: the seq each input got, in input order (None: a duplicate,
+    stored before or earlier in the same call), and the duplicate ids."""
+
+    seqs: list[Optional[int]]
+    duplicates: list[str]
+
+    @property
+    def inserted(self) -> int:
+        return len(self.seqs) - len(self.duplicates)
 
 
 def parse_since(since: Since) -> Optional[datetime]:
@@ -97,14 +112,30 @@ class TraceStore(abc.ABC):
     """A durable, ordered trace store. Implementations must be safe to share between threads."""
 
     @abc.abstractmethod
+    def write_encoded(self, encoded: Sequence[EncodedTrace]) -> EncodedWriteResult:
+        """Store encoded traces (``codec.encode``) in one transaction; assign ``seq`` in list
+        order; skip known ids. The writer's path: its traces are encoded where they are built.
+        Raises ``TraceEncodeError`` (nothing written) for values the backend refuses."""
+
     def write(self, traces: Sequence[Trace]) -> WriteResult:
         """Store ``traces`` in one transaction; assign ``seq`` in list order; skip known ids.
 
         Returns the traces as stored, in input order: a new trace is the given object with
         ``seq`` set (in place, after the commit: copying 1,000-element traces would cost more
-        than storing them); a duplicate is the stored trace. Raises ``TraceEncodeError``
-        (nothing written) when some traces cannot be encoded.
+        than storing them); a duplicate is the stored trace (or, repeated within the call, its
+        first occurrence). Raises ``TraceEncodeError`` (nothing written) when some traces
+        cannot be encoded.
         """
+        result = self.write_encoded(encode_all(traces))
+        fresh: dict[str, Trace] = {}
+        for trace, seq in zip(traces, result.seqs):
+            if seq is not None:
+                trace.seq = seq  # only after COMMIT: a rolled-back write changes nothing
+                fresh.setdefault(trace.trace_id, trace)
+        out: list[Trace] = []
+        for trace, seq in zip(traces, result.seqs):
+            out.append(trace if seq is not None else fresh.get(trace.trace_id) or self.get(trace.trace_id) or trace)
+        return WriteResult(out, result.duplicates)
 
     @abc.abstractmethod
     def iter_traces(
@@ -155,4 +186,4 @@ class TraceStore(abc.ABC):
         self.close()
 
 
-__all__ = ["SessionSummary", "Since", "TraceStore", "WriteResult", "parse_since"]
+__all__ = ["EncodedWriteResult", "SessionSummary", "Since", "TraceStore", "WriteResult", "parse_since"]

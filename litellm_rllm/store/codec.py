@@ -157,6 +157,21 @@ def encode(trace: Trace) -> EncodedTrace:
     )
 
 
+def encode_all(traces: Sequence[Union[Trace, EncodedTrace]]) -> list[EncodedTrace]:
+    """``encode`` each (one already encoded is taken as it is); raises ``TraceEncodeError``
+    naming every trace that cannot be encoded."""
+    out: list[EncodedTrace] = []
+    errors: dict[str, BaseException] = {}
+    for trace in traces:
+        try:
+            out.append(trace if isinstance(trace, EncodedTrace) else encode(trace))
+        except Exception as exc:  # noqa: BLE001 - reported per trace
+            errors[getattr(trace, "trace_id", repr(trace)[:80])] = exc
+    if errors:
+        raise TraceEncodeError(errors)
+    return out
+
+
 def encode_arrays(trace: Trace) -> Optional[bytes]:
     values: list[Optional[Sequence[Any]]] = [trace.prompt_token_ids]
     kinds = ["i"]
@@ -360,6 +375,7 @@ __all__ = [
     "TraceEncodeError",
     "decode",
     "encode",
+    "encode_all",
     "encode_arrays",
     "encode_detail",
     "from_utc_micros",

@@ -53,15 +53,8 @@ import threading
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, keyset_rows, parse_since
-from litellm_rllm.store.codec import (
-    EncodedTrace,
-    TraceEncodeError,
-    decode,
-    encode,
-    sessions_from_rows,
-    to_utc_micros,
-)
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since
+from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError, decode, sessions_from_rows, to_utc_micros
 from litellm_rllm.trace import Trace
 
 try:  # the `postgres` extra; only the URLs that need it need it
@@ -395,31 +388,20 @@ class PostgresStore(TraceStore):
 
     # ------------------------------------------------------------------------- write
 
-    def write(self, traces: Sequence[Trace]) -> WriteResult:
-        """See ``TraceStore.write``. Sets ``seq`` on the given new Trace objects in place."""
-        encoded: list[EncodedTrace] = []
-        errors: dict[str, BaseException] = {}
-        for trace in traces:
-            try:
-                encoded.append(encode(trace))
-            except Exception as exc:  # noqa: BLE001 - reported per trace, nothing written
-                errors[getattr(trace, "trace_id", repr(trace)[:80])] = exc
-        if errors:
-            raise TraceEncodeError(errors)
-        encoded = [_index_safe(enc) for enc in encoded]
-
+    def write_encoded(self, encoded: Sequence[EncodedTrace]) -> EncodedWriteResult:
+        """See ``TraceStore.write_encoded``."""
+        safe = [_index_safe(enc) for enc in encoded]
         first: dict[str, int] = {}  # (index-safe) trace_id -> its first index in this call
-        for k, enc in enumerate(encoded):
+        for k, enc in enumerate(safe):
             first.setdefault(enc.trace_id, k)
         seqs: dict[int, int] = {}
-        stored: dict[str, Trace] = {}
-        if encoded:
+        if safe:
             with self._lock:
                 for attempt in range(_CONFLICT_RETRIES + 1):
                     conn = self._connection()
                     seqs.clear()
                     try:
-                        stored = self._write_tx(conn, encoded, first, seqs)
+                        self._write_tx(conn, safe, first, seqs)
                         break
                     except _Conflict:
                         if attempt == _CONFLICT_RETRIES:
@@ -430,43 +412,35 @@ class PostgresStore(TraceStore):
                     except _DATA_ERRORS as exc:
                         # Some value the server refuses: find which traces, so the writer can
                         # drop those and store the rest (never a batch that blocks forever).
-                        bad = self._find_bad(conn, traces, encoded, first)
+                        bad = self._find_bad(conn, encoded, safe, first)
                         if bad:
                             raise TraceEncodeError(bad) from exc
                         raise
                     except BaseException as exc:
                         self._on_error(exc)
                         raise
-
-        out: list[Trace] = []
-        duplicates: list[str] = []
-        for k, trace in enumerate(traces):
-            if k in seqs:
-                trace.seq = seqs[k]  # only after COMMIT: a rolled-back write changes nothing
-                out.append(trace)
-            else:
-                duplicates.append(trace.trace_id)
-                key = encoded[k].trace_id
-                out.append(stored.get(key) or traces[first[key]])
-        return WriteResult(out, duplicates)
+        return EncodedWriteResult(
+            [seqs.get(k) for k in range(len(safe))],
+            [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
+        )
 
     def _find_bad(
         self,
         conn: "psycopg.Connection[Any]",
-        traces: Sequence[Trace],
-        encoded: list[EncodedTrace],
+        encoded: Sequence[EncodedTrace],
+        safe: list[EncodedTrace],
         first: dict[str, int],
     ) -> dict[str, BaseException]:
         """Write each trace alone in a savepoint of a transaction that is rolled back: the
-        ones the server refuses. Nothing is written."""
+        ones the server refuses (by their own ids). Nothing is written."""
         bad: dict[str, BaseException] = {}
         try:
             with conn.transaction(force_rollback=True):
                 for k in first.values():
                     try:
-                        self._write_tx(conn, [encoded[k]], {encoded[k].trace_id: 0}, {})
+                        self._write_tx(conn, [safe[k]], {safe[k].trace_id: 0}, {})
                     except _DATA_ERRORS as exc:
-                        bad[traces[k].trace_id] = exc
+                        bad[encoded[k].trace_id] = exc
                     except _Conflict:
                         pass
         except Exception as exc:  # noqa: BLE001 - the connection itself failed: not data
@@ -480,9 +454,9 @@ class PostgresStore(TraceStore):
         encoded: list[EncodedTrace],
         first: dict[str, int],
         seqs: dict[int, int],
-    ) -> dict[str, Trace]:
-        """One transaction; fills ``seqs`` (input index -> seq) and returns the stored
-        duplicates. Raises ``_Conflict`` (rolled back) when an id was taken concurrently."""
+    ) -> None:
+        """One transaction; fills ``seqs`` (input index -> seq). Raises ``_Conflict`` (rolled
+        back) when an id was taken concurrently."""
         with conn.transaction(), conn.cursor(binary=True) as cur:
             keys = sorted({encoded[k].session_key for k in first.values()})
             cur.execute(self._sql_lock_sessions, (keys,))
@@ -519,14 +493,6 @@ class PostgresStore(TraceStore):
                         row_col.append(row_id)
                 if uid_col:
                     cur.execute(self._sql_uids, (uid_col, row_col))
-            if existing:
-                cur.execute(
-                    f"SELECT t.trace_id, t.seq, t.doc, t.arrays, t.detail FROM {self._s}.traces t"
-                    " WHERE t.trace_id = ANY(%b::text[])",
-                    (list(existing),),
-                )
-                return {row[0]: _decode_row(row) for row in cur.fetchall()}
-        return {}
 
     # ------------------------------------------------------------------------- read
 

@@ -36,9 +36,9 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-from litellm_rllm.store.codec import TraceEncodeError, decode, encode
+from litellm_rllm.store.codec import EncodedTrace, decode, encode_all
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -87,16 +87,12 @@ class Record:
     inherited: bool  # written by an earlier process (counted as adopted when replayed)
 
 
-def encode_record(traces: Sequence[Trace]) -> bytes:
-    """Raises ``TraceEncodeError`` naming every trace that cannot be encoded."""
-    parts = [_U32.pack(len(traces))]
-    errors: dict[str, BaseException] = {}
-    for trace in traces:
-        try:
-            enc = encode(trace)
-        except Exception as exc:  # noqa: BLE001 - reported per trace
-            errors[getattr(trace, "trace_id", repr(trace)[:80])] = exc
-            continue
+def encode_record(traces: Sequence[Union[Trace, EncodedTrace]]) -> bytes:
+    """One spool record of traces or encoded traces (``codec.encode``). Raises
+    ``TraceEncodeError`` naming every trace that cannot be encoded."""
+    encoded = encode_all(traces)
+    parts = [_U32.pack(len(encoded))]
+    for enc in encoded:
         doc = enc.doc.encode("utf-8")
         parts.append(_U32.pack(len(doc)))
         parts.append(doc)
@@ -106,8 +102,6 @@ def encode_record(traces: Sequence[Trace]) -> bytes:
             else:
                 parts.append(_I32.pack(len(blob)))
                 parts.append(blob)
-    if errors:
-        raise TraceEncodeError(errors)
     payload = b"".join(parts)
     return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
@@ -315,8 +309,9 @@ class Spool:
         """Replay order: adopted files (older), then our own."""
         return [*self.adopted, self.own]
 
-    def append(self, traces: Sequence[Trace]) -> bool:
-        """Spool one batch durably. False (nothing written) when it would pass ``max_bytes``.
+    def append(self, traces: Sequence[Union[Trace, EncodedTrace]]) -> bool:
+        """Spool one batch (traces, or traces already encoded) durably. False (nothing
+        written) when it would pass ``max_bytes``.
 
         Raises on encoding or I/O errors (nothing written)."""
         record = encode_record(traces)

@@ -35,15 +35,8 @@ import threading
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from litellm_rllm.store.base import SessionSummary, Since, TraceStore, WriteResult, keyset_rows, parse_since
-from litellm_rllm.store.codec import (
-    EncodedTrace,
-    TraceEncodeError,
-    decode,
-    encode,
-    sessions_from_rows,
-    to_utc_micros,
-)
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since
+from litellm_rllm.store.codec import EncodedTrace, decode, sessions_from_rows, to_utc_micros
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -203,45 +196,24 @@ class SqliteStore(TraceStore):
 
     # ------------------------------------------------------------------------- write
 
-    def write(self, traces: Sequence[Trace]) -> WriteResult:
-        """See ``TraceStore.write``. Sets ``seq`` on the given new Trace objects in place."""
-        encoded: list[EncodedTrace] = []
-        errors: dict[str, BaseException] = {}
-        for trace in traces:
-            try:
-                encoded.append(encode(trace))
-            except Exception as exc:  # noqa: BLE001 - reported per trace, nothing written
-                errors[getattr(trace, "trace_id", repr(trace)[:80])] = exc
-        if errors:
-            raise TraceEncodeError(errors)
-
+    def write_encoded(self, encoded: Sequence[EncodedTrace]) -> EncodedWriteResult:
+        """See ``TraceStore.write_encoded``."""
         first: dict[str, int] = {}  # trace_id -> index of its first occurrence in this call
         for k, enc in enumerate(encoded):
             first.setdefault(enc.trace_id, k)
         seqs: dict[int, int] = {}  # input index -> assigned seq
-        stored: dict[str, Trace] = {}
         if encoded:
             with self._lock, self._transaction() as conn:
                 existing = _existing_ids(conn, list(first))
                 fresh = [k for tid, k in first.items() if tid not in existing]
                 if fresh:
                     self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
-                if existing:
-                    stored = _fetch_by_ids(conn, list(existing))
-
         if seqs and self._background_checkpoint:
             self._poke_checkpointer()
-
-        out: list[Trace] = []
-        duplicates: list[str] = []
-        for k, trace in enumerate(traces):
-            if k in seqs:
-                trace.seq = seqs[k]  # only after COMMIT: a rolled-back write changes nothing
-                out.append(trace)
-            else:
-                duplicates.append(trace.trace_id)
-                out.append(stored.get(trace.trace_id) or traces[first[trace.trace_id]])
-        return WriteResult(out, duplicates)
+        return EncodedWriteResult(
+            [seqs.get(k) for k in range(len(encoded))],
+            [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
+        )
 
     @staticmethod
     def _insert(
@@ -484,16 +456,6 @@ def _next_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
         )
         for key, top in conn.execute(query, chunk):
             out[key] = int(top) + 1
-    return out
-
-
-def _fetch_by_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Trace]:
-    out: dict[str, Trace] = {}
-    for chunk, marks in _chunks(ids):
-        query = f"SELECT {_COLS} FROM traces t WHERE t.trace_id IN ({marks})"
-        for row in conn.execute(query, chunk):
-            trace = _decode_row(row)
-            out[trace.trace_id] = trace
     return out
 
 
