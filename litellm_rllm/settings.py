@@ -61,6 +61,9 @@ class Settings(BaseModel):
     # walking LiteLLM's large start-up heap (measured in benchmarks/loop_block.py: GC per
     # request 17-22 ms -> 0.9 ms, worst loop stall 650-830 ms -> 42 ms). Process-wide, hence off.
     gc_freeze_after_start: bool = False
+    # Build and encode traces in a helper process (`store/encoder_process.py`), so parsing a
+    # long reply never holds the proxy's GIL; off: in the writer thread, as a fallback does.
+    writer_build_process: bool = True
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

@@ -142,11 +142,16 @@ class Trace(BaseModel):
 
     def session_key(self) -> str:
         """The key `seq` counts within: the session id, else the innermost uid, else ''."""
-        if self.session_id:
-            return self.session_id
-        if self.session_uids:
-            return self.session_uids[-1]
-        return ""
+        return session_key_of(self.session_id, self.session_uids)
+
+
+def session_key_of(session_id: Optional[str], session_uids: Sequence[str]) -> str:
+    """`Trace.session_key` from the two fields (for rows read back without a Trace)."""
+    if session_id:
+        return session_id
+    if session_uids:
+        return session_uids[-1]
+    return ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,6 +209,7 @@ __all__ = [
     "TraceError",
     "TraceStatus",
     "pack_floats",
+    "session_key_of",
     "pack_ids",
     "unpack_floats",
     "unpack_ids",

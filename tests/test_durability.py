@@ -25,7 +25,9 @@ import pytest
 
 from litellm_rllm import slug as slugs
 from litellm_rllm import store as store_mod
-from litellm_rllm.store import SqliteStore, TraceWriter, WriteResult
+from litellm_rllm.store import SqliteStore, TraceWriter
+from litellm_rllm.store.base import EncodedWriteResult
+from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.spool import Spool, encode_record
 from litellm_rllm.trace import Trace, TraceChoice
 from tests import harness
@@ -47,13 +49,13 @@ class SwitchStore(SqliteStore):
         self.delay = 0.0
         self.calls = 0
 
-    def write(self, traces: Sequence[Trace]) -> WriteResult:
+    def write_encoded(self, traces: Sequence[EncodedTrace]) -> EncodedWriteResult:
         self.calls += 1
         if self.down:
             raise ConnectionError("store is down")
         if self.delay:
             time.sleep(self.delay)
-        return super().write(traces)
+        return super().write_encoded(traces)
 
 
 @pytest.fixture()

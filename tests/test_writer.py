@@ -10,7 +10,9 @@ from typing import Any, Optional, Sequence
 
 import pytest
 
-from litellm_rllm.store import SqliteStore, TraceWriter, WriteResult
+from litellm_rllm.store import SqliteStore, TraceWriter
+from litellm_rllm.store.base import EncodedWriteResult
+from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.trace import Trace
 
 FAST_RETRY = (0.01, 0.01, 0.01)
@@ -39,11 +41,11 @@ class FlakyStore(SqliteStore):
         self.failures = failures
         self.calls = 0
 
-    def write(self, traces: Sequence[Trace]) -> WriteResult:
+    def write_encoded(self, traces: Sequence[EncodedTrace]) -> EncodedWriteResult:
         self.calls += 1
         if self.calls <= self.failures:
             raise OSError(f"simulated outage #{self.calls}")
-        return super().write(traces)
+        return super().write_encoded(traces)
 
 
 def test_flush_makes_everything_submitted_visible_to_a_second_connection(db: str) -> None:

@@ -73,12 +73,11 @@ def writer() -> TraceWriter:
     with _lock:
         if _writer is None:
             from .. import store
-            from ..build import build_trace
 
             url = cfg.store
             _writer = TraceWriter(
                 lambda: store.open(url),
-                build=build_trace,
+                encoder=_encoder(cfg),
                 batch_size=cfg.writer_batch_size,
                 max_queue=cfg.writer_max_queue,
                 spool=cfg.spool_path(),
@@ -89,6 +88,18 @@ def writer() -> TraceWriter:
 
             install_shutdown_close(_writer.close)
         return _writer
+
+
+def _encoder(cfg: Settings) -> Any:
+    """Call records -> stored rows: in the build process, or in the writer thread."""
+    from ..build import build_trace, prepare
+    from ..store.encoders import InlineEncoder
+
+    if not cfg.writer_build_process:
+        return InlineEncoder(build_trace)
+    from ..store.encoder_process import ProcessEncoder
+
+    return ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
 
 
 def policies() -> PolicyFile:

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
-from litellm_rllm.trace import TopLogprob, Trace, unpack_floats, unpack_ids
+from litellm_rllm.trace import TopLogprob, Trace, session_key_of, unpack_floats, unpack_ids
 
 if TYPE_CHECKING:
     from litellm_rllm.store.base import SessionSummary
@@ -133,8 +133,12 @@ def from_utc_micros(micros: int) -> datetime:
 
 def trace_uids(trace: Trace) -> tuple[str, ...]:
     """Every id the trace can be looked up by: its session id and all its session uids."""
+    return uids_of(trace.session_id, trace.session_uids)
+
+
+def uids_of(session_id: Optional[str], session_uids: Sequence[str]) -> tuple[str, ...]:
     out: list[str] = []
-    for uid in (trace.session_id, *trace.session_uids):
+    for uid in (session_id, *session_uids):
         if uid and uid not in out:
             out.append(uid)
     return tuple(out)
@@ -154,6 +158,34 @@ def encode(trace: Trace) -> EncodedTrace:
         arrays=encode_arrays(trace),
         detail=encode_detail(trace),
         uids=trace_uids(trace),
+    )
+
+
+class _DocIndex(BaseModel):
+    """The fields of a stored doc that the index columns come from (the rest is not read)."""
+
+    trace_id: str
+    session_id: Optional[str] = None
+    session_uids: list[str] = []
+    status: str = "ok"
+    model: Optional[str] = None
+    created_at: datetime
+
+
+def from_stored(doc: Union[str, bytes], arrays: Optional[bytes], detail: Optional[bytes]) -> EncodedTrace:
+    """An encoded trace from its three stored values (a spool record), the index columns read
+    back from the doc; the values themselves are kept byte for byte, never decoded."""
+    head = _DocIndex.model_validate_json(doc)
+    return EncodedTrace(
+        trace_id=head.trace_id,
+        session_key=session_key_of(head.session_id, head.session_uids),
+        created_us=to_utc_micros(head.created_at),
+        status=head.status,
+        model=head.model,
+        doc=doc if isinstance(doc, str) else doc.decode("utf-8"),
+        arrays=arrays,
+        detail=detail,
+        uids=uids_of(head.session_id, head.session_uids),
     )
 
 
@@ -378,6 +410,7 @@ __all__ = [
     "encode_all",
     "encode_arrays",
     "encode_detail",
+    "from_stored",
     "from_utc_micros",
     "sessions_from_rows",
     "to_utc_micros",

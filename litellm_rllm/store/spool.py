@@ -38,7 +38,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-from litellm_rllm.store.codec import EncodedTrace, decode, encode_all
+from litellm_rllm.store.codec import EncodedTrace, encode_all, from_stored
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ class SpoolError(RuntimeError):
 
 @dataclass
 class Record:
-    """One spooled batch: its traces and where the next record starts."""
+    """One spooled batch: its encoded traces and where the next record starts."""
 
-    traces: list[Trace]
+    rows: list[EncodedTrace]
     end: int
     inherited: bool  # written by an earlier process (counted as adopted when replayed)
 
@@ -106,11 +106,12 @@ def encode_record(traces: Sequence[Union[Trace, EncodedTrace]]) -> bytes:
     return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_payload(payload: bytes) -> list[Trace]:
+def decode_payload(payload: bytes) -> list[EncodedTrace]:
+    """The record's encoded traces, as stored (replayed without decoding their arrays)."""
     view = memoryview(payload)
     (n,) = _U32.unpack_from(view, 0)
     at = _U32.size
-    out: list[Trace] = []
+    out: list[EncodedTrace] = []
     for _ in range(n):
         (doc_len,) = _U32.unpack_from(view, at)
         at += _U32.size
@@ -125,7 +126,7 @@ def decode_payload(payload: bytes) -> list[Trace]:
             else:
                 blobs.append(bytes(view[at : at + size]))
                 at += size
-        out.append(decode(doc, blobs[0], blobs[1], None))
+        out.append(from_stored(doc, blobs[0], blobs[1]))
     return out
 
 
@@ -198,7 +199,7 @@ class SpoolFile:
         """The record is in the store: move past it; an emptied file is truncated."""
         self.read_offset = record.end
         self.records -= 1
-        self.traces -= len(record.traces)
+        self.traces -= len(record.rows)
         if self.read_offset >= self.size:
             os.ftruncate(self._fd, 0)
             os.fsync(self._fd)

@@ -3,7 +3,8 @@
 Why: building a Trace (pydantic), serialising and packing it, and the SQLite commit cost tens
 to hundreds of microseconds each; none of that may run on the event loop that serves requests.
 ``submit`` only appends to a deque (O(1), never blocks on I/O, never raises); a daemon thread
-drains the deque in batches, one store transaction per batch.
+drains the deque in batches: an encoder turns each batch into encoded rows (in this thread, or
+in a helper process: ``encoders.py``, ``encoder_process.py``), then one store transaction.
 
 Ordering/barrier: the deque is FIFO and has one consumer, so ``flush`` appends a marker and
 waits until the thread has passed it: everything submitted before the call is then durable
@@ -32,14 +33,13 @@ from collections import deque
 from typing import Any, Callable, Optional, Sequence, Union
 
 from litellm_rllm.store.base import TraceStore
-from litellm_rllm.store.codec import TraceEncodeError
+from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
+from litellm_rllm.store.encoders import BuildFn, Encoder, InlineEncoder, trace_id_of
 from litellm_rllm.store.spool import Spool, SpoolFile
-from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
 
 StoreOrFactory = Union[TraceStore, Callable[[], TraceStore]]
-BuildFn = Callable[[Any], Optional[Trace]]
 
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
 _DROP_LOG_INTERVAL = 10.0  # seconds between "queue full" error lines (a full queue floods)
@@ -74,23 +74,14 @@ def _resolve(future: "asyncio.Future[bool]") -> None:
         future.set_result(True)
 
 
-def trace_id_of(item: Any) -> Optional[str]:
-    """Best-effort id of a submitted item, for log lines about it."""
-    candidates = item if isinstance(item, (tuple, list)) else (item,)
-    for obj in candidates:
-        for name in ("trace_id", "litellm_call_id", "id"):
-            value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-            if isinstance(value, str) and value:
-                return value
-    return None
-
-
 class TraceWriter:
     """Batches submitted items into a TraceStore from one background daemon thread.
 
     ``store`` is a store, or a factory called lazily in the writer thread (then the writer owns
     it and closes it on ``close``). ``build`` turns a submitted item into a Trace in the writer
-    thread (None = skip); without it items must already be Traces.
+    thread (None = skip); without it items must already be Traces. Or ``encoder`` does that
+    and the encoding (e.g. ``encoder_process.ProcessEncoder``, in a helper process); the
+    writer closes it when it stops.
 
     The writer registers ``close(exit_timeout)`` with ``atexit`` unless ``close_at_exit=False``
     (and unregisters it on ``close``), so a normal interpreter exit drains the queue.
@@ -123,9 +114,12 @@ class TraceWriter:
         probe_interval: float = 1.0,
         drain_budget: float = 1.0,
         linger: float = 0.005,
+        encoder: Optional[Encoder] = None,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
+        if build is not None and encoder is not None:
+            raise ValueError("give build or encoder, not both")
         if isinstance(store, TraceStore):
             self._store: Optional[TraceStore] = store
             self._factory: Optional[Callable[[], TraceStore]] = None
@@ -133,7 +127,7 @@ class TraceWriter:
             self._store, self._factory = None, store
         else:
             raise TypeError(f"store must be a TraceStore or a factory, not {type(store).__name__}")
-        self._build = build
+        self._encoder: Encoder = encoder if encoder is not None else InlineEncoder(build)
         self._batch_size = batch_size
         self._max_queue = max_queue
         self._retry_delays = tuple(retry_delays)
@@ -326,6 +320,7 @@ class TraceWriter:
             "spool_dropped": self._spool_dropped,
             "replayed": self._replayed,
             "adopted": self._adopted,
+            **self._encoder.stats(),
         }
 
     @property
@@ -366,6 +361,10 @@ class TraceWriter:
                 for barrier in barriers:
                     barrier.release()
         self._close_owned_store()
+        try:
+            self._encoder.close()
+        except Exception:  # noqa: BLE001
+            logger.exception("trace writer: closing the encoder failed")
         if self._spool is not None:
             if self._spool.has_pending():
                 logger.warning(
@@ -416,34 +415,22 @@ class TraceWriter:
         return items, []
 
     def _process(self, items: list[Any]) -> None:
-        build = self._build
-        traces: list[Trace] = []
-        for item in items:
-            if build is None:
-                trace = item
+        rows: list[EncodedTrace] = []
+        for out in self._encoder.encode(items):
+            if out.row is not None:
+                rows.append(out.row)
+            elif out.failure == "skip":
+                self._skipped += 1
+            elif out.failure == "encode":  # can never be stored: not retried
+                self._failed += 1
+                logger.error("trace writer: trace %s cannot be stored, dropped: %s", out.item_id, out.detail)
             else:
-                try:
-                    trace = build(item)
-                except Exception:  # noqa: BLE001 - logged and counted, never propagated
-                    self._build_errors += 1
-                    logger.exception("trace writer: building trace %s failed", trace_id_of(item))
-                    continue
-                if trace is None:
-                    self._skipped += 1
-                    continue
-            if not isinstance(trace, Trace):
                 self._build_errors += 1
-                logger.error(
-                    "trace writer: got %s instead of a Trace (item %s)",
-                    type(trace).__name__,
-                    trace_id_of(item),
-                )
-                continue
-            traces.append(trace)
-        if traces:
-            self._write(traces)
+                logger.error("trace writer: building trace %s failed: %s", out.item_id, out.detail)
+        if rows:
+            self._write(rows)
 
-    def _write(self, traces: list[Trace]) -> None:
+    def _write(self, traces: list[EncodedTrace]) -> None:
         """One batch, retried with backoff (exactly-once makes a retry after an unknown
         outcome safe), then handed to ``_handle_failed_batch``. With a spool: behind what is
         already spooled, or straight to the spool when the queue shows the store too slow."""
@@ -461,8 +448,8 @@ class TraceWriter:
         started = time.monotonic()
         while pending:
             try:
-                result = self._ensure_store().write(pending)
-            except TraceEncodeError as exc:
+                result = self._ensure_store().write_encoded(pending)
+            except TraceEncodeError as exc:  # values the backend refuses (PostgreSQL)
                 keep = [t for t in pending if t.trace_id not in exc.errors]
                 if len(keep) < len(pending):
                     self._failed += len(pending) - len(keep)
@@ -476,7 +463,7 @@ class TraceWriter:
             except Exception as exc:  # noqa: BLE001 - retried, then counted
                 error = exc
             else:
-                duplicates = len(getattr(result, "duplicates", ()))
+                duplicates = len(result.duplicates)
                 self._duplicates += duplicates
                 self._written += len(pending) - duplicates
                 self._last_failure = None
@@ -501,7 +488,7 @@ class TraceWriter:
             )
             self._abort.wait(delay)
 
-    def _handle_failed_batch(self, traces: list[Trace], error: BaseException) -> None:
+    def _handle_failed_batch(self, traces: list[EncodedTrace], error: BaseException) -> None:
         """The retries are exhausted for ``traces``: spooled when there is a spool, else
         counted as ``failed`` with their ids logged."""
         if self._spool is not None:
@@ -518,7 +505,7 @@ class TraceWriter:
 
     # ------------------------------------------------------------------------- spool
 
-    def _spool_batch(self, traces: list[Trace], reason: Optional[str] = None) -> None:
+    def _spool_batch(self, traces: list[EncodedTrace], reason: Optional[str] = None) -> None:
         """Append ``traces`` to the spool (fsynced); what it cannot take is counted and logged."""
         spool = self._spool
         assert spool is not None
@@ -622,13 +609,13 @@ class TraceWriter:
             if record is None:
                 break
             try:
-                result = self._ensure_store().write(record.traces)
-            except TraceEncodeError as exc:  # cannot happen for decoded traces; never loop
-                keep = [t for t in record.traces if t.trace_id not in exc.errors]
-                self._failed += len(record.traces) - len(keep)
+                result = self._ensure_store().write_encoded(record.rows)
+            except TraceEncodeError as exc:  # values the backend refuses; never loop
+                keep = [t for t in record.rows if t.trace_id not in exc.errors]
+                self._failed += len(record.rows) - len(keep)
                 logger.error("trace writer: spooled traces cannot be stored, dropped: %s", list(exc.errors))
                 try:
-                    result = self._ensure_store().write(keep) if keep else []
+                    result = self._ensure_store().write_encoded(keep)
                 except Exception as exc2:  # noqa: BLE001
                     self._store_down(exc2, source)
                     return False
@@ -636,14 +623,15 @@ class TraceWriter:
                 self._store_down(exc, source)
                 return False
             self._last_failure = None
-            duplicates = len(getattr(result, "duplicates", ()))
+            done_here = len(result.seqs)
+            duplicates = len(result.duplicates)
             if adopted or record.inherited:
-                self._adopted += len(result)
+                self._adopted += done_here
             else:
-                self._written += len(result) - duplicates
+                self._written += done_here - duplicates
                 self._duplicates += duplicates
-                self._replayed += len(result)
-            replayed += len(result)
+                self._replayed += done_here
+            replayed += done_here
             source.ack(record)
             if deadline is not None and time.monotonic() > deadline and self._queue:
                 break

@@ -1,0 +1,93 @@
+"""Submitted items -> encoded rows (``codec.EncodedTrace``): the writer's build-and-encode step.
+
+The writer thread hands each batch to an encoder and writes what comes back. Two encoders do
+the same work in different places:
+
+* ``InlineEncoder``: in the calling thread (the writer thread). The only choice for a writer
+  whose items are ready ``Trace`` objects, and the fallback of the other one.
+* ``encoder_process.ProcessEncoder``: in a helper process, so the proxy's GIL stays free for
+  its event loop (see that module).
+
+Each item gives one ``Encoded``, in input order (order is ``seq`` order within a session).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence
+
+from litellm_rllm.store.codec import EncodedTrace, encode
+from litellm_rllm.trace import Trace
+
+BuildFn = Callable[[Any], Optional[Trace]]
+Failure = Literal["build", "encode", "skip"]
+
+
+@dataclass(slots=True)
+class Encoded:
+    """One item's outcome: its row, or why there is none (``failure``; ``detail`` says more:
+    a traceback for a build error, the exception for an encode error)."""
+
+    item_id: Optional[str]
+    row: Optional[EncodedTrace] = None
+    failure: Optional[Failure] = None
+    detail: str = ""
+
+
+class Encoder(Protocol):
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
+        """One ``Encoded`` per item, in order. Never raises."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the writer's ``stats()`` (may be empty)."""
+
+    def close(self) -> None:
+        """Release what the encoder holds (a helper process). Idempotent."""
+
+
+def trace_id_of(item: Any) -> Optional[str]:
+    """Best-effort id of a submitted item, for log lines about it."""
+    candidates = item if isinstance(item, (tuple, list)) else (item,)
+    for obj in candidates:
+        for name in ("trace_id", "call_id", "litellm_call_id", "id"):
+            value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def encode_item(item: Any, build: Optional[BuildFn]) -> Encoded:
+    """``build`` (none: the item is a Trace) then ``codec.encode``, with failures as outcomes."""
+    item_id = trace_id_of(item)
+    try:
+        trace = item if build is None else build(item)
+    except Exception:  # noqa: BLE001 - reported as the item's outcome
+        return Encoded(item_id, failure="build", detail=traceback.format_exc())
+    if trace is None:
+        return Encoded(item_id, failure="skip")
+    if not isinstance(trace, Trace):
+        return Encoded(item_id, failure="build", detail=f"got {type(trace).__name__} instead of a Trace")
+    try:
+        return Encoded(trace.trace_id, row=encode(trace))
+    except Exception as exc:  # noqa: BLE001 - e.g. a non-JSON value in metadata
+        return Encoded(trace.trace_id, failure="encode", detail=repr(exc))
+
+
+class InlineEncoder:
+    """Builds and encodes in the calling thread."""
+
+    def __init__(self, build: Optional[BuildFn] = None) -> None:
+        self.build = build
+
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
+        return [encode_item(item, self.build) for item in items]
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["BuildFn", "Encoded", "Encoder", "InlineEncoder", "encode_item", "trace_id_of"]

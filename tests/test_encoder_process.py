@@ -1,0 +1,193 @@
+"""The writer's build process: same rows as building in the writer thread, and nothing lost
+when the process fails, hangs or is given what it cannot take."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from litellm_rllm.build import build_trace, prepare
+from litellm_rllm.record import CallRecord
+from litellm_rllm.sse import SSEParser
+from litellm_rllm.store.encoder_process import ProcessEncoder
+from litellm_rllm.store.encoders import InlineEncoder
+
+FAST_RESTART = (0.05,)
+
+
+@pytest.fixture()
+def encoder() -> Iterator[ProcessEncoder]:
+    enc = ProcessEncoder("tests.encoder_helpers:build", restart_delays=FAST_RESTART)
+    yield enc
+    enc.close()
+
+
+def item(name: str, **kw: Any) -> dict[str, Any]:
+    return {"id": name, "parent_pid": os.getpid(), **kw}
+
+
+def _vllm_records(api_base: str) -> list[CallRecord]:
+    """Call records as the proxy makes them, from the fake vLLM's real bytes: a JSON body as its
+    reads, an SSE stream through the tee's parser, LiteLLM's parsed response, an error."""
+    import litellm
+
+    from litellm_rllm.callbacks.pipeline import _snapshot
+    from litellm_rllm.stream import StreamAccumulator
+
+    body = {"model": "fake-vllm", "messages": [{"role": "user", "content": "Tell me a story."}],
+            "logprobs": True, "top_logprobs": 3, "return_token_ids": True, "max_tokens": 40, "n": 2}
+    upstream = {**body, "model": "hosted_vllm/fake-vllm", "custom_llm_provider": "hosted_vllm",
+                "api_base": api_base, "api_key": "sk-upstream-secret-123456", "client": object(),
+                "litellm_logging_obj": threading.Lock()}
+    common = dict(started_wall=1_700_000_000.0, route="/v1/chat/completions", model="policy", latency_ms=12.5,
+                  session={"session_id": "enc-1", "session_uids": ["run", "enc-1"], "task": "t"},
+                  caller={"team_id": "team-a"}, client_request=dict(body, metadata={"x": object()}),
+                  upstream=upstream, injected={"logprobs": True, "rule": "trained-policy"})
+    with httpx.Client(base_url=api_base, timeout=30) as http:
+        raw = http.post("/chat/completions", json=body)
+        raw.raise_for_status()
+        with http.stream("POST", "/chat/completions",
+                         json={**body, "stream": True, "stream_options": {"include_usage": True}}) as resp:
+            acc = StreamAccumulator()
+            parser = SSEParser(acc.add)
+            for chunk in resp.iter_raw():
+                parser.feed(chunk)
+            parser.close()
+    data = raw.content
+    parts = [data[k:k + 1000] for k in range(0, len(data), 1000)]
+    parsed = litellm.ModelResponse(**raw.json())
+    return [
+        CallRecord(call_id="enc-raw", raw_body=parts, hidden={"response_cost": 0.25}, **common),
+        CallRecord(call_id="enc-stream", stream=True, stream_result=acc, ttft_ms=3.0, **common),
+        CallRecord(call_id="enc-parsed", response=_snapshot(parsed), hidden={"custom_llm_provider": "hosted_vllm"},
+                   **common),
+        CallRecord(call_id="enc-error", status="error", error={"type": "APIError", "status_code": 500,
+                   "message": "upstream said: bad key sk-upstream-secret-123456"}, **common),
+    ]
+
+
+def test_build_process_gives_the_rows_the_writer_thread_gives(vllm_upstream: Any) -> None:
+    records = _vllm_records(vllm_upstream.api_base)
+    inline = InlineEncoder(build_trace).encode(records)
+    process = ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
+    try:
+        remote = process.encode(records)
+        assert process.stats()["encoded_inline"] == 0 and process.stats()["encoder_process_running"] == 1
+    finally:
+        process.close()
+    assert [o.failure for o in inline] == [None] * 4, [o.detail for o in inline]
+    for here, there in zip(inline, remote):
+        assert there.row == here.row  # doc, packed arrays and top-logprob detail, byte for byte
+    raw, stream, parsed, error = (o.row for o in remote)
+    assert raw.arrays and raw.detail and stream.arrays and stream.detail and parsed.detail
+    assert '"cost_usd":0.25' in raw.doc and '"session_id":"enc-1"' in raw.doc
+    assert "sk-upstream-secret" not in error.doc and "[redacted]" in error.doc
+
+
+def test_build_process_needs_no_litellm(vllm_upstream: Any) -> None:
+    records = _vllm_records(vllm_upstream.api_base)
+    process = ProcessEncoder("tests.encoder_helpers:build_trace_probe", prepare=prepare)
+    try:
+        outcomes = process.encode(records)
+    finally:
+        process.close()
+    assert all(o.row is not None for o in outcomes), [o.detail for o in outcomes]
+    assert all('"litellm_imported":false' in o.row.doc for o in outcomes)
+
+
+def test_out_of_band_buffers_arrive_whole(encoder: ProcessEncoder) -> None:
+    parts = [os.urandom(1 << 16) for _ in range(40)] + [b"", b"tail"]  # 2.6 MB, more than a pipe holds
+    [out] = encoder.encode([item("big", parts=[pickle.PickleBuffer(p) for p in parts])])
+    assert out.row is not None and '"built_in":"child"' in out.row.doc
+    assert f'"payload_bytes":{sum(map(len, parts))}' in out.row.doc
+
+
+def test_build_errors_and_skips_come_back_per_item_in_order(encoder: ProcessEncoder) -> None:
+    outcomes = encoder.encode([item("a"), item("b", **{"raise": True}), item("c", skip=True), item("d")])
+    assert [(o.item_id, o.failure) for o in outcomes] == [("a", None), ("b", "build"), ("c", "skip"), ("d", None)]
+    assert "RuntimeError: build refused b" in outcomes[1].detail and "Traceback" in outcomes[1].detail
+    assert encoder.stats()["encoded_inline"] == 0
+
+
+def test_item_that_cannot_be_pickled_is_built_in_the_writer_thread(encoder: ProcessEncoder) -> None:
+    outcomes = encoder.encode([item("a"), item("lock", lock=threading.Lock()), item("c")])
+    assert [o.failure for o in outcomes] == [None, None, None]
+    assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [True, False, True]
+    assert encoder.stats()["encoded_inline"] == 1
+
+
+def test_killed_process_is_replaced_and_nothing_is_lost(encoder: ProcessEncoder) -> None:
+    assert encoder.encode([item("first")])[0].row is not None
+    first_pid = encoder.pid
+    os.kill(first_pid, signal.SIGKILL)
+    time.sleep(0.1)
+    outcomes = encoder.encode([item(f"during-{k}") for k in range(5)])
+    assert all(o.row is not None for o in outcomes)  # built in this thread meanwhile
+    assert all('"built_in":"parent"' in o.row.doc for o in outcomes)
+    stats = encoder.stats()
+    assert (stats["encoder_process_lost"], stats["encoded_inline"]) == (1, 5)
+    time.sleep(0.1)  # past the restart backoff
+    [after] = encoder.encode([item("after")])
+    assert '"built_in":"child"' in after.row.doc
+    assert encoder.pid not in (None, first_pid)
+    assert encoder.stats()["encoder_process_starts"] == 2
+
+
+def test_process_that_stops_answering_is_killed_and_its_batch_built_here() -> None:
+    encoder = ProcessEncoder("tests.encoder_helpers:build", answer_timeout=0.5, restart_delays=FAST_RESTART)
+    try:
+        assert encoder.encode([item("warm")])[0].row is not None
+        hung_pid = encoder.pid
+        started = time.monotonic()
+        outcomes = encoder.encode([item("ok-1"), item("hang", hang_in_child=True), item("ok-2")])
+        assert time.monotonic() - started < 10
+        assert [o.item_id for o in outcomes] == ["ok-1", "hang", "ok-2"]
+        assert all(o.row is not None for o in outcomes)
+        assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [True, False, False]
+        with pytest.raises(ProcessLookupError):  # the hung child was killed, not left behind
+            os.kill(hung_pid, 0)
+        assert encoder.stats()["encoder_process_lost"] == 1
+    finally:
+        encoder.close()
+
+
+def test_python_that_cannot_start_means_building_here(tmp_path: Any) -> None:
+    encoder = ProcessEncoder("tests.encoder_helpers:build", python=str(tmp_path / "no-such-python"))
+    try:
+        [out] = encoder.encode([item("x")])
+        assert out.row is not None and '"built_in":"parent"' in out.row.doc
+        assert encoder.stats()["encoder_process_running"] == 0
+    finally:
+        encoder.close()
+
+
+def test_close_ends_the_process(encoder: ProcessEncoder) -> None:
+    encoder.encode([item("x")])
+    pid = encoder.pid
+    encoder.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    [out] = encoder.encode([item("after-close")])  # a closed encoder still builds, here
+    assert '"built_in":"parent"' in out.row.doc
+
+
+def test_proxy_builds_its_traces_in_the_build_process(proxy: Any, vllm_upstream: Any) -> None:
+    from litellm_rllm import slug as slugs
+
+    sid = f"enc-proxy-{os.getpid()}-{time.monotonic_ns()}"
+    oai = proxy.openai(slugs.encode({"session_id": sid}))
+    oai.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}])
+    list(oai.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}], stream=True))
+    proxy.flush()
+    stats = proxy.client.get("/rllm/stats").json()["writer"]
+    assert stats["encoder_process_running"] == 1 and stats["encoded_inline"] == 0, stats
+    traces = proxy.traces(sid)
+    assert [t.stream for t in traces] == [False, True]
+    assert all(t.choices[0].token_ids and t.choices[0].logprobs for t in traces)
