@@ -58,6 +58,7 @@ class Timeline:
         self.segments: list[tuple[str, float, float, float, float]] = []
         self.nested: dict[str, list[float]] = {}
         self.writer: list[tuple[float, float, float, int]] = []
+        self.writer_steps: dict[str, list[tuple[float, float, float]]] = {}  # name -> (start, wall, cpu)
         self.lags: list[tuple[float, float]] = []
         self.loop_thread = threading.get_ident()
         self.gc_loop = 0.0  # seconds of GC on the loop thread so far
@@ -154,6 +155,29 @@ def instrument() -> None:
     SSEParser.close = timed_sync("tee: parser close", SSEParser.close)
     StreamAccumulator.add = timed_sync("accumulate event", StreamAccumulator.add)
 
+    # the writer thread's own steps (each one holds the GIL from start to end, or releases it
+    # inside: pipe I/O, SQLite): thread CPU and wall per call
+    from litellm_rllm import build as build_mod
+    from litellm_rllm.store import encoder_process
+    from litellm_rllm.store.sqlite import SqliteStore
+
+    def writer_step(name: str, owner: Any, attr: str) -> None:
+        fn = getattr(owner, attr)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                TL.writer_steps.setdefault(name, []).append((t0, time.perf_counter() - t0, time.thread_time() - c0))
+
+        setattr(owner, attr, wrapper)
+
+    writer_step("prepare (trim, price)", build_mod, "prepare")
+    writer_step("pickle item", encoder_process, "dumps")
+    writer_step("send item (writev)", encoder_process, "_write_all")
+    writer_step("read result (incl. wait)", encoder_process, "_read_frame")
+    writer_step("store write", SqliteStore, "write_encoded")
     process = TraceWriter._process
 
     def timed_process(self: Any, items: list[Any]) -> Any:
@@ -263,6 +287,11 @@ def summarize(t_from: float, t_to: float, requests: int, chunks: int) -> dict[st
                     for name, v in sorted(per_name.items(), key=lambda kv: -sum(x[1] for x in kv[1]))},
         "nested_us_mean": {name: sum(v) / len(v) * 1e6 for name, v in TL.nested.items()},
         "writer_cpu_us_per_trace": sum(w[2] for w in writer) / w_items * 1e6 if w_items else 0.0,
+        "writer_steps": {name: {"calls": len(v), "cpu_ms_total": sum(x[2] for x in v) * 1e3,
+                                "cpu_ms_max": max(x[2] for x in v) * 1e3, "wall_ms_max": max(x[1] for x in v) * 1e3}
+                         for name, vals in TL.writer_steps.items()
+                         for v in [[x for x in vals if t_from <= x[0] <= t_to]] if v},
+        "gc_in_writer_ms": sum(g[1] for g in gcs if not g[2]) * 1e3,
         "writer_wall_ms_max": max((w[1] - w[0]) * 1e3 for w in writer) if writer else 0.0,
         "lag_samples": len(lags),
         "lag_max_ms": max((lag for _, lag in lags), default=0.0) * 1e3,

@@ -8,13 +8,12 @@ validation, a `struct.pack`) that does not release the GIL.
 This runs an idle asyncio loop (uvloop) with a 1 ms lag monitor, hands the writer one captured
 call (a 32,000-token reply with top_logprobs 5 by default, streamed or not, as the proxy would
 capture it from vLLM's bytes), and reports the loop lag while the writer works, next to the
-writer's time per stage (build the Trace / encode / SQLite write).
+writer thread's time per stage: the encoder (build + encode in the thread, or, with the build
+process, prepare + pickle + pipe I/O + waiting for it) and the SQLite write. `cpu` is the writer
+thread's own CPU, i.e. the time it can hold the GIL.
 
     python benchmarks/writer_gil.py [--tokens 32000] [--top 5] [--kind stream,nonstream]
-        [--switch-interval 0.001] [--experiment packed] [--json]
-
-`--experiment packed` is a prototype, in this process only, of keeping the top-logprob columns
-packed from the stream accumulator to the codec (no `TopLogprob` objects on the write path).
+        [--encoder process,inline] [--switch-interval 0.001] [--json]
 """
 
 from __future__ import annotations
@@ -96,77 +95,29 @@ def make_record(kind: str, tokens: int, top: int) -> Any:
         parser.close()
         rec.stream_result = acc
     else:
-        rec.raw_body = nonstream_body(tokens, top)
+        body = nonstream_body(tokens, top)  # as the tee keeps it: the reads, 64 KiB each
+        rec.raw_body = [body[k:k + 65536] for k in range(0, len(body), 65536)]
+        rec.hidden = {"response_cost": 0.0}
     return rec
-
-
-# ------------------------------------------------------------------------------ experiment
-
-
-def install_packed_experiment() -> None:
-    """Prototype: the accumulator's top-logprob columns go to the codec as they are.
-
-    `StreamAccumulator.choices` leaves `top_logprobs` unset and parks its columns (token strings,
-    float32 logprobs, counts per position) beside the choice; `codec.encode_detail` writes the
-    same detail blob from them (`top_lps.tobytes()` is already the packed float32 column).
-    Decoding is unchanged. Stream path only, for the measurement."""
-    from litellm_rllm.store import codec
-    from litellm_rllm import stream as stream_mod
-
-    parked: dict[int, Any] = {}
-    original_choices = stream_mod.StreamAccumulator.choices
-    original_detail = codec.encode_detail
-
-    def choices(self: Any) -> Any:
-        saved = {}
-        for index, acc in self._choices.items():
-            saved[index] = acc.has_tops
-            acc.has_tops = False  # skip building 160k TopLogprob objects
-        try:
-            out = original_choices(self)
-        finally:
-            for index, acc in self._choices.items():
-                acc.has_tops = saved[index]
-        for choice in out:
-            acc = self._choices[choice.index]
-            if acc.has_tops:
-                parked[id(choice)] = (acc.top_tokens, acc.top_lps, acc.top_counts)
-        return out
-
-    def encode_detail(trace: Any) -> Optional[bytes]:
-        cols = [parked.pop(id(c), None) for c in trace.choices]
-        if not any(cols):
-            return original_detail(trace)
-        import struct
-        import zlib
-
-        import orjson
-
-        per_choice: list[dict[str, Any]] = []
-        tokens: list[str] = []
-        floats: list[bytes] = []
-        for choice, col in zip(trace.choices, cols):
-            entry: dict[str, Any] = {}
-            if choice.tokens is not None:
-                entry["tokens"] = choice.tokens
-            if col is not None:
-                top_tokens, top_lps, top_counts = col
-                entry["n"] = top_counts.tolist()
-                tokens.extend(top_tokens)
-                floats.append(top_lps.tobytes() if sys.byteorder == "little" else struct.pack(f"<{len(top_lps)}f", *top_lps))
-            per_choice.append(entry)
-        head = orjson.dumps({"choices": per_choice, "t": tokens, "i": None, "x": None})
-        body = b"".join((struct.pack("<BI", codec.DETAIL_FORMAT, len(head)), head, *floats))
-        return zlib.compress(body, codec._ZLIB_LEVEL)
-
-    stream_mod.StreamAccumulator.choices = choices
-    codec.encode_detail = encode_detail
 
 
 # ------------------------------------------------------------------------------ measurement
 
 
-async def measure(writer: Any, record: Any, settle: float = 0.3) -> dict[str, Any]:
+def _lag_stats(lags: list[float]) -> dict[str, float]:
+    ordered = sorted(lags)
+    return {
+        "max_ms": (ordered[-1] if ordered else 0.0) * 1e3,
+        "p99_ms": (ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0) * 1e3,
+        "p50_ms": (ordered[len(ordered) // 2] if ordered else 0.0) * 1e3,
+        "over_2ms": sum(1 for x in ordered if x > 0.002),
+        "wakeups": len(ordered),
+    }
+
+
+async def measure(writer: Any, record: Any, settle: float = 1.0) -> dict[str, Any]:
+    """Loop lag while the writer handles `record`, and in an idle window of `settle` seconds
+    just before: the machine's own noise floor (scheduler, other processes), for comparison."""
     lags: list[tuple[float, float]] = []
     stop = asyncio.Event()
 
@@ -189,55 +140,62 @@ async def measure(writer: Any, record: Any, settle: float = 0.3) -> dict[str, An
     stop.set()
     await task
     busy = [lag for t, lag in lags if t_submit <= t + lag and t <= t_done]
-    idle = [lag for t, lag in lags if t + lag < t_submit]
-    busy_sorted = sorted(busy)
+    idle = [lag for t, lag in lags if t + lag < t_submit and t > t_submit - settle + 0.1]
     return {
         "writer_busy_ms": (t_done - t_submit) * 1e3,
-        "stages_ms": {name: {"wall": sum(v[1] for v in vals) * 1e3, "cpu": sum(v[2] for v in vals) * 1e3}
+        "stages_ms": {name: {"wall": sum(v[1] for v in vals) * 1e3, "cpu": sum(v[2] for v in vals) * 1e3,
+                             "cpu_max": max(v[2] for v in vals) * 1e3}
                       for name, vals in STAGES.items()},
-        "lag_max_ms": max(busy, default=0.0) * 1e3,
-        "lag_p50_ms": busy_sorted[len(busy_sorted) // 2] * 1e3 if busy else 0.0,
-        "lag_p99_ms": busy_sorted[int(0.99 * (len(busy_sorted) - 1))] * 1e3 if busy else 0.0,
-        "lags_over_2ms": sum(1 for x in busy if x > 0.002),
-        "loop_wakeups": len(busy),
+        "lag": _lag_stats(busy),
+        "idle_lag": _lag_stats(idle),
         "gc_pauses": len(GC_PAUSES),
         "gc_max_ms": max((p[1] for p in GC_PAUSES), default=0.0) * 1e3,
         "gc_total_ms": sum(p[1] for p in GC_PAUSES) * 1e3,
         "gc_gen2": sum(1 for p in GC_PAUSES if p[2] == 2),
-        "idle_lag_max_ms": max(idle, default=0.0) * 1e3,
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from litellm_rllm import build
+async def run(args: argparse.Namespace, encoder_kind: str) -> dict[str, Any]:
+    from litellm_rllm.build import build_trace, prepare
+    from litellm_rllm.store.encoder_process import ProcessEncoder
+    from litellm_rllm.store.encoders import InlineEncoder
     from litellm_rllm.store.sqlite import SqliteStore
     from litellm_rllm.store.writer import TraceWriter
 
     folder = tempfile.mkdtemp(prefix="rllm-writer-gil-")
     store = SqliteStore(os.path.join(folder, "traces.db"))
-    store.write = staged("sqlite write (encode + commit)", store.write)  # type: ignore[method-assign]
-    from litellm_rllm.store import codec
-
-    codec_encode = codec.encode
-    codec.encode = staged("  of which encode", codec_encode)
-    import litellm_rllm.store.sqlite as sqlite_mod
-
-    if getattr(sqlite_mod, "encode", None) is codec_encode:
-        sqlite_mod.encode = codec.encode  # type: ignore[attr-defined]
-    writer = TraceWriter(store, build=staged("build Trace", build.build_trace), close_at_exit=False)
+    store.write_encoded = staged("sqlite write", store.write_encoded)  # type: ignore[method-assign]
+    encoder: Any = (ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare) if encoder_kind == "process"
+                    else InlineEncoder(build_trace))
+    label = "prepare + send + wait for the build process" if encoder_kind == "process" else "build + encode"
+    encoder.encode = staged(label, encoder.encode)
+    writer = TraceWriter(store, encoder=encoder, close_at_exit=False)
+    pin = _pin_plan(args.pin)
     out: dict[str, Any] = {"tokens": args.tokens, "top_logprobs": args.top, "switch_interval_s": sys.getswitchinterval(),
-                           "experiment": args.experiment}
-    # warm: imports, the store's first statements
-    warm = make_record("stream", 16, args.top)
-    writer.submit(warm)
+                           "encoder": encoder_kind}
+    # warm: imports, the store's first statements, the build process's start
+    for kind in args.kind.split(","):
+        writer.submit(make_record(kind, 16, args.top))
     await writer.aflush(60)
+    if pin is not None:  # this process (loop + writer thread) on one core, the build process beside it
+        os.sched_setaffinity(0, pin[0])
+        if getattr(encoder, "pid", None):
+            os.sched_setaffinity(encoder.pid, pin[1])
     for kind in args.kind.split(","):
         record = make_record(kind, args.tokens, args.top)
         out[kind] = await measure(writer, record)
+    out["writer_stats"] = writer.stats()
     writer.close()
     out["written"] = store.count()
     store.close()
     return out
+
+
+def _pin_plan(pin: str) -> Optional[tuple[set[int], set[int]]]:
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin == "none" or len(allowed) < 2:
+        return None
+    return {allowed[-1]}, set(allowed[:-1])
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -245,15 +203,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--tokens", type=int, default=32000)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--kind", default="stream,nonstream")
+    ap.add_argument("--encoder", default="process,inline", help="where traces are built: process, inline or both")
     ap.add_argument("--switch-interval", type=float, default=None)
-    ap.add_argument("--experiment", choices=("none", "packed"), default="none")
+    ap.add_argument("--pin", choices=("auto", "none"), default="auto",
+                    help="auto: loop + writer thread on one CPU, the build process on the others")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    if args.experiment == "packed":
-        install_packed_experiment()
     import uvloop
 
     uvloop.install()
@@ -261,21 +219,26 @@ def main(argv: Optional[list[str]] = None) -> None:
     import gc
 
     gc.callbacks.append(_gc_callback)
-    result = asyncio.run(run(args))
+    results = [asyncio.run(run(args, kind)) for kind in args.encoder.split(",")]
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(results))
         return
-    print(f"one {args.tokens}-token trace, top_logprobs {args.top}; switch interval {result['switch_interval_s'] * 1e3:g} ms;"
-          f" experiment: {args.experiment}")
-    for kind in args.kind.split(","):
-        r = result[kind]
-        stages = ", ".join(f"{k} {v['wall']:.0f} ms (cpu {v['cpu']:.0f})" for k, v in r["stages_ms"].items())
-        print(f"  {kind:9s}: writer busy {r['writer_busy_ms']:.0f} ms [{stages}]")
-        print(f"             loop lag while busy: max {r['lag_max_ms']:.2f} ms, p99 {r['lag_p99_ms']:.2f} ms, "
-              f"p50 {r['lag_p50_ms']:.2f} ms, {r['lags_over_2ms']} of {r['loop_wakeups']} wakeups over 2 ms "
-              f"(idle before: max {r['idle_lag_max_ms']:.2f} ms)")
-        print(f"             garbage collections: {r['gc_pauses']} ({r['gc_gen2']} full), longest {r['gc_max_ms']:.1f} ms,"
-              f" total {r['gc_total_ms']:.0f} ms")
+    for result in results:
+        print(f"one {args.tokens}-token trace, top_logprobs {args.top}; switch interval "
+              f"{result['switch_interval_s'] * 1e3:g} ms; built: {result['encoder']}")
+        for kind in args.kind.split(","):
+            r = result[kind]
+            stages = ", ".join(f"{k} {v['wall']:.1f} ms (writer thread cpu {v['cpu']:.1f})"
+                               for k, v in r["stages_ms"].items())
+            print(f"  {kind:9s}: writer busy {r['writer_busy_ms']:.0f} ms [{stages}]")
+            for name, lag in (("while busy", r["lag"]), ("idle, before", r["idle_lag"])):
+                print(f"             loop lag {name:12s}: max {lag['max_ms']:.2f} ms, p99 {lag['p99_ms']:.2f} ms, "
+                      f"p50 {lag['p50_ms']:.2f} ms, {lag['over_2ms']} of {lag['wakeups']} wakeups over 2 ms")
+            print(f"             garbage collections: {r['gc_pauses']} ({r['gc_gen2']} full), longest {r['gc_max_ms']:.1f} ms,"
+                  f" total {r['gc_total_ms']:.0f} ms")
+        stats = result["writer_stats"]
+        print(f"  written {result['written']}, built inline {stats.get('encoded_inline', '-')}, "
+              f"build errors {stats['build_errors']}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 from dataclasses import replace
+from pickle import PickleBuffer
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
@@ -61,6 +62,8 @@ def prepare(record: CallRecord) -> CallRecord:
         hidden=hidden,
         error=error,
         usage=None,
+        # the body's reads as buffers: pickled for the build process, they travel out of band
+        raw_body=[PickleBuffer(part) for part in record.raw_body] if record.raw_body is not None else None,
     )
 
 

@@ -72,6 +72,19 @@ class _ChoiceAcc:
         self.has_lps = False
         self.has_tops = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for the writer's build process: text pieces (one per chunk) joined once, so
+        a 32,000-chunk stream pickles as a few strings and flat arrays, not 32,000 objects."""
+        state = {name: getattr(self, name) for name in self.__slots__}
+        for name in ("content", "reasoning", "text"):
+            if len(state[name]) > 1:
+                state[name] = ["".join(state[name])]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
 
 class _Intern(dict):  # type: ignore[type-arg]
     """token string -> its index in `vocab`; a string not seen before is appended there. A hit
