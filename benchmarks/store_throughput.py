@@ -1,6 +1,6 @@
 """Trace-store throughput: traces/s through TraceWriter, and bytes on disk per token.
 
-    python benchmarks/store_throughput.py [--traces 20000] [--completion-tokens 1000]
+    python benchmarks/store_throughput.py [--traces 20000] [--completion-tokens 1000] [--mode M]
     python benchmarks/store_throughput.py --store-url postgresql://user@host/db   # PostgreSQL
 
 With ``--store-url postgresql://...`` the traces go to a new schema ``bench_<random>`` (unless the
@@ -9,9 +9,17 @@ URL names one with ``?schema=``), dropped at the end; sizes are PostgreSQL's
 
 Traces carry ``--completion-tokens`` completion ids + float logprobs (no top_logprobs),
 ``--prompt-tokens`` prompt ids, and chat messages of matching length, like a vLLM call with
-``logprobs`` and ``return_token_ids``. They are built before the clock starts (building is the
-tracer's cost, not the store's); ``--mode writer`` then times submit() of all + flush(),
-``--mode direct`` times store.write() in batches on the calling thread.
+``logprobs`` and ``return_token_ids``. Modes (``--mode``, default ``encoded,writer``; each on a new store, all timing submit() of
+every item + flush(), except ``direct``):
+
+* ``encoded``: the proxy's writer thread: rows come encoded from the build process, so the
+  thread only writes them (the items are the rows, encoded before the clock starts);
+* ``writer``: ``Trace`` objects, encoded in the writer thread (a library user's writer, or a
+  proxy with ``writer_build_process: false``);
+* ``records``: the proxy's whole path after a call: vLLM JSON bodies as the tee keeps them
+  (``--completion-tokens`` ids + logprobs, prompt ids), prepared in the writer thread, built
+  and encoded in the build process, written by the thread; ``--traces`` defaults to 4000 here;
+* ``direct``: ``store.write()`` in batches on the calling thread (encode + write).
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from litellm_rllm.store.codec import encode  # noqa: E402
+from litellm_rllm.store.codec import encode, encode_all  # noqa: E402
 from litellm_rllm.store.sqlite import SqliteStore  # noqa: E402
 from litellm_rllm.store.writer import TraceWriter  # noqa: E402
 from litellm_rllm.trace import TopLogprob, Trace, TraceChoice  # noqa: E402
@@ -106,17 +116,20 @@ def make_templates(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--traces", type=int, default=20_000)
+    parser.add_argument("--traces", type=int, default=None, help="default 20000 (records mode: 4000)")
     parser.add_argument("--completion-tokens", type=int, default=1000)
     parser.add_argument("--prompt-tokens", type=int, default=500)
     parser.add_argument("--top-logprobs", type=int, default=0, help="alternatives per token")
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--mode", choices=("writer", "direct"), default="writer")
+    parser.add_argument("--mode", default="encoded,writer", help="encoded, writer, records, direct (comma list)")
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
     parser.add_argument("--store-url", default=None, help="postgresql://... instead of a SQLite file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.traces_given = args.traces is not None
+    if args.traces is None:
+        args.traces = 20_000
 
     templates = make_templates(
         50, args.prompt_tokens, args.completion_tokens, args.seed, args.top_logprobs
@@ -135,75 +148,121 @@ def main() -> None:
             )
         )
 
-    pg_schema = None
+    sample = encode(traces[0])
+    for mode in args.mode.split(","):
+        run_mode(args, mode, traces, sample)
+
+
+def open_store(args: argparse.Namespace) -> tuple[object, Optional[str], Optional[str]]:
+    """(store, its file or None, a PostgreSQL schema to drop or None)."""
     if args.store_url:
         from litellm_rllm import store as store_mod
         from litellm_rllm.store.postgres import parse_url
 
         url = args.store_url
+        pg_schema = None
         if "schema=" not in url:
             url += ("&" if "?" in url else "?") + f"schema=bench_{os.urandom(4).hex()}"
             pg_schema = parse_url(url)[1]
-        store = store_mod.open(url)
-    else:
-        workdir = tempfile.mkdtemp(prefix="rllm-bench-", dir=args.dir)
-        path = os.path.join(workdir, "traces.db")
-        store = SqliteStore(path)
+        return store_mod.open(url), None, pg_schema
+    workdir = tempfile.mkdtemp(prefix="rllm-bench-", dir=args.dir)
+    path = os.path.join(workdir, "traces.db")
+    return SqliteStore(path), path, None
+
+
+def make_records(n: int, completion_tokens: int) -> list[object]:
+    """Call records as the proxy's tee captures a non-streamed vLLM call: the JSON body as
+    its reads (64 KiB), the deployment kwargs, the slug's session."""
+    from litellm_rllm.record import CallRecord
+    from writer_gil import nonstream_body
+
+    body = nonstream_body(completion_tokens, 0)
+    reads = [body[k:k + 65536] for k in range(0, len(body), 65536)]
+    upstream = {"model": "policy", "custom_llm_provider": "hosted_vllm", "api_base": "http://vllm:8000/v1",
+                "messages": [{"role": "user", "content": _text(random.Random(0), 400)}], "logprobs": True,
+                "extra_body": {"return_token_ids": True}, "api_key": "sk-not-stored"}
+    return [
+        CallRecord(call_id=f"chatcmpl-{i:09d}", started_wall=time.time(), route="/v1/chat/completions",
+                   model="policy", latency_ms=800.0, session={"session_id": f"session-{i % 200}"},
+                   upstream=upstream, client_request=upstream, injected={"logprobs": True}, raw_body=reads,
+                   hidden={"response_cost": 0.0})
+        for i in range(n)
+    ]
+
+
+def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: object) -> None:
+    items: list[object] = traces
+    encoder = None
+    n_items = len(traces)
+    if mode == "encoded":
+        items = encode_all(traces)
+    elif mode == "records":
+        from litellm_rllm.build import prepare
+        from litellm_rllm.store.encoder_process import ProcessEncoder
+
+        n_items = args.traces if args.traces_given else 4000
+        items = make_records(n_items, args.completion_tokens)
+        encoder = ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
+    store, path, pg_schema = open_store(args)
 
     start = time.perf_counter()
     cpu_start = time.process_time()
-    if args.mode == "writer":
-        writer = TraceWriter(store, batch_size=args.batch_size, close_at_exit=False)
-        for trace in traces:
-            writer.submit(trace)
-        submitted = time.perf_counter()
-        assert writer.flush(timeout=600)
-        elapsed = time.perf_counter() - start
-        stats = writer.stats()
-        writer.close()
-        submit_us = (submitted - start) / len(traces) * 1e6
-    else:
+    if mode == "direct":
         for k in range(0, len(traces), args.batch_size):
             store.write(traces[k : k + args.batch_size])
         elapsed = time.perf_counter() - start
         stats = {"written": store.count()}
         submit_us = float("nan")
+    else:
+        writer = TraceWriter(store, batch_size=args.batch_size, close_at_exit=False, encoder=encoder)
+        for item in items:
+            writer.submit(item)
+        submitted = time.perf_counter()
+        assert writer.flush(timeout=600)
+        elapsed = time.perf_counter() - start
+        stats = writer.stats()
+        writer.close()
+        submit_us = (submitted - start) / n_items * 1e6
 
     cpu = time.process_time() - cpu_start
-    assert store.count() == len(traces), (store.count(), stats)
+    assert store.count() == n_items, (store.count(), stats)
     arrays_column = None
     if args.store_url:
         size, arrays_column = _pg_sizes(store, drop=pg_schema is not None)
     else:
         store.checkpoint()
     store.close()
-    if not args.store_url:
+    if path is not None:
         size = os.path.getsize(path) + sum(
             os.path.getsize(path + ext) for ext in ("-wal", "-shm") if os.path.exists(path + ext)
         )
-    sample = encode(traces[0])
-    completion = args.traces * args.completion_tokens
-    print(f"mode={args.mode} traces={args.traces} batch={args.batch_size} "
+    completion = n_items * args.completion_tokens
+    n = n_items
+    print(f"mode={mode} traces={n} batch={args.batch_size} "
           f"completion_tokens={args.completion_tokens} prompt_tokens={args.prompt_tokens}")
-    n = len(traces)
     print(f"traces/s: {n / elapsed:,.0f}   ({elapsed:.2f} s; submit {submit_us:.2f} us/trace)")
-    print(f"process CPU: {cpu / n * 1e6:.1f} us/trace (all threads; wall {elapsed / n * 1e6:.1f})")
+    print(f"process CPU: {cpu / n * 1e6:.1f} us/trace (all threads of this process; wall {elapsed / n * 1e6:.1f})")
     print(f"completion tokens/s: {completion / elapsed:,.0f}")
     print(f"bytes per completion token: {size / completion:.2f}   (file {size / 1e6:.1f} MB)")
     if arrays_column is not None:
-        prompt_ids = args.traces * args.prompt_tokens * 4
+        prompt_ids = n * args.prompt_tokens * 4
         print(f"arrays column (ids + logprobs), PostgreSQL pg_column_size: "
               f"{(arrays_column - prompt_ids) / completion:.3f} B/completion token (prompt ids excluded)")
-    arrays = len(sample.arrays or b"")
-    print(
-        f"row payload per trace: doc {len(sample.doc)} B (JSON: messages, text, metadata),"
-        f" arrays {arrays} B ({arrays / args.completion_tokens:.2f} B/completion token incl."
-        f" prompt ids), top_logprobs {len(sample.detail or b'')} B"
-    )
+    if mode != "records":
+        arrays = len(sample.arrays or b"")
+        print(
+            f"row payload per trace: doc {len(sample.doc)} B (JSON: messages, text, metadata),"
+            f" arrays {arrays} B ({arrays / args.completion_tokens:.2f} B/completion token incl."
+            f" prompt ids), top_logprobs {len(sample.detail or b'')} B"
+        )
     print(f"writer stats: {stats}")
-    if not args.store_url:
+    print()
+    if path is not None:
         os.remove(path)
-        os.rmdir(workdir)
+        for ext in ("-wal", "-shm"):
+            if os.path.exists(path + ext):
+                os.remove(path + ext)
+        os.rmdir(os.path.dirname(path))
 
 
 def _pg_sizes(store: object, drop: bool) -> tuple[int, int]:

@@ -58,7 +58,10 @@ def trace_id_of(item: Any) -> Optional[str]:
 
 
 def encode_item(item: Any, build: Optional[BuildFn]) -> Encoded:
-    """``build`` (none: the item is a Trace) then ``codec.encode``, with failures as outcomes."""
+    """``build`` (none: the item is a Trace) then ``codec.encode``, with failures as outcomes.
+    An item that is already an ``EncodedTrace`` is taken as it is."""
+    if isinstance(item, EncodedTrace):
+        return Encoded(item.trace_id, row=item)
     item_id = trace_id_of(item)
     try:
         trace = item if build is None else build(item)
