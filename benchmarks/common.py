@@ -106,9 +106,11 @@ class Upstream:
 
 
 def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Optional[str] = None,
-                 memory_tokens: int = 2000, memory_drip_s: float = 0.0) -> Path:
+                 memory_tokens: int = 2000, memory_drip_s: float = 0.0,
+                 settings: Optional[dict[str, Any]] = None) -> Path:
     """A proxy config: the same model list for both; the plugin's adds the three callbacks, a
-    store and the repo's policies (configs/policies.yaml, copied next to the config)."""
+    store, the repo's policies (configs/policies.yaml, copied next to the config) and
+    `settings` (more `callback_settings.litellm_rllm` keys)."""
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "model_list": model_list(api_base, memory_tokens, memory_drip_s),
@@ -119,10 +121,22 @@ def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Option
         shutil.copy(REPO / "configs" / "policies.yaml", folder / "policies.yaml")
         config["litellm_settings"]["callbacks"] = list(RLLM_CALLBACKS)
         config["callback_settings"] = {"litellm_rllm": {
-            "store": store_url or f"sqlite:///{folder / 'traces.db'}", "policies_file": "policies.yaml"}}
+            "store": store_url or f"sqlite:///{folder / 'traces.db'}", "policies_file": "policies.yaml",
+            **(settings or {})}}
     path = folder / "proxy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--plugin-setting KEY=VALUE` options -> settings (values read as YAML: true, 5, ...)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--plugin-setting wants KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def free_port() -> int:
@@ -212,22 +226,54 @@ class Proxy:
         self._log.close()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (the plugin's build process under a proxy)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Resident memory of the process and its descendants."""
+    total = 0
+    for p in (pid, *descendants(pid)):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    """utime + stime of the whole process (all threads) and its live descendants."""
+    total = 0.0
+    for p in (pid, *descendants(pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+        except OSError:
+            pass
+    return total
 
 
 def slug_for(session: str) -> str:

@@ -402,6 +402,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--client-cpus", default=None)
     ap.add_argument("--bare", action="store_true", help="LiteLLM without the plugin (lag baseline)")
     ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once the proxy is up (experiment)")
+    ap.add_argument("--plugin-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a callback_settings.litellm_rllm key (repeatable), e.g. writer_build_process=false")
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
     args = ap.parse_args(argv)
 
@@ -419,7 +421,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         upstream = common.Upstream(args.tokens if args.tokens != common.LONG_TOKENS else 256, cpus=plan["upstream"])
         api_base = upstream.api_base
     folder = Path(tempfile.mkdtemp(prefix="rllm-loop-block-"))
-    config = common.write_config(folder, plugin=not args.bare, api_base=api_base)
+    config = common.write_config(folder, plugin=not args.bare, api_base=api_base,
+                                 settings=common.parse_settings(args.plugin_setting))
     os.environ.update(common.env(CONFIG_FILE_PATH=str(config)))
     os.environ.pop("RLLM_STORE_URL", None)
     os.chdir(folder)

@@ -31,7 +31,8 @@ What it does:
 6. Plugin CPU and event-loop blocking (`benchmarks/loop_block.py`: the proxy in-process with
    every plugin hook timed and a loop-lag monitor), for `--tokens` replies and for a
    32,000-token reply with top_logprobs 5 (the latter also bare, for the lag LiteLLM causes).
-7. The writer thread's GIL stalls for one 32,000-token trace (`benchmarks/writer_gil.py`).
+7. The writer's GIL stalls for one 32,000-token trace, built in the build process and in the
+   writer thread (`benchmarks/writer_gil.py`, lag against an idle window of the same loop).
 8. Store throughput and bytes per token (`benchmarks/store_throughput.py`; `--store-url
    postgresql://...` adds the PostgreSQL store once store_throughput.py takes that option).
 
@@ -85,25 +86,27 @@ def med(values: list[Optional[float]]) -> Optional[float]:
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds per thread id of a process."""
+    """CPU seconds per thread id of a process and of its descendants (the plugin's build
+    process: its CPU is the plugin's cost too)."""
     out: dict[int, float] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return out
-    for tid in tids:
+    for proc in (pid, *common.descendants(pid)):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            pass
+            tids = os.listdir(f"/proc/{proc}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{proc}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
     return out
 
 
 def split_cpu(pid: int, before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
-    """(loop thread, all other threads) CPU seconds between two samples. Uvicorn runs the event
-    loop in the main thread (tid == pid)."""
+    """(loop thread, all other threads and child processes) CPU seconds between two samples.
+    Uvicorn runs the event loop in the main thread (tid == pid)."""
     main = after.get(pid, 0.0) - before.get(pid, 0.0)
     other = sum(v - before.get(t, 0.0) for t, v in after.items() if t != pid)
     return main, other
@@ -191,7 +194,8 @@ class Bench:
         self.proxies: dict[str, Proxy] = {}
         for side in SIDES:
             cfg = common.write_config(self.dir / side, plugin=side == "plugin", api_base=self.upstream.api_base,
-                                      memory_tokens=a.memory_tokens, memory_drip_s=a.memory_drip)
+                                      memory_tokens=a.memory_tokens, memory_drip_s=a.memory_drip,
+                                      settings=common.parse_settings(a.plugin_setting))
             self.proxies[side] = Proxy(side, cfg, self.plan["proxy"])
         t0 = time.monotonic()
         for p in self.proxies.values():
@@ -205,6 +209,12 @@ class Bench:
             self.loadgen(p, "--requests", str(a.warmup), "--concurrency", str(a.concurrency), "--max-seconds", "30")
             self.loadgen(p, "--stream", "--requests", str(max(4, a.warmup // 8)), "--concurrency",
                          str(a.stream_concurrency), "--max-seconds", "30")
+        if a.build_process_cpus == "other" and self.plan["upstream"]:
+            # the plugin's build process (started by the first trace) beside the proxy, as the OS
+            # would place it on a machine with a core to spare; its CPU still counts as the proxy's
+            for child in common.descendants(self.proxies["plugin"].pid):
+                os.sched_setaffinity(child, self.plan["upstream"])
+                log(f"plugin build process {child} on CPUs {self.plan['upstream']}")
         # the open-loop rates: a fraction of bare LiteLLM's saturation throughput, fixed for the run
         if a.rate:
             self.ns_rate = a.rate
@@ -326,24 +336,23 @@ class Bench:
         return out
 
     def gil(self) -> dict[str, Any]:
-        """benchmarks/writer_gil.py: loop lag while the writer thread stores one 32k-token trace."""
+        """benchmarks/writer_gil.py: loop lag while the writer stores one 32k-token trace, with
+        traces built in the build process (as shipped) and in the writer thread."""
         a = self.args
         variants = [("as is", [])]
         if not a.quick:
-            variants += [("switch interval 1 ms", ["--switch-interval", "0.001"]),
-                         ("packed top_logprobs (prototype)", ["--experiment", "packed"])]
+            variants += [("switch interval 1 ms", ["--switch-interval", "0.001"])]
         kinds = "stream" if a.quick else "stream,nonstream"
         out: dict[str, Any] = {}
-        cpus = self.plan["proxy"]
         for label, extra in variants:
             log(f"writer GIL stalls: {label}")
             proc = subprocess.run([sys.executable, str(HERE / "writer_gil.py"), "--kind", kinds, "--json", *extra],
-                                  capture_output=True, text=True, env=common.env(),
-                                  preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                                  capture_output=True, text=True, env=common.env())
             if proc.returncode != 0:
                 out[label] = {"error": proc.stderr[-800:]}
                 continue
-            out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+            for result in json.loads(proc.stdout.strip().splitlines()[-1]):
+                out[f"{label}, built in {result['encoder']}"] = result
         return out
 
     def stop(self) -> None:
@@ -354,16 +363,24 @@ class Bench:
 
 
 def parse_store(proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    """store_throughput.py's output, per mode (`mode=...` starts each block)."""
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout)[-800:]}
     text = proc.stdout
-    out: dict[str, Any] = {"raw": text}
-    m = re.search(r"traces/s: ([\d,]+)", text)
-    if m:
-        out["traces_per_s"] = float(m.group(1).replace(",", ""))
-    m = re.search(r"bytes per completion token: ([\d.]+)", text)
-    if m:
-        out["bytes_per_token"] = float(m.group(1))
+    out: dict[str, Any] = {"raw": text, "modes": {}}
+    for block in re.split(r"(?m)^(?=mode=)", text):
+        m = re.match(r"mode=(\w+)", block)
+        if not m:
+            continue
+        res: dict[str, float] = {}
+        for key, pattern in (("traces_per_s", r"traces/s: ([\d,]+)"),
+                             ("bytes_per_token", r"bytes per completion token: ([\d.]+)"),
+                             ("ids_logprobs_bytes_per_token", r"ids \+ logprobs: ([\d.]+)"),
+                             ("pg_arrays_bytes_per_token", r"pg_column_size: ([\d.]+)")):
+            found = re.search(pattern, block)
+            if found:
+                res[key] = float(found.group(1).replace(",", ""))
+        out["modes"][m.group(1)] = res
     return out
 
 
@@ -458,17 +475,27 @@ def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, An
             for kind in ("stream", "nonstream"):
                 r = g.get(kind)
                 if r:
-                    lines.append(f"  {label:32s} {kind:9s}: writer busy {r['writer_busy_ms']:.0f} ms; loop lag max "
-                                 f"{r['lag_max_ms']:.1f} ms, p50 {r['lag_p50_ms']:.2f} ms, {r['lags_over_2ms']}/"
-                                 f"{r['loop_wakeups']} wakeups > 2 ms; longest GC pause {r['gc_max_ms']:.0f} ms")
+                    lag, idle = r["lag"], r["idle_lag"]
+                    lines.append(f"  {label:38s} {kind:9s}: writer busy {r['writer_busy_ms']:.0f} ms; loop lag max "
+                                 f"{lag['max_ms']:.1f} ms, p99 {lag['p99_ms']:.2f} ms, {lag['over_2ms']}/{lag['wakeups']} "
+                                 f"wakeups > 2 ms (idle: max {idle['max_ms']:.1f}, {idle['over_2ms']}/{idle['wakeups']});"
+                                 f" longest GC pause {r['gc_max_ms']:.0f} ms")
     if store:
         for name, s in store.items():
             if "error" in s:
                 lines.append(f"store {name}: failed: {s['error'][-300:]}")
-            else:
-                lines.append(f"store {name}: {fmt(s.get('traces_per_s'), ',.0f')} traces/s of 1,000-token traces "
-                             f"(target >= 10,000 for SQLite), {fmt(s.get('bytes_per_token'), '.2f')} bytes per completion "
-                             f"token (target <= 9)")
+                continue
+            modes = s.get("modes", {})
+            for mode, label in (("encoded", "rows from the build process (the proxy's writer)"),
+                                ("writer", "Trace objects encoded in the writer thread")):
+                m = modes.get(mode)
+                if m:
+                    lines.append(f"store {name}, {label}: {fmt(m.get('traces_per_s'), ',.0f')} traces/s of 1,000-token"
+                                 f" traces (target >= 10,000 for SQLite)")
+            m = next(iter(modes.values()), {})
+            ids = m.get("pg_arrays_bytes_per_token") or m.get("ids_logprobs_bytes_per_token")
+            lines.append(f"store {name}: ids + logprobs {fmt(ids, '.2f')} bytes per completion token (target <= 9);"
+                         f" whole file {fmt(m.get('bytes_per_token'), '.2f')} B/token")
     return "\n".join(lines)
 
 
@@ -528,6 +555,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--gc-freeze", action="store_true",
                     help="experiment: gc.collect(); gc.freeze() in both proxies after the warm-up")
     ap.add_argument("--pin", choices=("auto", "none"), default="auto")
+    ap.add_argument("--plugin-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a callback_settings.litellm_rllm key for the plugin proxy (repeatable), e.g."
+                         " writer_build_process=false")
+    ap.add_argument("--build-process-cpus", choices=("proxy", "other"), default="proxy",
+                    help="proxy: the plugin's build process shares the proxy's CPU (its whole cost on one"
+                         " core); other: it runs on the upstream's CPUs")
     ap.add_argument("--skip", default=None,
                     help="comma list of: load,memory,inproc,long,gil,store (default: none; quick: long)")
     ap.add_argument("--json", default=None, help="also write every raw result to this file")

@@ -250,11 +250,15 @@ def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: o
               f"{(arrays_column - prompt_ids) / completion:.3f} B/completion token (prompt ids excluded)")
     if mode != "records":
         arrays = len(sample.arrays or b"")
+        n_arrays = 1 + 3 * len(traces[0].choices)
+        ids_lps = arrays - 4 * args.prompt_tokens - (5 + 4 * n_arrays)  # minus prompt ids and the header
         print(
             f"row payload per trace: doc {len(sample.doc)} B (JSON: messages, text, metadata),"
             f" arrays {arrays} B ({arrays / args.completion_tokens:.2f} B/completion token incl."
             f" prompt ids), top_logprobs {len(sample.detail or b'')} B"
         )
+        print(f"ids + logprobs: {ids_lps / args.completion_tokens:.2f} B/completion token (arrays blob, prompt ids"
+              f" and header excluded)")
     print(f"writer stats: {stats}")
     print()
     if path is not None:

@@ -67,6 +67,22 @@ def prepare(record: CallRecord) -> CallRecord:
     )
 
 
+# Bytes of upstream JSON per logprob entry (a position or one of its alternatives): vLLM sends
+# 62-94 bytes per entry, so a stream is weighed as the body it would have been.
+_BYTES_PER_ENTRY = 64
+
+
+def weight(record: CallRecord) -> int:
+    """About how many bytes of upstream data `build_trace` walks for this record, which is what
+    its cost grows with (~1.5 ms per 100 KB). Only the tee's data counts: a response LiteLLM
+    parsed is dumped to plain data in this process whichever side builds it."""
+    if record.raw_body is not None:
+        return sum(memoryview(part).nbytes for part in record.raw_body)
+    if record.stream_result is not None:
+        return _BYTES_PER_ENTRY * record.stream_result.logprob_entries()
+    return 0
+
+
 def _known_usage(record: CallRecord) -> Optional[Mapping[str, Any]]:
     """The call's usage where the proxy process has it without parsing the body: the stream's
     accumulation, LiteLLM's parsed response, or (tapped body) LiteLLM's usage of it."""

@@ -61,9 +61,12 @@ class Settings(BaseModel):
     # walking LiteLLM's large start-up heap (measured in benchmarks/loop_block.py: GC per
     # request 17-22 ms -> 0.9 ms, worst loop stall 650-830 ms -> 42 ms). Process-wide, hence off.
     gc_freeze_after_start: bool = False
-    # Build and encode traces in a helper process (`store/encoder_process.py`), so parsing a
-    # long reply never holds the proxy's GIL; off: in the writer thread, as a fallback does.
+    # Build and encode the traces of long replies in a helper process (`store/encoder_process.py`),
+    # so parsing them never holds the proxy's GIL: calls with at least `..._min_bytes` of upstream
+    # data (body, or a stream's logprobs weighed as one); smaller ones are built in the writer
+    # thread, where they cost less. Off: everything in the writer thread.
     writer_build_process: bool = True
+    writer_build_process_min_bytes: int = Field(65536, ge=0)
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

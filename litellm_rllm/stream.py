@@ -399,6 +399,10 @@ class StreamAccumulator:
 
     # ---- writer thread ------------------------------------------------------------------
 
+    def logprob_entries(self) -> int:
+        """Logprob positions plus their alternatives, over all choices (what a build walks)."""
+        return sum(len(acc.logprobs) + len(acc.top_lps) for acc in self._choices.values())
+
     def ttft_ms(self) -> Optional[float]:
         return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000.0
 

@@ -51,6 +51,7 @@ def model_list(vllm: str, openai: str, anthropic: str) -> list[dict[str, Any]]:
         vllm_model("policy-slow", "slow-5", timeout=1, stream_timeout=1),
         vllm_model("policy-break-stream", "break-stream"),
         vllm_model("policy-drip", "drip-0.05-tokens-400"),
+        vllm_model("policy-long", "tokens-1500"),  # a reply over the build process's 64 KiB
         {"model_name": "teacher", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": openai,
                                                       "api_key": "sk-fake-openai-key"}},
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5", "api_base": anthropic,

@@ -79,7 +79,8 @@ def test_build_process_gives_the_rows_the_writer_thread_gives(vllm_upstream: Any
     process = ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
     try:
         remote = process.encode(records)
-        assert process.stats()["encoded_inline"] == 0 and process.stats()["encoder_process_running"] == 1
+        stats = process.stats()
+        assert (stats["encoder_process_items"], stats["encoder_fallback_items"]) == (4, 0)
     finally:
         process.close()
     assert [o.failure for o in inline] == [None] * 4, [o.detail for o in inline]
@@ -113,14 +114,14 @@ def test_build_errors_and_skips_come_back_per_item_in_order(encoder: ProcessEnco
     outcomes = encoder.encode([item("a"), item("b", **{"raise": True}), item("c", skip=True), item("d")])
     assert [(o.item_id, o.failure) for o in outcomes] == [("a", None), ("b", "build"), ("c", "skip"), ("d", None)]
     assert "RuntimeError: build refused b" in outcomes[1].detail and "Traceback" in outcomes[1].detail
-    assert encoder.stats()["encoded_inline"] == 0
+    assert encoder.stats()["encoder_fallback_items"] == 0
 
 
 def test_item_that_cannot_be_pickled_is_built_in_the_writer_thread(encoder: ProcessEncoder) -> None:
     outcomes = encoder.encode([item("a"), item("lock", lock=threading.Lock()), item("c")])
     assert [o.failure for o in outcomes] == [None, None, None]
     assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [True, False, True]
-    assert encoder.stats()["encoded_inline"] == 1
+    assert encoder.stats()["encoder_fallback_items"] == 1
 
 
 def test_killed_process_is_replaced_and_nothing_is_lost(encoder: ProcessEncoder) -> None:
@@ -132,7 +133,8 @@ def test_killed_process_is_replaced_and_nothing_is_lost(encoder: ProcessEncoder)
     assert all(o.row is not None for o in outcomes)  # built in this thread meanwhile
     assert all('"built_in":"parent"' in o.row.doc for o in outcomes)
     stats = encoder.stats()
-    assert (stats["encoder_process_lost"], stats["encoded_inline"]) == (1, 5)
+    assert (stats["encoder_process_lost"], stats["encoder_fallback_items"]) == (1, 5)
+    assert stats["encoder_process_items"] == 1
     time.sleep(0.1)  # past the restart backoff
     [after] = encoder.encode([item("after")])
     assert '"built_in":"child"' in after.row.doc
@@ -178,16 +180,59 @@ def test_close_ends_the_process(encoder: ProcessEncoder) -> None:
     assert '"built_in":"parent"' in out.row.doc
 
 
-def test_proxy_builds_its_traces_in_the_build_process(proxy: Any, vllm_upstream: Any) -> None:
+def test_small_items_are_built_in_the_writer_thread_and_large_ones_in_the_process() -> None:
+    encoder = ProcessEncoder("tests.encoder_helpers:build", weight=lambda it: len(it.get("parts", ())),
+                             min_weight=2, restart_delays=FAST_RESTART)
+    try:
+        outcomes = encoder.encode([item("small"), item("large", parts=[b"a", b"b"]), item("small-2", parts=[b"a"])])
+        assert [o.item_id for o in outcomes] == ["small", "large", "small-2"]  # order kept across both
+        assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [False, True, False]
+        stats = encoder.stats()
+        assert (stats["encoder_process_items"], stats["encoder_thread_items"], stats["encoder_fallback_items"]) == (1, 2, 0)
+        [only_small] = encoder.encode([item("s")])
+        assert '"built_in":"parent"' in only_small.row.doc
+    finally:
+        encoder.close()
+
+
+def test_build_process_starts_only_when_an_item_needs_it() -> None:
+    encoder = ProcessEncoder("tests.encoder_helpers:build", weight=lambda it: 0, min_weight=1)
+    try:
+        encoder.encode([item("a"), item("b")])
+        assert encoder.pid is None and encoder.stats()["encoder_process_starts"] == 0
+    finally:
+        encoder.close()
+
+
+def test_weight_is_the_body_size_or_the_stream_entries_as_json_bytes(vllm_upstream: Any) -> None:
+    from litellm_rllm.build import weight
+
+    raw, stream, parsed, error = _vllm_records(vllm_upstream.api_base)
+    assert weight(raw) == sum(len(p) for p in raw.raw_body)
+    assert weight(prepare(raw)) == weight(raw)  # the same once the reads are buffers
+    built = build_trace(stream).choices
+    entries = sum(len(c.logprobs) + sum(c.top_columns().counts) for c in built)
+    assert len(built) == 2 and all(set(c.top_columns().counts) == {3} for c in built)  # n=2, top 3
+    assert weight(stream) == 64 * entries
+    assert weight(parsed) == weight(error) == 0
+
+
+def test_proxy_builds_long_replies_in_the_build_process_and_short_ones_in_its_thread(proxy: Any, vllm_upstream: Any) -> None:
     from litellm_rllm import slug as slugs
 
+    before = proxy.client.get("/rllm/stats").json()["writer"]
     sid = f"enc-proxy-{os.getpid()}-{time.monotonic_ns()}"
     oai = proxy.openai(slugs.encode({"session_id": sid}))
-    oai.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}])
-    list(oai.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}], stream=True))
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    oai.chat.completions.create(model="policy", **ask)  # a few kB: the writer thread
+    oai.chat.completions.create(model="policy-long", **ask)  # ~140 KB of body: the build process
+    list(oai.chat.completions.create(model="policy-long", **ask, stream=True))
     proxy.flush()
-    stats = proxy.client.get("/rllm/stats").json()["writer"]
-    assert stats["encoder_process_running"] == 1 and stats["encoded_inline"] == 0, stats
+    after = proxy.client.get("/rllm/stats").json()["writer"]
+    gained = {k: after[k] - before.get(k, 0) for k in ("encoder_process_items", "encoder_thread_items",
+                                                       "encoder_fallback_items")}
+    assert gained == {"encoder_process_items": 2, "encoder_thread_items": 1, "encoder_fallback_items": 0}, after
+    assert after["encoder_process_running"] == 1
     traces = proxy.traces(sid)
-    assert [t.stream for t in traces] == [False, True]
-    assert all(t.choices[0].token_ids and t.choices[0].logprobs for t in traces)
+    assert [len(t.choices[0].token_ids) for t in traces][1:] == [1501, 1501]  # 1,500 tokens + EOS
+    assert all(len(t.choices[0].logprobs) == len(t.choices[0].token_ids) for t in traces)

@@ -1,12 +1,17 @@
 """Benchmark-only probe, loaded into the proxy processes by `benchmarks/run.py` (this folder is
 put on their PYTHONPATH; nothing else imports it): the garbage collector's pauses per
-generation, written as JSON to `$RLLM_BENCH_GC_STATS` ten times a second. When the file
+generation, written as JSON to `$RLLM_BENCH_GC_STATS` ten times a second, by the proxy process
+only. When the file
 `$RLLM_BENCH_GC_STATS.freeze` appears, it runs `gc.collect(); gc.freeze()` once (the
 `--gc-freeze` experiment: what survived start-up is no longer scanned by full collections)."""
 
 import os
 
 _PATH = os.environ.get("RLLM_BENCH_GC_STATS")
+# Only the proxy process reports: a process it starts (the plugin's build process) inherits
+# the environment, and two writers of one file would mix their totals.
+if _PATH and os.environ.setdefault("RLLM_BENCH_GC_PID", str(os.getpid())) != str(os.getpid()):
+    _PATH = None
 
 if _PATH:
     import gc

@@ -92,14 +92,15 @@ def writer() -> TraceWriter:
 
 def _encoder(cfg: Settings) -> Any:
     """Call records -> stored rows: in the build process, or in the writer thread."""
-    from ..build import build_trace, prepare
+    from ..build import build_trace, prepare, weight
     from ..store.encoders import InlineEncoder
 
     if not cfg.writer_build_process:
         return InlineEncoder(build_trace)
     from ..store.encoder_process import ProcessEncoder
 
-    return ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
+    return ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare, weight=weight,
+                          min_weight=cfg.writer_build_process_min_bytes)
 
 
 def policies() -> PolicyFile:

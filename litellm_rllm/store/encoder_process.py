@@ -17,9 +17,17 @@ ends with the proxy however the proxy ends. Wire format, both pipes::
                       batch end: b"E"
     child -> parent   u32 len | pickle   (hello once, then one result per item, in order)
 
+Only items worth it go there: ``weight(item)`` estimates the bytes of upstream data a build
+walks, and items under ``min_weight`` are built in the writer thread, as they would be without
+this encoder. A short reply builds in well under a millisecond, less than the round trip
+costs; and under saturation a second busy process and the GIL hand-overs around its pipe
+I/O cost the proxy more CPU than they save (benchmarks/run.py: 0.81x bare throughput with
+every 256-token call sent over, against 0.91x building them in the thread). The child is
+started on the first item that needs it.
+
 When the child cannot start, dies or stops answering, the batch's remaining items are built in
-the writer thread (``fallback``) and a new child is tried after a backoff; an item that cannot
-be pickled is built there too. Nothing is lost either way, and ``stats()`` counts it.
+the writer thread and a new child is tried after a backoff; an item that cannot be pickled is
+built there too. Nothing is lost either way, and ``stats()`` counts it.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import traceback
 from array import array
 from typing import Any, Callable, Optional, Sequence
 
-from litellm_rllm.store.encoders import BuildFn, Encoded, InlineEncoder, encode_item, trace_id_of
+from litellm_rllm.store.encoders import BuildFn, Encoded, encode_in_thread, encode_item, trace_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -171,23 +179,28 @@ class ProcessEncoder:
     """``build`` (a ``"module:function"`` path) and ``codec.encode`` in a child process.
 
     ``prepare`` runs in the writer thread on each item first (``build.prepare`` for the
-    proxy's call records: plain, picklable data). ``answer_timeout`` bounds the wait for one
-    item's result (a 32,000-token trace takes well under a second), ``start_timeout`` the
-    child's start-up."""
+    proxy's call records: plain, picklable data). Items whose ``weight`` is below
+    ``min_weight`` are built in the writer thread (module docstring). ``answer_timeout``
+    bounds the wait for one item's result (a 32,000-token trace takes well under a second),
+    ``start_timeout`` the child's start-up."""
 
     def __init__(
         self,
         build: str,
         *,
         prepare: Optional[Callable[[Any], Any]] = None,
+        weight: Optional[Callable[[Any], int]] = None,
+        min_weight: int = 0,
         answer_timeout: float = 60.0,
         start_timeout: float = 60.0,
         restart_delays: Sequence[float] = _RESTART_DELAYS,
         python: Optional[str] = None,
     ) -> None:
         self._build_path = build
-        self._fallback = InlineEncoder(resolve(build))  # also checks the path in this process
+        self._build = resolve(build)  # for the writer thread; also checks the path here
         self._prepare = prepare
+        self._weight = weight
+        self._min_weight = min_weight
         self._answer_timeout = answer_timeout
         self._start_timeout = start_timeout
         self._restart_delays = tuple(restart_delays) or (1.0,)
@@ -196,7 +209,12 @@ class ProcessEncoder:
         self._failures = 0  # consecutive failed starts / lost children
         self._retry_at = 0.0
         self._closed = False
-        self._counters = {"encoder_process_starts": 0, "encoder_process_lost": 0, "encoded_inline": 0}
+        self._counters = {
+            "encoder_process_starts": 0, "encoder_process_lost": 0,
+            "encoder_process_items": 0,  # built in the build process
+            "encoder_thread_items": 0,  # built in the writer thread: below min_weight
+            "encoder_fallback_items": 0,  # built in the writer thread: no process, or not picklable
+        }
 
     # ---- lifecycle
 
@@ -270,29 +288,40 @@ class ProcessEncoder:
                     prepared[k] = self._prepare(item)
                 except Exception:  # noqa: BLE001 - a build error of this item
                     out[k] = Encoded(trace_id_of(item), failure="build", detail=traceback.format_exc())
-        proc = self._child()
+        heavy = [k for k in range(len(items)) if out[k] is None and self._heavy(prepared[k])]
+        proc = self._child() if heavy else None
         if proc is not None:
             try:
-                self._exchange(proc, prepared, out)
+                self._exchange(proc, prepared, heavy, out)
             except ChildGone as exc:
                 self._lost(f"(pid {proc.pid}) stopped answering: {exc}")
             except OSError as exc:  # broken pipe: the child died
                 self._lost(f"(pid {proc.pid}) is gone: {exc!r}")
-        for k, outcome in enumerate(out):
-            if outcome is None:
-                self._counters["encoded_inline"] += 1
-                out[k] = encode_item(prepared[k], self._fallback.build)
+        sent = sum(1 for k in heavy if out[k] is not None)
+        rest = [k for k in range(len(items)) if out[k] is None]
+        self._counters["encoder_process_items"] += sent
+        self._counters["encoder_fallback_items"] += len(heavy) - sent
+        self._counters["encoder_thread_items"] += len(rest) - (len(heavy) - sent)
+        for k, outcome in zip(rest, encode_in_thread([prepared[k] for k in rest], self._build)):
+            out[k] = outcome
         return out  # type: ignore[return-value]
 
-    def _exchange(self, proc: subprocess.Popen[bytes], prepared: list[Any], out: list[Optional[Encoded]]) -> None:
-        """Send the items still without an outcome, then read their results in order."""
+    def _heavy(self, item: Any) -> bool:
+        if self._weight is None:
+            return True
+        try:
+            return self._weight(item) >= self._min_weight
+        except Exception:  # noqa: BLE001 - can't tell: the thread builds it, as it always could
+            return False
+
+    def _exchange(self, proc: subprocess.Popen[bytes], prepared: list[Any], indices: list[int],
+                  out: list[Optional[Encoded]]) -> None:
+        """Send the items at ``indices``, then read their results in order."""
         to_child, from_child = proc.stdin.fileno(), proc.stdout.fileno()  # type: ignore[union-attr]
         sent: list[int] = []
-        for k, item in enumerate(prepared):
-            if out[k] is not None:
-                continue
+        for k in indices:
             try:
-                data, buffers = dumps(item)
+                data, buffers = dumps(prepared[k])
             except Exception:  # noqa: BLE001 - not picklable: built in this thread
                 continue
             raws = [b.raw() for b in buffers]
@@ -312,7 +341,7 @@ class ProcessEncoder:
             kind, payload = _read_frame(from_child, time.monotonic() + self._answer_timeout)
             if kind == "ok":
                 out[k] = Encoded(payload.trace_id, row=payload)
-            elif kind != "unreadable":  # "unreadable": the child could not unpickle it; inline
+            elif kind != "unreadable":  # "unreadable": the child could not unpickle it; the thread builds it
                 out[k] = Encoded(trace_id_of(prepared[k]), failure=kind, detail=payload or "")
 
 

@@ -13,6 +13,7 @@ Each item gives one ``Encoded``, in input order (order is ``seq`` order within a
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Protocol, Sequence
@@ -77,6 +78,26 @@ def encode_item(item: Any, build: Optional[BuildFn]) -> Encoded:
         return Encoded(trace.trace_id, failure="encode", detail=repr(exc))
 
 
+_YIELD_AFTER_S = 0.001  # building in the writer thread hands the GIL over after this much
+_YIELD_SLEEP_S = 0.0001  # a real sleep: on one CPU a zero-length one would take the GIL right back
+
+
+def encode_in_thread(items: Sequence[Any], build: Optional[BuildFn]) -> list[Encoded]:
+    """``encode_item`` for each, yielding the GIL after each millisecond of work: without that
+    a burst of items would be Python work in one stretch, and the event loop would wait a full
+    switch interval (5 ms) for the GIL each time it wanted it back."""
+    out: list[Encoded] = []
+    clock = time.perf_counter
+    mark = clock()
+    last = len(items) - 1
+    for k, item in enumerate(items):
+        out.append(encode_item(item, build))
+        if k < last and clock() - mark > _YIELD_AFTER_S:
+            time.sleep(_YIELD_SLEEP_S)
+            mark = clock()
+    return out
+
+
 class InlineEncoder:
     """Builds and encodes in the calling thread."""
 
@@ -84,7 +105,7 @@ class InlineEncoder:
         self.build = build
 
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
-        return [encode_item(item, self.build) for item in items]
+        return encode_in_thread(items, self.build)
 
     def stats(self) -> dict[str, int]:
         return {}
@@ -93,4 +114,4 @@ class InlineEncoder:
         pass
 
 
-__all__ = ["BuildFn", "Encoded", "Encoder", "InlineEncoder", "encode_item", "trace_id_of"]
+__all__ = ["BuildFn", "Encoded", "Encoder", "InlineEncoder", "encode_in_thread", "encode_item", "trace_id_of"]
