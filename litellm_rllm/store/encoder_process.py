@@ -297,6 +297,8 @@ class ProcessEncoder:
                 self._lost(f"(pid {proc.pid}) stopped answering: {exc}")
             except OSError as exc:  # broken pipe: the child died
                 self._lost(f"(pid {proc.pid}) is gone: {exc!r}")
+            except Exception as exc:  # noqa: BLE001 - e.g. a frame that does not unpickle
+                self._lost(f"(pid {proc.pid}) answered what this process cannot read: {exc!r}")
         sent = sum(1 for k in heavy if out[k] is not None)
         rest = [k for k in range(len(items)) if out[k] is None]
         self._counters["encoder_process_items"] += sent

@@ -416,7 +416,14 @@ class TraceWriter:
 
     def _process(self, items: list[Any]) -> None:
         rows: list[EncodedTrace] = []
-        for out in self._encoder.encode(items):
+        try:
+            outcomes = self._encoder.encode(items)
+        except Exception:  # noqa: BLE001 - an encoder bug: counted and logged with the ids
+            self._build_errors += len(items)
+            logger.exception("trace writer: encoding a batch failed; traces not stored: %s",
+                             ", ".join(str(trace_id_of(item)) for item in items))
+            return
+        for out in outcomes:
             if out.row is not None:
                 rows.append(out.row)
             elif out.failure == "skip":
