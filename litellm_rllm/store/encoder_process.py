@@ -21,9 +21,10 @@ Only items worth it go there: ``weight(item)`` estimates the bytes of upstream d
 walks, and items under ``min_weight`` are built in the writer thread, as they would be without
 this encoder. A short reply builds in well under a millisecond, less than the round trip
 costs; and under saturation a second busy process and the GIL hand-overs around its pipe
-I/O cost the proxy more CPU than they save (benchmarks/run.py: 0.81x bare throughput with
-every 256-token call sent over, against 0.91x building them in the thread). The child is
-started on the first item that needs it.
+I/O cost the proxy more CPU than they save (benchmarks/run.py --quick, 256-token replies, three
+runs: 0.79-0.85x bare throughput with every call sent over, 0.91-0.98x building them in the
+thread; run-to-run noise there is about 10%). The child is started on the first item that
+needs it.
 
 When the child cannot start, dies or stops answering, the batch's remaining items are built in
 the writer thread and a new child is tried after a backoff; an item that cannot be pickled is
