@@ -178,6 +178,9 @@ def instrument() -> None:
     writer_step("send item (writev)", encoder_process, "_write_all")
     writer_step("read result (incl. wait)", encoder_process, "_read_frame")
     writer_step("store write", SqliteStore, "write_encoded")
+    from litellm_rllm.store import encoders
+
+    writer_step("build + encode in the thread", encoders, "encode_item")
     process = TraceWriter._process
 
     def timed_process(self: Any, items: list[Any]) -> Any:

@@ -11,9 +11,9 @@ Why it is shaped this way:
 * Row ids are assigned explicitly under the write lock (MAX(id)+1...), so ``trace_uids`` can
   point at integer row ids and a session read walks one index in write order.
 * A small checkpointer thread (own connection) copies the WAL into the database after each
-  commit. That copy and its fsync are about a third of the cost of a write and release the
-  GIL, so they overlap the writer's next batch; the writer connection checkpoints by itself
-  only when the WAL passes 64 MiB (checkpointer lagging or gone).
+  MiB of commits, or 100 ms after a smaller one. That copy and its fsync are about a third of the cost of a
+  write and release the GIL, so they overlap the writer's next batch; the writer connection
+  checkpoints by itself only when the WAL passes 64 MiB (checkpointer lagging or gone).
 * 16 KiB pages: a 10-20 KB trace takes 1-2 pages instead of 3-5 at the 4 KiB default.
 
 Layout (schema version 1)::
@@ -48,6 +48,8 @@ CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages 
 # dead): at 16 KiB pages that is a 64 MiB WAL. A WAL file grown past the limit is cut back to it.
 WRITER_AUTOCHECKPOINT_PAGES = 4096
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+CHECKPOINT_BYTES = 1 << 20  # the checkpointer's pace (see _Checkpointer)
+CHECKPOINT_MAX_WAIT_S = 0.1
 _IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
 _READ_PAGE = 256
 
@@ -209,7 +211,7 @@ class SqliteStore(TraceStore):
                 if fresh:
                     self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
         if seqs and self._background_checkpoint:
-            self._poke_checkpointer()
+            self._poke_checkpointer(sum(_row_bytes(encoded[k]) for k in seqs))
         return EncodedWriteResult(
             [seqs.get(k) for k in range(len(encoded))],
             [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
@@ -335,7 +337,7 @@ class SqliteStore(TraceStore):
             self._check_open()
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _poke_checkpointer(self) -> None:
+    def _poke_checkpointer(self, committed_bytes: int) -> None:
         """Never raises: the data is committed already, and without the thread the writer
         connection's own autocheckpoint still bounds the WAL."""
         try:
@@ -344,7 +346,7 @@ class SqliteStore(TraceStore):
                     if self._checkpointer is None and not self._closed:
                         self._checkpointer = _Checkpointer(self.path, self._busy_timeout)
             if self._checkpointer is not None:
-                self._checkpointer.poke()
+                self._checkpointer.poke(committed_bytes)
         except Exception:  # noqa: BLE001 - e.g. no new threads at interpreter shutdown
             self._background_checkpoint = False
             logger.warning("SQLite background checkpointer unavailable", exc_info=True)
@@ -372,24 +374,40 @@ class _Checkpointer:
     and they release the GIL; done here they overlap the writer's encoding of the next batch
     instead of stalling it. PASSIVE never blocks the writer; a checkpoint that completes
     between two commits lets the next commit restart the WAL from its beginning.
+
+    Pace: once ``batch_bytes`` have been committed since the last checkpoint it runs at once
+    (large batches: the WAL stays small and is rewound often); smaller commits gather for up
+    to ``max_wait``. At moderate rates every call is its own commit, and a checkpoint for each
+    cost about as much CPU as the commit itself (~0.4 ms). ``max_wait`` is also how long a
+    commit may wait for its fsync (power loss or an OS crash only; a process crash loses
+    nothing once COMMIT returned).
     """
 
-    def __init__(self, path: str, busy_timeout: float) -> None:
+    def __init__(self, path: str, busy_timeout: float, batch_bytes: int = CHECKPOINT_BYTES,
+                 max_wait: float = CHECKPOINT_MAX_WAIT_S) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
+        self._batch_bytes = batch_bytes
+        self._max_wait = max_wait
+        self._pending = 0  # bytes committed since the last checkpoint (written by the writer only)
         self._wake = threading.Event()
+        self._enough = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(
             target=self._run, name="litellm-rllm-sqlite-checkpointer", daemon=True
         )
         self._thread.start()
 
-    def poke(self) -> None:
+    def poke(self, committed_bytes: int) -> None:
+        self._pending += committed_bytes
+        if self._pending >= self._batch_bytes and not self._enough.is_set():
+            self._enough.set()
         if not self._wake.is_set():
             self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
+        self._enough.set()
         self._wake.set()
         self._thread.join(timeout)
 
@@ -404,8 +422,12 @@ class _Checkpointer:
             while not self._stopping:
                 self._wake.wait(1.0)
                 self._wake.clear()
-                if not self._stopping:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if self._stopping:
+                    break
+                self._enough.wait(self._max_wait)  # small commits: let more join this checkpoint
+                self._enough.clear()
+                self._pending = 0
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except Exception:  # noqa: BLE001 - the writer's own autocheckpoint takes over
             logger.exception("SQLite checkpointer for %s stopped", self._path)
         finally:
@@ -457,6 +479,10 @@ def _next_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
         for key, top in conn.execute(query, chunk):
             out[key] = int(top) + 1
     return out
+
+
+def _row_bytes(enc: EncodedTrace) -> int:
+    return len(enc.doc) + len(enc.arrays or b"") + len(enc.detail or b"")
 
 
 def _decode_row(row: Sequence[Any]) -> Trace:
