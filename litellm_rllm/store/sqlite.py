@@ -11,9 +11,10 @@ Why it is shaped this way:
 * Row ids are assigned explicitly under the write lock (MAX(id)+1...), so ``trace_uids`` can
   point at integer row ids and a session read walks one index in write order.
 * A small checkpointer thread (own connection) copies the WAL into the database after each
-  MiB of commits, or 100 ms after a smaller one. That copy and its fsync are about a third of the cost of a
-  write and release the GIL, so they overlap the writer's next batch; the writer connection
-  checkpoints by itself only when the WAL passes 64 MiB (checkpointer lagging or gone).
+  MiB of commits, or 100 ms after a smaller one. That copy and its fsync are about a third of
+  the cost of a write and release the GIL, so they overlap the writer's next batch; the writer
+  connection checkpoints by itself only when the WAL passes 64 MiB (checkpointer lagging or
+  gone).
 * 16 KiB pages: a 10-20 KB trace takes 1-2 pages instead of 3-5 at the 4 KiB default.
 
 Layout (schema version 1)::
