@@ -30,10 +30,8 @@ async def _one_read(data: bytes) -> AsyncIterator[bytes]:
     yield data  # the whole body in one read, as from a fast upstream to a slow reader
 
 
-async def test_large_sse_read_is_parsed_in_slices_with_the_loop_running_between() -> None:
-    body = vllm_chat_sse(2000)
-    assert len(body) > 8 * PARSE_SLICE
-    tap = UpstreamTap(time.perf_counter(), 200, is_sse=True)
+async def _read_counting_loop_turns(body: bytes, tap: UpstreamTap) -> tuple[list[bytes], int]:
+    """Everything the tee passes on for a one-read body, and how often the loop ran meanwhile."""
     ticks = 0
 
     async def ticker() -> None:
@@ -48,6 +46,14 @@ async def test_large_sse_read_is_parsed_in_slices_with_the_loop_running_between(
     passed = [data async for data in _TeeStream(_one_read(body), tap)]
     during = ticks
     task.cancel()
+    return passed, during
+
+
+async def test_large_sse_read_is_parsed_in_slices_with_the_loop_running_between() -> None:
+    body = vllm_chat_sse(2000)
+    assert len(body) > 8 * PARSE_SLICE
+    tap = UpstreamTap(time.perf_counter(), 200, is_sse=True)
+    passed, during = await _read_counting_loop_turns(body, tap)
 
     assert b"".join(passed) == body
     slices = -(-len(body) // PARSE_SLICE)
@@ -63,20 +69,7 @@ async def test_small_reads_pass_through_without_yielding_to_the_loop() -> None:
     body = vllm_chat_sse(3)
     assert len(body) < PARSE_SLICE
     tap = UpstreamTap(time.perf_counter(), 200, is_sse=True)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    ticks = 0
-    passed = [data async for data in _TeeStream(_one_read(body), tap)]
-    during = ticks
-    task.cancel()
+    passed, during = await _read_counting_loop_turns(body, tap)
 
     assert passed == [body]
     assert during == 0
