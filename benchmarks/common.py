@@ -263,14 +263,19 @@ def rss_bytes(pid: int) -> int:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu_seconds(stat_path: str) -> float:
+    """utime + stime from a /proc `stat` file (a process's, or one thread's under `task/`)."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads) and its live descendants."""
     total = 0.0
     for p in (pid, *descendants(pid)):
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / _TICK
+            total += stat_cpu_seconds(f"/proc/{p}/stat")
         except OSError:
             pass
     return total

@@ -96,9 +96,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{proc}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                out[int(tid)] = common.stat_cpu_seconds(f"/proc/{proc}/task/{tid}/stat")
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
     return out

@@ -171,23 +171,18 @@ def open_store(args: argparse.Namespace) -> tuple[object, Optional[str], Optiona
 
 
 def make_records(n: int, completion_tokens: int) -> list[object]:
-    """Call records as the proxy's tee captures a non-streamed vLLM call: the JSON body as
-    its reads (64 KiB), the deployment kwargs, the slug's session."""
-    from litellm_rllm.record import CallRecord
-    from writer_gil import nonstream_body
+    """Call records as the proxy's tee captures a non-streamed vLLM call (`writer_gil.make_record`:
+    the JSON body as its reads), each its own call in one of 200 sessions, with a 400-token
+    prompt so the stored doc has a realistic size."""
+    from dataclasses import replace
 
-    body = nonstream_body(completion_tokens, 0)
-    reads = [body[k:k + 65536] for k in range(0, len(body), 65536)]
-    upstream = {"model": "policy", "custom_llm_provider": "hosted_vllm", "api_base": "http://vllm:8000/v1",
-                "messages": [{"role": "user", "content": _text(random.Random(0), 400)}], "logprobs": True,
-                "extra_body": {"return_token_ids": True}, "api_key": "sk-not-stored"}
-    return [
-        CallRecord(call_id=f"chatcmpl-{i:09d}", started_wall=time.time(), route="/v1/chat/completions",
-                   model="policy", latency_ms=800.0, session={"session_id": f"session-{i % 200}"},
-                   upstream=upstream, client_request=upstream, injected={"logprobs": True}, raw_body=reads,
-                   hidden={"response_cost": 0.0})
-        for i in range(n)
-    ]
+    from writer_gil import make_record
+
+    base = make_record("nonstream", completion_tokens, 0)
+    upstream = {**base.upstream, "messages": [{"role": "user", "content": _text(random.Random(0), 400)}]}
+    return [replace(base, call_id=f"chatcmpl-{i:09d}", session={"session_id": f"session-{i % 200}"},
+                    upstream=upstream, client_request=upstream)
+            for i in range(n)]
 
 
 def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: object) -> None:
@@ -236,8 +231,8 @@ def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: o
         size = os.path.getsize(path) + sum(
             os.path.getsize(path + ext) for ext in ("-wal", "-shm") if os.path.exists(path + ext)
         )
-    completion = n_items * args.completion_tokens
     n = n_items
+    completion = n * args.completion_tokens
     print(f"mode={mode} traces={n} batch={args.batch_size} "
           f"completion_tokens={args.completion_tokens} prompt_tokens={args.prompt_tokens}")
     print(f"traces/s: {n / elapsed:,.0f}   ({elapsed:.2f} s; submit {submit_us:.2f} us/trace)")
