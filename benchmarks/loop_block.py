@@ -127,13 +127,14 @@ def timed_async(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def instrument() -> None:
-    from litellm_rllm.callbacks import pipeline, runtime, upstream_tap
+    from litellm_rllm.callbacks import finish, upstream_tap
+    from litellm_rllm.callbacks import plugin as plugin_mod
     from litellm_rllm.callbacks.sampling_policy import SamplingPolicyCallback
     from litellm_rllm.callbacks.session_metadata import SessionMetadataCallback
     from litellm_rllm.callbacks.trace_capture import TraceCaptureCallback
-    from litellm_rllm.sse import SSEParser
-    from litellm_rllm.store.writer import TraceWriter
-    from litellm_rllm.stream import StreamAccumulator
+    from litellm_rllm.capture.sse import SSEParser
+    from litellm_rllm.writer.trace_writer import TraceWriter
+    from litellm_rllm.capture.stream import StreamAccumulator
 
     hooks = ("async_pre_call_hook", "async_pre_call_deployment_hook", "async_post_call_success_hook",
              "async_post_call_failure_hook")
@@ -144,11 +145,17 @@ def instrument() -> None:
                 setattr(cls, hook, timed_async(f"{short}.{hook}", cls.__dict__[hook]))
     # the slug check (SlugRoute.handle calls it before re-dispatching; it is passed by reference
     # at install time, so it is patched before the proxy starts)
-    runtime.check_slug = timed_sync("slug check", runtime.check_slug)
+    plugin_init = plugin_mod.Plugin.__init__
+
+    def timed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        plugin_init(self, *args, **kwargs)
+        self.check_slug = timed_sync("slug check", self.check_slug)
+
+    plugin_mod.Plugin.__init__ = timed_init
     # the stream wrapper's per-chunk and end-of-stream work (module globals, looked up per call)
-    pipeline.strip_chunk = timed_sync("stream: strip chunk", pipeline.strip_chunk)
-    pipeline._record = timed_sync("record", pipeline._record)
-    pipeline._submit = timed_sync("submit", pipeline._submit)
+    finish.strip_chunk = timed_sync("stream: strip chunk", finish.strip_chunk)
+    finish._record = timed_sync("record", finish._record)
+    finish._submit = timed_sync("submit", finish._submit)
     # the tee: one call per network read of the upstream body (parse + accumulate)
     upstream_tap.UpstreamTap.feed = timed_sync("tee: feed read", upstream_tap.UpstreamTap.feed)
     upstream_tap.UpstreamTap.json_body = timed_sync("tee: json body", upstream_tap.UpstreamTap.json_body)
@@ -158,7 +165,7 @@ def instrument() -> None:
     # the writer thread's own steps (each one holds the GIL from start to end, or releases it
     # inside: pipe I/O, SQLite): thread CPU and wall per call
     from litellm_rllm import build as build_mod
-    from litellm_rllm.store import encoder_process
+    from litellm_rllm.writer import build_process
     from litellm_rllm.store.sqlite import SqliteStore
 
     def writer_step(name: str, owner: Any, attr: str) -> None:
@@ -174,11 +181,11 @@ def instrument() -> None:
         setattr(owner, attr, wrapper)
 
     writer_step("prepare (trim, price)", build_mod, "prepare")
-    writer_step("pickle item", encoder_process, "dumps")
-    writer_step("send item (writev)", encoder_process, "_write_all")
-    writer_step("read result (incl. wait)", encoder_process, "_read_frame")
+    writer_step("pickle item", build_process, "dumps")
+    writer_step("send item (writev)", build_process, "_write_all")
+    writer_step("read result (incl. wait)", build_process, "_read_frame")
     writer_step("store write", SqliteStore, "write_encoded")
-    from litellm_rllm.store import encoders
+    from litellm_rllm.writer import encoders
 
     writer_step("build + encode in the thread", encoders, "encode_item")
     process = TraceWriter._process
@@ -348,9 +355,9 @@ async def serve_and_measure(args: argparse.Namespace, config: Path) -> dict[str,
 
     writer = None
     if not args.bare:
-        from litellm_rllm.callbacks import runtime
+        from litellm_rllm.callbacks.plugin import plugin
 
-        writer = runtime.writer()
+        writer = plugin().writer
     short = {**body, "max_tokens": 16}
     for _ in range(2):  # warm: first-call imports and caches, the client's connection
         await ask("nonstream", "policy", short)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from litellm_rllm.store.codec import encode, encode_all  # noqa: E402
 from litellm_rllm.store.sqlite import SqliteStore  # noqa: E402
-from litellm_rllm.store.writer import TraceWriter  # noqa: E402
+from litellm_rllm.writer.trace_writer import TraceWriter  # noqa: E402
 from litellm_rllm.trace import TopLogprob, Trace, TraceChoice  # noqa: E402
 
 WORDS = (
@@ -193,11 +193,11 @@ def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: o
         items = encode_all(traces)
     elif mode == "records":
         from litellm_rllm.build import prepare
-        from litellm_rllm.store.encoder_process import ProcessEncoder
+        from litellm_rllm.writer.build_process import BuildProcess
 
         n_items = args.traces if args.traces_given else 4000
         items = make_records(n_items, args.completion_tokens)
-        encoder = ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
+        encoder = BuildProcess("litellm_rllm.build:build_trace", prepare=prepare)
     store, path, pg_schema = open_store(args)
 
     start = time.perf_counter()

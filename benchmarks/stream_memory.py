@@ -15,8 +15,8 @@ import json
 import time
 import tracemalloc
 
-from litellm_rllm.sse import SSEParser
-from litellm_rllm.stream import StreamAccumulator
+from litellm_rllm.capture.sse import SSEParser
+from litellm_rllm.capture.stream import StreamAccumulator
 
 
 def vllm_sse(tokens: int, top: int) -> list[bytes]:

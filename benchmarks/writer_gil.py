@@ -77,9 +77,9 @@ def nonstream_body(tokens: int, top: int) -> bytes:
 
 
 def make_record(kind: str, tokens: int, top: int) -> Any:
-    from litellm_rllm.record import CallRecord
-    from litellm_rllm.sse import SSEParser
-    from litellm_rllm.stream import StreamAccumulator
+    from litellm_rllm.capture.record import CallRecord
+    from litellm_rllm.capture.sse import SSEParser
+    from litellm_rllm.capture.stream import StreamAccumulator
 
     upstream = {"model": "policy", "custom_llm_provider": "hosted_vllm", "api_base": "http://vllm:8000/v1",
                 "messages": [{"role": "user", "content": "Tell a long story."}], "logprobs": True,
@@ -157,15 +157,15 @@ async def measure(writer: Any, record: Any, settle: float = 1.0) -> dict[str, An
 
 async def run(args: argparse.Namespace, encoder_kind: str) -> dict[str, Any]:
     from litellm_rllm.build import build_trace, prepare
-    from litellm_rllm.store.encoder_process import ProcessEncoder
-    from litellm_rllm.store.encoders import InlineEncoder
+    from litellm_rllm.writer.build_process import BuildProcess
+    from litellm_rllm.writer.encoders import InlineEncoder
     from litellm_rllm.store.sqlite import SqliteStore
-    from litellm_rllm.store.writer import TraceWriter
+    from litellm_rllm.writer.trace_writer import TraceWriter
 
     folder = tempfile.mkdtemp(prefix="rllm-writer-gil-")
     store = SqliteStore(os.path.join(folder, "traces.db"))
     store.write_encoded = staged("sqlite write", store.write_encoded)  # type: ignore[method-assign]
-    encoder: Any = (ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare) if encoder_kind == "process"
+    encoder: Any = (BuildProcess("litellm_rllm.build:build_trace", prepare=prepare) if encoder_kind == "process"
                     else InlineEncoder(build_trace))
     label = "prepare + send + wait for the build process" if encoder_kind == "process" else "build + encode"
     encoder.encode = staged(label, encoder.encode)

@@ -162,7 +162,7 @@ def _explain_one(policies: Any, args: argparse.Namespace, entry: dict[str, Any])
     """What the sampling callback would decide for one deployment (same `target_of`)."""
     import dataclasses
 
-    from .callbacks.sampling_policy import target_of
+    from .callbacks.deployment import target_of
     from .policy import INJECTABLE, decide
 
     api_base = entry.get("api_base")

@@ -61,7 +61,7 @@ class Settings(BaseModel):
     # walking LiteLLM's large start-up heap (measured in benchmarks/loop_block.py: GC per
     # request 17-22 ms -> 0.9 ms, worst loop stall 650-830 ms -> 42 ms). Process-wide, hence off.
     gc_freeze_after_start: bool = False
-    # Build and encode the traces of long replies in a helper process (`store/encoder_process.py`),
+    # Build and encode the traces of long replies in a helper process (`writer/build_process.py`),
     # so parsing them never holds the proxy's GIL: calls with at least `..._min_bytes` of upstream
     # data (body, or a stream's logprobs weighed as one); smaller ones are built in the writer
     # thread, where they cost less. Off: everything in the writer thread.
@@ -103,7 +103,7 @@ class Settings(BaseModel):
         SQLite file, else a folder per store (named after it, without credentials) inside
         `spool_dir` (default `rllm_spool` in the working directory), so proxies of different
         stores can share one `spool_dir`."""
-        from .store.spool import store_folder_name
+        from .writer.spool import store_folder_name
 
         if self.spool_max_bytes == 0:
             return None

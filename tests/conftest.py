@@ -29,9 +29,9 @@ class InProcessProxy:
         self.config = config
 
     def flush(self, timeout: float = 10.0) -> None:
-        from litellm_rllm.callbacks import runtime
+        from litellm_rllm.callbacks.plugin import plugin
 
-        assert runtime.writer().flush(timeout), "writer did not flush in time"
+        assert plugin().writer.flush(timeout), "writer did not flush in time"
 
     def traces(self, session: Optional[str] = None) -> list[Any]:
         self.flush()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from litellm_rllm.capture import check_completeness, choices_from_response, prompt_ids_from
-from litellm_rllm.sse import SSEParser
-from litellm_rllm.stream import StreamAccumulator
+from litellm_rllm.capture.response import check_completeness, choices_from_response, prompt_ids_from
+from litellm_rllm.capture.sse import SSEParser
+from litellm_rllm.capture.stream import StreamAccumulator
 from litellm_rllm.trace import TraceChoice
 
 

@@ -183,7 +183,7 @@ def _writer_flush_bound_s() -> float:
     the proxy registers at exit), or a longer flush/close/shutdown timeout setting if
     settings.py grows one."""
     from litellm_rllm.settings import Settings
-    from litellm_rllm.store.writer import TraceWriter
+    from litellm_rllm.writer.trace_writer import TraceWriter
 
     bound = WRITER_FLUSH_FLOOR_S
     close_default = inspect.signature(TraceWriter.close).parameters["timeout"].default

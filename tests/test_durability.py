@@ -25,10 +25,11 @@ import pytest
 
 from litellm_rllm import slug as slugs
 from litellm_rllm import store as store_mod
-from litellm_rllm.store import SqliteStore, TraceWriter
+from litellm_rllm.store import SqliteStore
+from litellm_rllm.writer import TraceWriter
 from litellm_rllm.store.base import EncodedWriteResult
 from litellm_rllm.store.codec import EncodedTrace
-from litellm_rllm.store.spool import Spool, encode_record
+from litellm_rllm.writer.spool import Spool, encode_record
 from litellm_rllm.trace import Trace, TraceChoice
 from tests import harness
 

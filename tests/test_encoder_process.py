@@ -14,17 +14,17 @@ import httpx
 import pytest
 
 from litellm_rllm.build import build_trace, prepare
-from litellm_rllm.record import CallRecord
-from litellm_rllm.sse import SSEParser
-from litellm_rllm.store.encoder_process import ProcessEncoder
-from litellm_rllm.store.encoders import InlineEncoder
+from litellm_rllm.capture.record import CallRecord
+from litellm_rllm.capture.sse import SSEParser
+from litellm_rllm.writer.build_process import BuildProcess
+from litellm_rllm.writer.encoders import InlineEncoder
 
 FAST_RESTART = (0.05,)
 
 
 @pytest.fixture()
-def encoder() -> Iterator[ProcessEncoder]:
-    enc = ProcessEncoder("tests.encoder_helpers:build", restart_delays=FAST_RESTART)
+def encoder() -> Iterator[BuildProcess]:
+    enc = BuildProcess("tests.encoder_helpers:build", restart_delays=FAST_RESTART)
     yield enc
     enc.close()
 
@@ -38,8 +38,8 @@ def _vllm_records(api_base: str) -> list[CallRecord]:
     reads, an SSE stream through the tee's parser, LiteLLM's parsed response, an error."""
     import litellm
 
-    from litellm_rllm.callbacks.pipeline import _snapshot
-    from litellm_rllm.stream import StreamAccumulator
+    from litellm_rllm.callbacks.finish import snapshot
+    from litellm_rllm.capture.stream import StreamAccumulator
 
     body = {"model": "fake-vllm", "messages": [{"role": "user", "content": "Tell me a story."}],
             "logprobs": True, "top_logprobs": 3, "return_token_ids": True, "max_tokens": 40, "n": 2}
@@ -66,7 +66,7 @@ def _vllm_records(api_base: str) -> list[CallRecord]:
     return [
         CallRecord(call_id="enc-raw", raw_body=parts, hidden={"response_cost": 0.25}, **common),
         CallRecord(call_id="enc-stream", stream=True, stream_result=acc, ttft_ms=3.0, **common),
-        CallRecord(call_id="enc-parsed", response=_snapshot(parsed), hidden={"custom_llm_provider": "hosted_vllm"},
+        CallRecord(call_id="enc-parsed", response=snapshot(parsed), hidden={"custom_llm_provider": "hosted_vllm"},
                    **common),
         CallRecord(call_id="enc-error", status="error", error={"type": "APIError", "status_code": 500,
                    "message": "upstream said: bad key sk-upstream-secret-123456"}, **common),
@@ -76,11 +76,11 @@ def _vllm_records(api_base: str) -> list[CallRecord]:
 def test_build_process_gives_the_rows_the_writer_thread_gives(vllm_upstream: Any) -> None:
     records = _vllm_records(vllm_upstream.api_base)
     inline = InlineEncoder(build_trace).encode(records)
-    process = ProcessEncoder("litellm_rllm.build:build_trace", prepare=prepare)
+    process = BuildProcess("litellm_rllm.build:build_trace", prepare=prepare)
     try:
         remote = process.encode(records)
         stats = process.stats()
-        assert (stats["encoder_process_items"], stats["encoder_fallback_items"]) == (4, 0)
+        assert (stats["build_process_items"], stats["build_fallback_items"]) == (4, 0)
     finally:
         process.close()
     assert [o.failure for o in inline] == [None] * 4, [o.detail for o in inline]
@@ -94,7 +94,7 @@ def test_build_process_gives_the_rows_the_writer_thread_gives(vllm_upstream: Any
 
 def test_build_process_needs_no_litellm(vllm_upstream: Any) -> None:
     records = _vllm_records(vllm_upstream.api_base)
-    process = ProcessEncoder("tests.encoder_helpers:build_trace_probe", prepare=prepare)
+    process = BuildProcess("tests.encoder_helpers:build_trace_probe", prepare=prepare)
     try:
         outcomes = process.encode(records)
     finally:
@@ -103,28 +103,28 @@ def test_build_process_needs_no_litellm(vllm_upstream: Any) -> None:
     assert all('"litellm_imported":false' in o.row.doc for o in outcomes)
 
 
-def test_out_of_band_buffers_arrive_whole(encoder: ProcessEncoder) -> None:
+def test_out_of_band_buffers_arrive_whole(encoder: BuildProcess) -> None:
     parts = [os.urandom(1 << 16) for _ in range(40)] + [b"", b"tail"]  # 2.6 MB, more than a pipe holds
     [out] = encoder.encode([item("big", parts=[pickle.PickleBuffer(p) for p in parts])])
     assert out.row is not None and '"built_in":"child"' in out.row.doc
     assert f'"payload_bytes":{sum(map(len, parts))}' in out.row.doc
 
 
-def test_build_errors_and_skips_come_back_per_item_in_order(encoder: ProcessEncoder) -> None:
+def test_build_errors_and_skips_come_back_per_item_in_order(encoder: BuildProcess) -> None:
     outcomes = encoder.encode([item("a"), item("b", **{"raise": True}), item("c", skip=True), item("d")])
     assert [(o.item_id, o.failure) for o in outcomes] == [("a", None), ("b", "build"), ("c", "skip"), ("d", None)]
     assert "RuntimeError: build refused b" in outcomes[1].detail and "Traceback" in outcomes[1].detail
-    assert encoder.stats()["encoder_fallback_items"] == 0
+    assert encoder.stats()["build_fallback_items"] == 0
 
 
-def test_item_that_cannot_be_pickled_is_built_in_the_writer_thread(encoder: ProcessEncoder) -> None:
+def test_item_that_cannot_be_pickled_is_built_in_the_writer_thread(encoder: BuildProcess) -> None:
     outcomes = encoder.encode([item("a"), item("lock", lock=threading.Lock()), item("c")])
     assert [o.failure for o in outcomes] == [None, None, None]
     assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [True, False, True]
-    assert encoder.stats()["encoder_fallback_items"] == 1
+    assert encoder.stats()["build_fallback_items"] == 1
 
 
-def test_killed_process_is_replaced_and_nothing_is_lost(encoder: ProcessEncoder) -> None:
+def test_killed_process_is_replaced_and_nothing_is_lost(encoder: BuildProcess) -> None:
     assert encoder.encode([item("first")])[0].row is not None
     first_pid = encoder.pid
     os.kill(first_pid, signal.SIGKILL)
@@ -133,17 +133,17 @@ def test_killed_process_is_replaced_and_nothing_is_lost(encoder: ProcessEncoder)
     assert all(o.row is not None for o in outcomes)  # built in this thread meanwhile
     assert all('"built_in":"parent"' in o.row.doc for o in outcomes)
     stats = encoder.stats()
-    assert (stats["encoder_process_lost"], stats["encoder_fallback_items"]) == (1, 5)
-    assert stats["encoder_process_items"] == 1
+    assert (stats["build_process_lost"], stats["build_fallback_items"]) == (1, 5)
+    assert stats["build_process_items"] == 1
     time.sleep(0.1)  # past the restart backoff
     [after] = encoder.encode([item("after")])
     assert '"built_in":"child"' in after.row.doc
     assert encoder.pid not in (None, first_pid)
-    assert encoder.stats()["encoder_process_starts"] == 2
+    assert encoder.stats()["build_process_starts"] == 2
 
 
 def test_process_that_stops_answering_is_killed_and_its_batch_built_here() -> None:
-    encoder = ProcessEncoder("tests.encoder_helpers:build", answer_timeout=0.5, restart_delays=FAST_RESTART)
+    encoder = BuildProcess("tests.encoder_helpers:build", answer_timeout=0.5, restart_delays=FAST_RESTART)
     try:
         assert encoder.encode([item("warm")])[0].row is not None
         hung_pid = encoder.pid
@@ -155,22 +155,22 @@ def test_process_that_stops_answering_is_killed_and_its_batch_built_here() -> No
         assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [True, False, False]
         with pytest.raises(ProcessLookupError):  # the hung child was killed, not left behind
             os.kill(hung_pid, 0)
-        assert encoder.stats()["encoder_process_lost"] == 1
+        assert encoder.stats()["build_process_lost"] == 1
     finally:
         encoder.close()
 
 
 def test_python_that_cannot_start_means_building_here(tmp_path: Any) -> None:
-    encoder = ProcessEncoder("tests.encoder_helpers:build", python=str(tmp_path / "no-such-python"))
+    encoder = BuildProcess("tests.encoder_helpers:build", python=str(tmp_path / "no-such-python"))
     try:
         [out] = encoder.encode([item("x")])
         assert out.row is not None and '"built_in":"parent"' in out.row.doc
-        assert encoder.stats()["encoder_process_running"] == 0
+        assert encoder.stats()["build_process_running"] == 0
     finally:
         encoder.close()
 
 
-def test_close_ends_the_process(encoder: ProcessEncoder) -> None:
+def test_close_ends_the_process(encoder: BuildProcess) -> None:
     encoder.encode([item("x")])
     pid = encoder.pid
     encoder.close()
@@ -181,14 +181,14 @@ def test_close_ends_the_process(encoder: ProcessEncoder) -> None:
 
 
 def test_small_items_are_built_in_the_writer_thread_and_large_ones_in_the_process() -> None:
-    encoder = ProcessEncoder("tests.encoder_helpers:build", weight=lambda it: len(it.get("parts", ())),
+    encoder = BuildProcess("tests.encoder_helpers:build", weight=lambda it: len(it.get("parts", ())),
                              min_weight=2, restart_delays=FAST_RESTART)
     try:
         outcomes = encoder.encode([item("small"), item("large", parts=[b"a", b"b"]), item("small-2", parts=[b"a"])])
         assert [o.item_id for o in outcomes] == ["small", "large", "small-2"]  # order kept across both
         assert ['"built_in":"child"' in o.row.doc for o in outcomes] == [False, True, False]
         stats = encoder.stats()
-        assert (stats["encoder_process_items"], stats["encoder_thread_items"], stats["encoder_fallback_items"]) == (1, 2, 0)
+        assert (stats["build_process_items"], stats["build_thread_items"], stats["build_fallback_items"]) == (1, 2, 0)
         [only_small] = encoder.encode([item("s")])
         assert '"built_in":"parent"' in only_small.row.doc
     finally:
@@ -196,10 +196,10 @@ def test_small_items_are_built_in_the_writer_thread_and_large_ones_in_the_proces
 
 
 def test_build_process_starts_only_when_an_item_needs_it() -> None:
-    encoder = ProcessEncoder("tests.encoder_helpers:build", weight=lambda it: 0, min_weight=1)
+    encoder = BuildProcess("tests.encoder_helpers:build", weight=lambda it: 0, min_weight=1)
     try:
         encoder.encode([item("a"), item("b")])
-        assert encoder.pid is None and encoder.stats()["encoder_process_starts"] == 0
+        assert encoder.pid is None and encoder.stats()["build_process_starts"] == 0
     finally:
         encoder.close()
 
@@ -229,10 +229,10 @@ def test_proxy_builds_long_replies_in_the_build_process_and_short_ones_in_its_th
     list(oai.chat.completions.create(model="policy-long", **ask, stream=True))
     proxy.flush()
     after = proxy.client.get("/rllm/stats").json()["writer"]
-    gained = {k: after[k] - before.get(k, 0) for k in ("encoder_process_items", "encoder_thread_items",
-                                                       "encoder_fallback_items")}
-    assert gained == {"encoder_process_items": 2, "encoder_thread_items": 1, "encoder_fallback_items": 0}, after
-    assert after["encoder_process_running"] == 1
+    gained = {k: after[k] - before.get(k, 0) for k in ("build_process_items", "build_thread_items",
+                                                       "build_fallback_items")}
+    assert gained == {"build_process_items": 2, "build_thread_items": 1, "build_fallback_items": 0}, after
+    assert after["build_process_running"] == 1
     traces = proxy.traces(sid)
     assert [len(t.choices[0].token_ids) for t in traces][1:] == [1501, 1501]  # 1,500 tokens + EOS
     assert all(len(t.choices[0].logprobs) == len(t.choices[0].token_ids) for t in traces)

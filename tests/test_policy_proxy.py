@@ -563,7 +563,7 @@ def test_hot_reload_applies_edits_within_the_bound_and_ignores_broken_ones(gatew
 def test_target_of_deployment(kwargs, call_type, logprobs, vllm):
     from litellm.types.utils import CallTypes
 
-    from litellm_rllm.callbacks.sampling_policy import target_of
+    from litellm_rllm.callbacks.deployment import target_of
 
     t = target_of(kwargs, CallTypes(call_type))
     assert ("logprobs" in t.supported_params) is logprobs
@@ -574,7 +574,7 @@ def test_target_of_deployment(kwargs, call_type, logprobs, vllm):
 def test_target_of_legacy_completions_and_price():
     from litellm.types.utils import CallTypes
 
-    from litellm_rllm.callbacks.sampling_policy import target_of
+    from litellm_rllm.callbacks.deployment import target_of
 
     t = target_of({"model": "hosted_vllm/policy", "metadata": {"model_group": "policy"}}, CallTypes.atext_completion)
     assert t.completions and t.model_group == "policy" and t.output_cost_per_mtok is None

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import pytest
 
 import litellm_rllm.store as store_mod
-from litellm_rllm.store import CorruptTraceError, TraceEncodeError, TraceWriter
+from litellm_rllm.store import CorruptTraceError, TraceEncodeError
+from litellm_rllm.writer import TraceWriter
 from litellm_rllm.trace import TopLogprob, Trace, TraceChoice
 from tests.pg import PgServer, unique_schema, with_schema
 

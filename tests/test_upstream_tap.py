@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from litellm_rllm.callbacks.upstream_tap import PARSE_SLICE, UpstreamTap, _TeeStream
+from litellm_rllm.callbacks.upstream_tap import PARSE_SLICE, UpstreamTap, TeeStream
 from tests.upstreams.fixtures import *  # noqa: F401,F403
 
 ASK = {"model": "tokens-2000", "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
@@ -42,7 +42,7 @@ async def _read_counting_loop_turns(reads: list[bytes], tap: UpstreamTap) -> tup
     task = asyncio.create_task(ticker())
     await asyncio.sleep(0)
     ticks = 0
-    passed = [data async for data in _TeeStream(upstream(), tap)]
+    passed = [data async for data in TeeStream(upstream(), tap)]
     during = ticks
     task.cancel()
     return passed, during

@@ -10,7 +10,8 @@ from typing import Any, Optional, Sequence
 
 import pytest
 
-from litellm_rllm.store import SqliteStore, TraceWriter
+from litellm_rllm.store import SqliteStore
+from litellm_rllm.writer import TraceWriter
 from litellm_rllm.store.base import EncodedWriteResult
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.trace import Trace

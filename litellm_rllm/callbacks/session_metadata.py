@@ -14,24 +14,24 @@ from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
 from ..slug import SlugError
-from . import runtime
-from .pipeline import RLLM_META_KEY, metadata_slot, request_headers
-from .routes import install_slug_route
+from .plugin import plugin
+from .request_data import RLLM_META_KEY, metadata_slot, request_headers
+from .slug_route import install_slug_route
 
 
 class SessionMetadataCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
-        self.route = install_slug_route(runtime.settings().slug_header, runtime.check_slug)
+        self.plugin = plugin()
+        self.route = install_slug_route(self.plugin.settings.slug_header, self.plugin.check_slug)
 
     # Defined on this class itself: LiteLLM skips an inherited override of this hook.
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
-        cfg = runtime.settings()
-        slug = request_headers(data).get(cfg.slug_header)
+        slug = request_headers(data).get(self.plugin.settings.slug_header)
         if not slug:
             return data
         try:
-            meta = runtime.check_slug(slug).as_dict()
+            meta = self.plugin.check_slug(slug).as_dict()
         except SlugError as exc:
             raise HTTPException(status_code=exc.status_code, detail=exc.to_response()["error"]) from None
         slot = metadata_slot(data)

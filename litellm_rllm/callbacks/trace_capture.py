@@ -6,44 +6,46 @@ the stream's packed arrays); the trace is built and written by the background wr
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from litellm.integrations.custom_logger import CustomLogger
 
-import logging
-
-from . import pipeline, runtime, upstream_tap
-from .sampling_policy import provider_of
-from .pipeline import TRACER, calls
-from .routes import install_rllm_routes, install_slug_route
+from . import upstream_tap
+from .deployment import provider_of
+from .finish import TRACER, begin, with_final_hooks
+from .plugin import plugin
+from .request_data import call_id_of
+from .rllm_api import install_rllm_routes
+from .slug_route import install_slug_route
 
 log = logging.getLogger("litellm_rllm")
 
 
-@pipeline.with_final_hooks
+@with_final_hooks
 class TraceCaptureCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
-        cfg = runtime.settings()
-        calls.enroll(TRACER)
-        runtime.writer()  # open the store at start: a bad store URL fails the start, not a request
-        # Alone (without the metadata callback) the tracer still honours /meta/{slug}/ URLs.
-        install_slug_route(cfg.slug_header, runtime.check_slug)
-        install_rllm_routes()
+        self.plugin = plugin()
+        self.plugin.calls.enroll(TRACER)
+        self.plugin.writer  # open the store at start: a bad store URL fails the start, not a request
+        # Alone (without the metadata entry) the tracer still honours /meta/{slug}/ URLs.
+        install_slug_route(self.plugin.settings.slug_header, self.plugin.check_slug)
+        install_rllm_routes(self.plugin)
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
-        pipeline.begin(data, user_api_key_dict)
+        begin(data, user_api_key_dict)
         return data
 
     async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> Optional[dict]:
-        state = calls.get(pipeline.call_id_of(kwargs))
+        state = self.plugin.calls.get(call_id_of(kwargs))
         if state is None:
             return None
         state.upstream = kwargs  # a reference: later hooks' edits are what went upstream
-        if runtime.settings().raw_capture:
+        if self.plugin.settings.raw_capture:
             try:
                 upstream_tap.install(kwargs, provider_of(kwargs), call_type)
             except Exception:  # fall back to LiteLLM's chunks; never fail the call
-                pipeline.counters["capture_errors"] += 1
+                self.plugin.counters["capture_errors"] += 1
                 log.exception("litellm-rllm: could not tap the upstream stream")
         return None

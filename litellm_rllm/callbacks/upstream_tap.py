@@ -22,9 +22,9 @@ from typing import Any, Optional
 
 import httpx
 
-from ..sse import SSEParser
-from ..stream import StreamAccumulator
-from .runtime import calls
+from ..capture.sse import SSEParser
+from ..capture.stream import StreamAccumulator
+from .plugin import plugin
 
 log = logging.getLogger("litellm_rllm")
 
@@ -82,7 +82,7 @@ class UpstreamTap:
         return self.body
 
 
-class _TeeStream(httpx.AsyncByteStream):
+class TeeStream(httpx.AsyncByteStream):
     def __init__(self, inner: Any, tap: UpstreamTap) -> None:
         self._inner = inner
         self._tap = tap
@@ -137,12 +137,12 @@ class _TeeTransport(httpx.AsyncBaseTransport):
         del request.headers[TAG_HEADER]
         request.headers["accept-encoding"] = "identity"  # the tee parses plain SSE text
         response = await self._inner.handle_async_request(request)
-        state = calls.get(call_id)
+        state = plugin().calls.get(call_id)
         if state is not None:
             is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
             tap = UpstreamTap(state.started, response.status_code, is_sse)
             state.tap = tap  # a retried attempt replaces the failed one's
-            response.stream = _TeeStream(response.stream, tap)
+            response.stream = TeeStream(response.stream, tap)
         return response
 
     async def aclose(self) -> None:

@@ -4,7 +4,7 @@
     store.traces(session="run-1")   # seq order, nested sessions included
     litellm_rllm.store.open("postgresql://user:pass@host/db?schema=rllm")   # many proxies
 
-The proxy side writes through ``TraceWriter`` (off the event loop, batched).
+The proxy writes through ``litellm_rllm.writer.TraceWriter`` (off the event loop, batched).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Callable, Optional
 from litellm_rllm.store.base import SessionSummary, TraceStore, WriteResult, parse_since
 from litellm_rllm.store.codec import CorruptTraceError, TraceEncodeError
 from litellm_rllm.store.sqlite import SqliteStore
-from litellm_rllm.store.writer import TraceWriter
 
 ENV_URL = "RLLM_STORE_URL"
 DEFAULT_URL = "sqlite:///rllm_traces.db"
@@ -66,7 +65,6 @@ __all__ = [
     "SqliteStore",
     "TraceEncodeError",
     "TraceStore",
-    "TraceWriter",
     "WriteResult",
     "open",
     "parse_since",

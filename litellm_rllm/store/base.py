@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field
 
-from litellm_rllm.store.codec import EncodedTrace, encode_all
+from litellm_rllm.store.codec import EncodedTrace, encode_all, from_utc_micros
 from litellm_rllm.trace import Trace
 
 Since = Union[datetime, str, None]
@@ -34,6 +34,31 @@ class SessionSummary(BaseModel):
     first_at: datetime
     last_at: datetime
     statuses: dict[str, int] = Field(default_factory=dict)
+
+
+def sessions_from_rows(rows: Sequence[Sequence[Any]]) -> list[SessionSummary]:
+    """`SessionSummary`s from `(session_key, status, count, min seq, max seq, min created_us,
+    max created_us, min id)` rows grouped by session and status (the same query in every
+    store), in order of each session's first trace."""
+    acc: dict[str, list[Any]] = {}
+    for key, status, n, lo_seq, hi_seq, lo_us, hi_us, first_id in rows:
+        n, lo_seq, hi_seq, lo_us, hi_us = int(n), int(lo_seq), int(hi_seq), int(lo_us), int(hi_us)
+        cur = acc.get(key)
+        if cur is None:
+            acc[key] = [n, lo_seq, hi_seq, lo_us, hi_us, first_id, {status: n}]
+            continue
+        cur[0] += n
+        cur[1], cur[2] = min(cur[1], lo_seq), max(cur[2], hi_seq)
+        cur[3], cur[4] = min(cur[3], lo_us), max(cur[4], hi_us)
+        cur[5] = min(cur[5], first_id)
+        cur[6][status] = n
+    ordered = sorted(acc.items(), key=lambda item: item[1][5])
+    return [
+        SessionSummary(session_id=key, traces=v[0], first_seq=v[1], last_seq=v[2],
+                       first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]), statuses=v[6])
+        for key, v in ordered
+    ]
+
 
 
 class WriteResult(list[Trace]):
@@ -186,4 +211,4 @@ class TraceStore(abc.ABC):
         self.close()
 
 
-__all__ = ["EncodedWriteResult", "SessionSummary", "Since", "TraceStore", "WriteResult", "parse_since"]
+__all__ = ["EncodedWriteResult", "SessionSummary", "sessions_from_rows", "Since", "TraceStore", "WriteResult", "parse_since"]

@@ -36,14 +36,11 @@ from array import array
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from pydantic import BaseModel, TypeAdapter
 
 from litellm_rllm.trace import TopLogprob, Trace, session_key_of, unpack_floats, unpack_ids
-
-if TYPE_CHECKING:
-    from litellm_rllm.store.base import SessionSummary
 
 ARRAYS_FORMAT = 1
 DETAIL_FORMAT = 1
@@ -373,32 +370,6 @@ def _decode_detail(trace: Trace, blob: bytes) -> None:
         choice.top_logprobs = _TOP_ADAPTER.validate_python(positions)
 
 
-def sessions_from_rows(rows: Sequence[Sequence[Any]]) -> list["SessionSummary"]:
-    """`SessionSummary`s from `(session_key, status, count, min seq, max seq, min created_us,
-    max created_us, min id)` rows grouped by session and status (the same query in every
-    store), in order of each session's first trace."""
-    from .base import SessionSummary
-
-    acc: dict[str, list[Any]] = {}
-    for key, status, n, lo_seq, hi_seq, lo_us, hi_us, first_id in rows:
-        n, lo_seq, hi_seq, lo_us, hi_us = int(n), int(lo_seq), int(hi_seq), int(lo_us), int(hi_us)
-        cur = acc.get(key)
-        if cur is None:
-            acc[key] = [n, lo_seq, hi_seq, lo_us, hi_us, first_id, {status: n}]
-            continue
-        cur[0] += n
-        cur[1], cur[2] = min(cur[1], lo_seq), max(cur[2], hi_seq)
-        cur[3], cur[4] = min(cur[3], lo_us), max(cur[4], hi_us)
-        cur[5] = min(cur[5], first_id)
-        cur[6][status] = n
-    ordered = sorted(acc.items(), key=lambda item: item[1][5])
-    return [
-        SessionSummary(session_id=key, traces=v[0], first_seq=v[1], last_seq=v[2],
-                       first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]), statuses=v[6])
-        for key, v in ordered
-    ]
-
-
 __all__ = [
     "ARRAYS_FORMAT",
     "DETAIL_FORMAT",
@@ -412,7 +383,6 @@ __all__ = [
     "encode_detail",
     "from_stored",
     "from_utc_micros",
-    "sessions_from_rows",
     "to_utc_micros",
     "trace_uids",
 ]

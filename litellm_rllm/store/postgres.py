@@ -53,8 +53,8 @@ import threading
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since
-from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError, decode, sessions_from_rows, to_utc_micros
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since, sessions_from_rows
+from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError, decode, to_utc_micros
 from litellm_rllm.trace import Trace
 
 try:  # the `postgres` extra; only the URLs that need it need it

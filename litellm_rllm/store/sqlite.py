@@ -36,8 +36,8 @@ import threading
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since
-from litellm_rllm.store.codec import EncodedTrace, decode, sessions_from_rows, to_utc_micros
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since, sessions_from_rows
+from litellm_rllm.store.codec import EncodedTrace, decode, to_utc_micros
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from .trace import Completeness, TopColumns, TraceChoice
+from ..trace import Completeness, TopColumns, TraceChoice
+from .fields import plain, provider_field as _psf
 
 # What of the client's request body goes into the trace's `request` (an allow-list, so
 # credentials and LiteLLM's internal fields can never slip in).
@@ -32,25 +33,6 @@ REQUEST_KEYS = frozenset(
 )
 
 
-def plain(obj: Any) -> Any:
-    """A pydantic model / LiteLLM object as plain dicts and lists."""
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if isinstance(obj, Mapping):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump):
-        try:
-            return plain(dump())
-        except Exception:
-            pass
-    if hasattr(obj, "__dict__"):
-        return {k: plain(v) for k, v in vars(obj).items() if not k.startswith("_")}
-    return obj
-
-
 def request_view(body: Mapping[str, Any]) -> dict[str, Any]:
     """The trace's `request`: what was asked, with `extra_body` flattened the way it is sent."""
     out = {k: v for k, v in body.items() if k in REQUEST_KEYS and v is not None}
@@ -67,16 +49,6 @@ def _ints(value: Any) -> Optional[list[int]]:
         return [int(v) for v in value]
     except (TypeError, ValueError):
         return None
-
-
-def _psf(choice: Mapping[str, Any], key: str) -> Any:
-    """A field vLLM sends that LiteLLM may have moved into `provider_specific_fields`."""
-    if choice.get(key) is not None:
-        return choice.get(key)
-    for holder in (choice.get("provider_specific_fields"), (choice.get("message") or {}).get("provider_specific_fields")):
-        if isinstance(holder, Mapping) and holder.get(key) is not None:
-            return holder.get(key)
-    return None
 
 
 def chat_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[TopColumns]]:

@@ -4,7 +4,7 @@ Why: building a Trace (pydantic), serialising and packing it, and the SQLite com
 to hundreds of microseconds each; none of that may run on the event loop that serves requests.
 ``submit`` only appends to a deque (O(1), never blocks on I/O, never raises); a daemon thread
 drains the deque in batches: an encoder turns each batch into encoded rows (in this thread, or
-in a helper process: ``encoders.py``, ``encoder_process.py``), then one store transaction.
+in a helper process: ``encoders.py``, ``build_process.py``), then one store transaction.
 
 Ordering/barrier: the deque is FIFO and has one consumer, so ``flush`` appends a marker and
 waits until the thread has passed it: everything submitted before the call is then durable
@@ -34,8 +34,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from litellm_rllm.store.base import TraceStore
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
-from litellm_rllm.store.encoders import BuildFn, Encoder, InlineEncoder, trace_id_of
-from litellm_rllm.store.spool import Spool, SpoolFile
+from litellm_rllm.writer.encoders import BuildFn, Encoder, InlineEncoder, trace_id_of
+from litellm_rllm.writer.spool import Spool, SpoolFile
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class TraceWriter:
     ``store`` is a store, or a factory called lazily in the writer thread (then the writer owns
     it and closes it on ``close``). ``build`` turns a submitted item into a Trace in the writer
     thread (None = skip); without it items must already be Traces. Or ``encoder`` does that
-    and the encoding (e.g. ``encoder_process.ProcessEncoder``, in a helper process); the
+    and the encoding (e.g. ``build_process.BuildProcess``, in a helper process); the
     writer closes it when it stops.
 
     The writer registers ``close(exit_timeout)`` with ``atexit`` unless ``close_at_exit=False``

@@ -15,28 +15,10 @@ import time
 from array import array
 from typing import Any, Optional
 
-from .capture import check_completeness
-from .trace import TopColumns, TraceChoice
-
-
-def _get(obj: Any, key: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(key)
-    value = getattr(obj, key, None)
-    if value is None:
-        extra = getattr(obj, "__pydantic_extra__", None)
-        if extra:
-            value = extra.get(key)
-    return value
-
-
-def _psf(obj: Any, key: str) -> Any:
-    value = _get(obj, key)
-    if value is None:
-        value = _get(_get(obj, "provider_specific_fields"), key)
-    return value
+from ..trace import TopColumns, TraceChoice
+from .fields import field as _get
+from .fields import plain, provider_field as _psf
+from .response import check_completeness
 
 
 _ANTHROPIC_EVENTS = frozenset({
@@ -407,13 +389,11 @@ class StreamAccumulator:
         return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000.0
 
     def usage_dict(self) -> Optional[dict[str, Any]]:
-        from .capture import plain
-
         return plain(self.usage) if self.usage is not None else None
 
     def choices(self) -> list[TraceChoice]:
         if self.final_response is not None:
-            from .capture import choices_from_response, responses_prompt_ids
+            from .response import choices_from_response, responses_prompt_ids
 
             if self.prompt_token_ids is None:
                 self.prompt_token_ids = responses_prompt_ids(self.final_response)

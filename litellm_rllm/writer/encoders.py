@@ -5,7 +5,7 @@ the same work in different places:
 
 * ``InlineEncoder``: in the calling thread (the writer thread). The only choice for a writer
   whose items are ready ``Trace`` objects, and the fallback of the other one.
-* ``encoder_process.ProcessEncoder``: in a helper process, so the proxy's GIL stays free for
+* ``build_process.BuildProcess``: in a helper process, so the proxy's GIL stays free for
   its event loop (see that module).
 
 Each item gives one ``Encoded``, in input order (order is ``seq`` order within a session).

@@ -1,36 +1,23 @@
-"""`CallRecord` -> `Trace`, off the event loop: the heavy part of capture (parsing the body,
-walking logprobs, validating the schema).
+"""`prepare`: a `CallRecord` (references, made on the event loop) -> a `PreparedCall`.
 
-Two steps, so the heavy one can run in the writer's build process (`store/build_process.py`):
-
-* `prepare(record)` runs where the record was made (the writer thread of the proxy): it keeps
-  only what the trace is built from, trims the request to the allow-listed fields, prices the
-  call (LiteLLM's price table and the deployment's own prices live in the proxy process) and
-  redacts the deployment's key from an error. What it returns holds no credentials and no
-  LiteLLM machinery, so it can be pickled.
-* `build_trace(record)` runs anywhere, LiteLLM not needed: parse, walk, validate.
+Runs in the proxy process (the writer thread), because only there are LiteLLM's price table,
+the deployment's key and the records' live objects: it keeps what the trace is built from,
+trims the request to the allow-listed fields, prices the call and redacts credentials from an
+error. The `PreparedCall` it returns holds plain data and buffers only, so it pickles for the
+build process (`writer/build_process.py`), where `build.trace_builder.build_trace` runs.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from dataclasses import replace
 from pickle import PickleBuffer
-from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
-from .capture import REQUEST_KEYS, choices_from_response, plain, prompt_ids_from, request_view
-from .record import CallRecord
-from .trace import Trace, TraceError
-
-log = logging.getLogger("litellm_rllm")
-
-try:
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover
-    from json import loads as _loads
+from ..capture.record import CallRecord
+from ..capture.fields import plain
+from ..capture.response import REQUEST_KEYS
+from .prepared import PreparedCall
 
 # What of the deployment kwargs / the client's body a trace is built from (`request_view` reads
 # REQUEST_KEYS and `extra_body`; the rest names the deployment).
@@ -39,10 +26,10 @@ _CLIENT_KEYS = REQUEST_KEYS | {"extra_body"}
 _HIDDEN_KEYS = ("response_cost", "custom_llm_provider", "api_base", "litellm_model_name")
 
 
-def prepare(record: CallRecord) -> CallRecord:
+def prepare(record: Union[CallRecord, PreparedCall]) -> PreparedCall:
     """The record reduced to what `build_trace` reads, priced and redacted (module docstring).
     Cheap: dict comprehensions over top-level keys; large parts are shared, not copied."""
-    if record.prepared:
+    if isinstance(record, PreparedCall):
         return record
     upstream = record.upstream or {}
     hidden = {k: record.hidden[k] for k in _HIDDEN_KEYS if k in (record.hidden or {})}
@@ -53,17 +40,27 @@ def prepare(record: CallRecord) -> CallRecord:
     error = record.error
     if error is not None:
         error = {**error, "message": redact(str(error.get("message") or ""), secrets=(upstream.get("api_key"),))}
-    return replace(
-        record,
-        prepared=True,
+    return PreparedCall(
+        call_id=record.call_id,
+        started_wall=record.started_wall,
+        status=record.status,
+        route=record.route,
+        model=record.model,
+        stream=record.stream,
+        latency_ms=record.latency_ms,
+        ttft_ms=record.ttft_ms,
+        session=record.session,
+        caller=record.caller,
+        injected=record.injected,
         upstream={k: v for k, v in upstream.items() if k in _UPSTREAM_KEYS} if record.upstream is not None else None,
         client_request=({k: v for k, v in record.client_request.items() if k in _CLIENT_KEYS}
                         if record.client_request is not None else None),
         hidden=hidden,
         error=error,
-        usage=None,
+        response=record.response,
         # the body's reads as buffers: pickled for the build process, they travel out of band
         raw_body=[PickleBuffer(part) for part in record.raw_body] if record.raw_body is not None else None,
+        stream_result=record.stream_result,
     )
 
 
@@ -72,7 +69,7 @@ def prepare(record: CallRecord) -> CallRecord:
 _BYTES_PER_ENTRY = 64
 
 
-def weight(record: CallRecord) -> int:
+def weight(record: Union[CallRecord, PreparedCall]) -> int:
     """About how many bytes of upstream data `build_trace` walks for this record, which is what
     its cost grows with (~1.5 ms per 100 KB). Only the tee's data counts: a response LiteLLM
     parsed is dumped to plain data in this process whichever side builds it."""
@@ -91,76 +88,6 @@ def _known_usage(record: CallRecord) -> Optional[Mapping[str, Any]]:
     if record.response is not None and record.response.get("usage") is not None:
         return plain(record.response.get("usage"))
     return plain(record.usage) if record.usage is not None else None
-
-
-def build_trace(record: CallRecord) -> Trace:
-    record = prepare(record)
-    session = dict(record.session or {})
-    session_id = session.pop("session_id", None)
-    uids = session.pop("session_uids", None) or []
-    request = request_view(record.upstream or {}) if record.upstream else {}
-    if not request and record.client_request:
-        request = request_view(record.client_request)
-
-    usage: Optional[dict[str, Any]] = None
-    choices = []
-    prompt_ids = None
-    if record.stream_result is not None:
-        acc = record.stream_result
-        usage = acc.usage_dict()
-        choices = acc.choices()
-        prompt_ids = acc.prompt_token_ids
-        if prompt_ids is None:
-            prompt_ids = next((c.prompt_token_ids for c in choices if c.prompt_token_ids is not None), None)
-    elif record.raw_body is not None or record.response is not None:
-        response = _loads(b"".join(record.raw_body)) if record.raw_body is not None else plain(record.response)
-        usage = response.get("usage")
-        choices = choices_from_response(response, usage)
-        prompt_ids = prompt_ids_from(response, choices)
-
-    hidden = record.hidden or {}
-    upstream = record.upstream or {}
-    cost = hidden.get("response_cost")
-    error = TraceError(**record.error) if record.error else None
-    return Trace(
-        trace_id=record.call_id,
-        session_id=str(session_id) if session_id is not None else None,
-        session_uids=[str(u) for u in uids],
-        metadata=session,
-        route=record.route,
-        model=record.model,
-        provider=hidden.get("custom_llm_provider") or upstream.get("custom_llm_provider") or _provider(upstream),
-        deployment_model=_deployment_model(upstream, hidden),
-        api_base=hidden.get("api_base") or upstream.get("api_base"),
-        request=request,
-        injected=dict(record.injected or {}),
-        prompt_token_ids=prompt_ids,
-        choices=choices,
-        usage=usage,
-        cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
-        stream=record.stream,
-        latency_ms=record.latency_ms,
-        ttft_ms=record.ttft_ms,
-        status=record.status,  # type: ignore[arg-type]
-        error=error,
-        caller=record.caller,
-        created_at=datetime.fromtimestamp(record.started_wall, tz=timezone.utc),
-    )
-
-
-def _deployment_model(upstream: Mapping[str, Any], hidden: Mapping[str, Any]) -> Optional[str]:
-    model = upstream.get("model")
-    provider = upstream.get("custom_llm_provider") or hidden.get("custom_llm_provider")
-    if isinstance(model, str) and provider and not model.startswith(f"{provider}/"):
-        return f"{provider}/{model}"
-    return model if isinstance(model, str) else None
-
-
-def _provider(upstream: Mapping[str, Any]) -> Optional[str]:
-    model = upstream.get("model")
-    if isinstance(model, str) and "/" in model:
-        return model.split("/", 1)[0]
-    return None
 
 
 def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:

@@ -2,8 +2,8 @@
 
 Built on the hot path, so it holds references (the request dict, the response's parts, the
 stream's packed arrays), never copies or JSON. In the writer thread `build.prepare` reduces it
-to plain data (`prepared`), which `build.build_trace` turns into a `Trace`, in the writer's
-build process or in the thread itself.
+to a `build.PreparedCall` (plain data), which `build.build_trace` turns into a `Trace`, in the
+writer's build process or in the thread itself.
 """
 
 from __future__ import annotations
@@ -33,4 +33,3 @@ class CallRecord:
     stream_result: Any = None  # stream.StreamAccumulator, for streams
     error: Optional[dict[str, Any]] = None
     usage: Any = None  # LiteLLM's parsed usage of a tapped body: prices it when LiteLLM did not
-    prepared: bool = False  # build.prepare has run: trimmed, priced, redacted

@@ -9,7 +9,7 @@ it. The writer thread only pickles each prepared item (plain data: ``build.prepa
 such as a body's reads go out of band, written by ``os.writev``, which releases the GIL) and
 reads back the encoded row, then writes the store as before.
 
-The child is ``python -m litellm_rllm.store.encoder_process MODULE:FUNCTION``: it imports the
+The child is ``python -m litellm_rllm.writer.build_process MODULE:FUNCTION``: it imports the
 build function (LiteLLM is not needed there) and answers batches until its stdin closes, so it
 ends with the proxy however the proxy ends. Wire format, both pipes::
 
@@ -49,7 +49,7 @@ import traceback
 from array import array
 from typing import Any, Callable, Optional, Sequence
 
-from litellm_rllm.store.encoders import BuildFn, Encoded, encode_in_thread, encode_item, trace_id_of
+from litellm_rllm.writer.encoders import BuildFn, Encoded, encode_in_thread, encode_item, trace_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class _Pickler(pickle.Pickler):
                 return NotImplemented
             return (_array_from, (obj.typecode, pickle.PickleBuffer(obj)))
         if callable(getattr(obj, "model_dump", None)) and not isinstance(obj, type):
-            from litellm_rllm.capture import plain
+            from litellm_rllm.capture.fields import plain
 
             return (_plain_value, (plain(obj),))
         return NotImplemented
@@ -176,7 +176,7 @@ def _frame(obj: Any) -> list[bytes]:
 # ------------------------------------------------------------------------------- parent side
 
 
-class ProcessEncoder:
+class BuildProcess:
     """``build`` (a ``"module:function"`` path) and ``codec.encode`` in a child process.
 
     ``prepare`` runs in the writer thread on each item first (``build.prepare`` for the
@@ -211,10 +211,10 @@ class ProcessEncoder:
         self._retry_at = 0.0
         self._closed = False
         self._counters = {
-            "encoder_process_starts": 0, "encoder_process_lost": 0,
-            "encoder_process_items": 0,  # built in the build process
-            "encoder_thread_items": 0,  # built in the writer thread: below min_weight
-            "encoder_fallback_items": 0,  # built in the writer thread: no process, or not picklable
+            "build_process_starts": 0, "build_process_lost": 0,
+            "build_process_items": 0,  # built in the build process
+            "build_thread_items": 0,  # built in the writer thread: below min_weight
+            "build_fallback_items": 0,  # built in the writer thread: no process, or not picklable
         }
 
     # ---- lifecycle
@@ -232,7 +232,7 @@ class ProcessEncoder:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                [self._python, "-m", "litellm_rllm.store.encoder_process", self._build_path],
+                [self._python, "-m", "litellm_rllm.writer.build_process", self._build_path],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
                 start_new_session=True,  # a Ctrl-C to the proxy's terminal is the proxy's to handle
             )
@@ -240,7 +240,7 @@ class ProcessEncoder:
             self._lost(f"cannot start {self._python}: {exc!r}")
             return None
         self._proc = proc
-        self._counters["encoder_process_starts"] += 1
+        self._counters["build_process_starts"] += 1
         for pipe in (proc.stdin, proc.stdout):
             _widen(pipe.fileno())  # type: ignore[union-attr]
         try:
@@ -259,7 +259,7 @@ class ProcessEncoder:
         """Drop the child (killing it if it still runs) and schedule the next try."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            self._counters["encoder_process_lost"] += 1
+            self._counters["build_process_lost"] += 1
             _stop(proc, grace=0.0)
         delay = self._restart_delays[min(self._failures, len(self._restart_delays) - 1)]
         self._failures += 1
@@ -276,7 +276,7 @@ class ProcessEncoder:
             _stop(proc, grace=5.0)
 
     def stats(self) -> dict[str, int]:
-        return {**self._counters, "encoder_process_running": int(self._proc is not None)}
+        return {**self._counters, "build_process_running": int(self._proc is not None)}
 
     # ---- work
 
@@ -302,9 +302,9 @@ class ProcessEncoder:
                 self._lost(f"(pid {proc.pid}) answered what this process cannot read: {exc!r}")
         sent = sum(1 for k in heavy if out[k] is not None)
         rest = [k for k in range(len(items)) if out[k] is None]
-        self._counters["encoder_process_items"] += sent
-        self._counters["encoder_fallback_items"] += len(heavy) - sent
-        self._counters["encoder_thread_items"] += len(rest) - (len(heavy) - sent)
+        self._counters["build_process_items"] += sent
+        self._counters["build_fallback_items"] += len(heavy) - sent
+        self._counters["build_thread_items"] += len(rest) - (len(heavy) - sent)
         for k, outcome in zip(rest, encode_in_thread([prepared[k] for k in rest], self._build)):
             out[k] = outcome
         return out  # type: ignore[return-value]

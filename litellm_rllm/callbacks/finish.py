@@ -1,0 +1,234 @@
+"""The end of a call, shared by the tracer and the sampling entries.
+
+Both entries need the final response: the tracer to capture it, the sampling entry to hide
+what it injected. LiteLLM runs their hooks in list order and each may see the other's output,
+so instead of each doing its part, the first final hook to run for a call (whichever entry it
+belongs to) does every enrolled part in the right order (capture, then strip) and ends the
+call; later hooks for that call pass through. Streams likewise get one wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncIterator, Mapping, Optional
+
+from ..capture.fields import fields_of
+from ..capture.record import CallRecord
+from ..capture.sse import SSEParser
+from ..capture.stream import StreamAccumulator
+from .calls import CallState
+from .plugin import plugin
+from .request_data import call_id_of, caller_of, error_of, route_of, session_of
+from .strip import strip_chunk, strip_response
+
+log = logging.getLogger("litellm_rllm")
+
+TRACER = "tracer"
+SAMPLING = "sampling"
+
+
+def begin(data: dict[str, Any], user_api_key_dict: Any) -> Optional[CallState]:
+    """Register the call (from any callback's pre-call hook); idempotent."""
+    cid = call_id_of(data)
+    if cid is None:
+        return None
+    state = plugin().calls.get_or_create(cid)
+    if state.client_request is None:
+        state.client_request = dict(data)
+        state.caller = caller_of(user_api_key_dict)
+    return state
+
+
+def _record(state: CallState, data: Mapping[str, Any], status: str) -> CallRecord:
+    end = time.perf_counter()
+    client = state.client_request or dict(data)
+    return CallRecord(
+        call_id=state.call_id,
+        started_wall=state.started_wall,
+        status=status,
+        route=route_of(data),
+        model=client.get("model") if isinstance(client.get("model"), str) else None,
+        stream=bool(client.get("stream")),
+        latency_ms=(end - state.started) * 1000.0,
+        session=call_session(data),
+        caller=state.caller,
+        client_request=client,
+        upstream=dict(state.upstream) if state.upstream is not None else None,
+        injected=dict(state.injected),
+    )
+
+
+def call_session(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's slug metadata (as the metadata entry stored it, else from the header)."""
+    p = plugin()
+    return session_of(data, p.settings.slug_header, p.check_slug)
+
+
+def _submit(record: CallRecord) -> None:
+    p = plugin()
+    try:
+        p.writer.submit(record)
+        p.counters["submitted"] += 1
+    except Exception:  # capture must never break a request
+        p.counters["capture_errors"] += 1
+        log.exception("litellm-rllm: could not queue trace %s", record.call_id)
+
+
+def snapshot(obj: Any) -> dict[str, Any]:
+    """Top-level fields and per-choice fields by reference: cheap, and immune to the strip
+    step, which replaces fields rather than mutating them."""
+    fields = fields_of(obj)
+    if fields.get("choices") is not None:
+        fields["choices"] = [fields_of(c) for c in fields["choices"]]
+    return fields
+
+
+def finish_success(data: dict[str, Any], response: Any) -> None:
+    """Non-streaming success: capture (tracer), then hide injected fields (sampling)."""
+    p = plugin()
+    cid = call_id_of(data)
+    state = p.calls.end(cid)
+    if state is None:
+        return
+    if TRACER in p.calls.roles:
+        try:
+            record = _record(state, data, "ok")
+            raw = state.tap.json_body() if state.tap is not None else None
+            if raw is not None:
+                record.raw_body = raw  # the upstream's own JSON: parsed off the event loop
+                record.usage = getattr(response, "usage", None)  # prices it if LiteLLM did not
+            else:
+                record.response = snapshot(response)
+            record.hidden = dict(getattr(response, "_hidden_params", None) or {})
+            _submit(record)
+        except Exception:
+            p.counters["capture_errors"] += 1
+            log.exception("litellm-rllm: capture failed for call %s", cid)
+    if SAMPLING in p.calls.roles and state.strip:
+        try:
+            strip_response(response, state.strip)
+        except Exception:
+            p.counters["strip_errors"] += 1
+            log.exception("litellm-rllm: could not strip injected fields for call %s", cid)
+
+
+def finish_failure(data: dict[str, Any], exc: BaseException) -> None:
+    """A failed call that reached our pre-call hooks (so LiteLLM had authenticated it) becomes
+    an `error` trace. Requests refused before that (no or wrong key) are not traced: anyone who
+    can reach the proxy could fill the store with them."""
+    p = plugin()
+    state = p.calls.end(call_id_of(data))
+    if state is None or TRACER not in p.calls.roles:
+        return
+    try:
+        record = _record(state, data, "error")
+        record.error = error_of(exc)
+        _submit(record)
+    except Exception:
+        p.counters["capture_errors"] += 1
+        log.exception("litellm-rllm: capture failed for call %s", state.call_id)
+
+
+async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> AsyncIterator[Any]:
+    """One wrapper per stream: accumulate each chunk (tracer), strip it (sampling), pass it on.
+
+    The trace is submitted once, in `finally`: `ok` after the last chunk, `error` if the
+    upstream broke, `incomplete` if the client went away (the generator is closed/cancelled).
+    """
+    p = plugin()
+    calls, counters = p.calls, p.counters
+    cid = call_id_of(data)
+    state = calls.get(cid)
+    if state is None or state.stream_wrapped:
+        async for chunk in response:
+            yield chunk
+        return
+    state.stream_wrapped = True
+    tracing = TRACER in calls.roles
+    strip = state.strip if SAMPLING in calls.roles else ()
+    # LiteLLM's chunks are accumulated only where the upstream bytes aren't tapped.
+    tapped = state.tap is not None and state.tap.is_sse
+    acc = StreamAccumulator(started=state.started) if tracing and not tapped else None
+    # Routes that stream pre-encoded SSE to the client (`/v1/messages`) yield bytes/str chunks.
+    sse = SSEParser(acc.add) if acc is not None else None
+    status, error = "incomplete", None
+    try:
+        async for chunk in response:
+            if acc is not None:
+                try:
+                    if isinstance(chunk, (bytes, str)):
+                        sse.feed(chunk if isinstance(chunk, bytes) else chunk.encode("utf-8"))
+                    else:
+                        acc.add(chunk)
+                except Exception:
+                    counters["capture_errors"] += 1
+                    log.exception("litellm-rllm: chunk capture failed for call %s", cid)
+                    acc = None
+            if strip:
+                try:
+                    strip_chunk(chunk, strip)
+                except Exception:
+                    counters["strip_errors"] += 1
+            yield chunk
+        status = "ok"
+    except Exception as exc:
+        status, error = "error", error_of(exc)
+        raise
+    finally:
+        calls.end(cid)
+        if tracing:
+            try:
+                record = _record(state, data, status)
+                record.stream = True
+                source = getattr(response, "_source", response)
+                record.hidden = dict(getattr(source, "_hidden_params", None) or {})
+                tap = state.tap
+                if tap is not None and tap.is_sse:
+                    acc = tap.acc
+                    if tap.parser.error is not None and record.error is None:
+                        record.status = "error"
+                        error = error or {"type": "UpstreamStreamError",
+                                          "message": str(tap.parser.error.get("message", tap.parser.error))}
+                record.error = error
+                if acc is not None:
+                    record.stream_result = acc
+                    record.ttft_ms = acc.ttft_ms()
+                _submit(record)
+            except Exception:
+                counters["capture_errors"] += 1
+                log.exception("litellm-rllm: capture failed for call %s", cid)
+
+
+# ---------------------------------------------------------------------------------------
+# The final hooks, shared by the tracer and the sampling callback
+# ---------------------------------------------------------------------------------------
+
+
+async def _success_hook(self: Any, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+    finish_success(data, response)
+    return response
+
+
+async def _failure_hook(self: Any, request_data: dict, original_exception: Exception, user_api_key_dict: Any,
+                        traceback_str: Optional[str] = None) -> Any:
+    finish_failure(request_data, original_exception)
+    return None
+
+
+async def _stream_hook(self: Any, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
+    async for chunk in wrap_stream(response, request_data):
+        yield chunk
+
+
+def with_final_hooks(cls: type) -> type:
+    """Give a callback class the shared end-of-call hooks.
+
+    They are set in the class's own `__dict__` on purpose: LiteLLM calls the streaming
+    iterator hook only when it is in `vars(type(callback))`, so an inherited one (a mixin)
+    would be skipped silently.
+    """
+    cls.async_post_call_success_hook = _success_hook  # type: ignore[attr-defined]
+    cls.async_post_call_failure_hook = _failure_hook  # type: ignore[attr-defined]
+    cls.async_post_call_streaming_iterator_hook = _stream_hook  # type: ignore[attr-defined]
+    return cls

@@ -1,0 +1,62 @@
+"""Reading fields out of what LiteLLM and the upstreams hand us: plain dicts (the upstream's
+JSON) and LiteLLM's pydantic objects (whose unknown fields sit in `__pydantic_extra__`), with
+one set of helpers for both, used by capture, stripping and the end-of-call snapshot."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def field(obj: Any, key: str) -> Any:
+    """`obj[key]` for a dict, else the attribute or the pydantic extra field; None if absent."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    value = getattr(obj, key, None)
+    if value is None:
+        extra = getattr(obj, "__pydantic_extra__", None)
+        if extra:
+            value = extra.get(key)
+    return value
+
+
+def provider_field(obj: Any, key: str) -> Any:
+    """A field vLLM sends that LiteLLM may have moved into `provider_specific_fields` (of the
+    choice, or of its message)."""
+    value = field(obj, key)
+    if value is None:
+        value = field(field(obj, "provider_specific_fields"), key)
+    if value is None:
+        value = field(field(field(obj, "message"), "provider_specific_fields"), key)
+    return value
+
+
+def fields_of(obj: Any) -> dict[str, Any]:
+    """The top-level fields of a dict or an object (declared and extra), by reference."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    fields = dict(getattr(obj, "__dict__", {}) or {})
+    extra = getattr(obj, "__pydantic_extra__", None)
+    if extra:
+        fields.update(extra)
+    return fields
+
+
+def plain(obj: Any) -> Any:
+    """A pydantic model / LiteLLM object as plain dicts and lists."""
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        try:
+            return plain(dump())
+        except Exception:
+            pass
+    if hasattr(obj, "__dict__"):
+        return {k: plain(v) for k, v in vars(obj).items() if not k.startswith("_")}
+    return obj

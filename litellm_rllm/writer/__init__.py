@@ -1,0 +1,13 @@
+"""The writer: call records -> stored rows, off the event loop.
+
+* `trace_writer.TraceWriter`: the bounded queue and the background thread (group commit, flush
+  barrier, retries, shutdown);
+* `encoders`: items -> encoded rows in the writer thread (`InlineEncoder`);
+* `build_process`: the same in a helper process (`BuildProcess`) for long replies, so the
+  proxy's GIL stays free;
+* `spool`: the local disk spool that holds rows while the store is down, replayed in order.
+"""
+
+from litellm_rllm.writer.trace_writer import TraceWriter
+
+__all__ = ["TraceWriter"]
