@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
 
-# PostgreSQL server binaries: tests/pg.py starts a private server (initdb into a temp dir, on
+# PostgreSQL server binaries: tests/support/pg.py starts a private server (initdb into a temp dir, on
 # 127.0.0.1) for the PostgreSQL store and durability tests. In CI they fail without it.
 have_pg() {
   local d
@@ -38,4 +38,6 @@ if ! have_pg; then
   fi
 fi
 
+# the property tests run 10,000 examples here (a plain `pytest tests/unit` runs a few hundred)
+export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-thorough}"
 exec .venv/bin/python -m pytest "$@"

@@ -11,13 +11,20 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Iterator, Optional  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
 
-from tests import harness  # noqa: E402
+# Property tests: a few hundred examples in a developer's run of the fast tier, 10,000 in
+# scripts/test.sh (CI), which sets HYPOTHESIS_PROFILE=thorough.
+hypothesis_settings.register_profile("dev", max_examples=300)
+hypothesis_settings.register_profile("thorough", max_examples=10_000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+from tests.support import harness  # noqa: E402
 from tests.upstreams.fixtures import *  # noqa: E402,F401,F403
 
-# Provider cassettes (tests/test_cassettes.py): the --record-cassettes option and the
+# Provider cassettes (tests/proxy/test_cassettes.py): the --record-cassettes option and the
 # `cassette_use` fixture come from this plugin module.
-pytest_plugins = ["tests.cassette_support", "tests.pg"]
+pytest_plugins = ["tests.support.cassette_support", "tests.support.pg"]
 
 
 class InProcessProxy:

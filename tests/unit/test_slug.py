@@ -537,7 +537,7 @@ _metadata = st.builds(
 _ROOMY = SlugLimits(max_encoded_bytes=1 << 20, max_depth=64, max_keys=10_000)
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(deadline=None, suppress_health_check=list(HealthCheck))  # examples: the profile (tests/conftest.py)
 @given(meta=_metadata, secret=st.sampled_from([None, None, b"k1", "k\u00e9y"]))
 def test_property_round_trip(meta: dict[str, Any], secret: str | bytes | None) -> None:
     slug = encode(meta, secret=secret)
@@ -571,7 +571,7 @@ _fuzz_slugs = st.one_of(
 _MODES: list[dict[str, Any]] = [{}, {"secrets": ["k"]}, {"secrets": ["k"], "require_signed": True}]
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(deadline=None, suppress_health_check=list(HealthCheck))  # examples: the profile (tests/conftest.py)
 @given(slug=_fuzz_slugs)
 def test_property_decode_never_raises_anything_but_slug_error(slug: str) -> None:
     for kwargs in _MODES:  # plain, verifying, and signature-required proxies

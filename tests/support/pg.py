@@ -1,6 +1,6 @@
 """A real PostgreSQL server for the tests: ``initdb`` into a temp dir, ``postgres`` on 127.0.0.1.
 
-Loaded as a pytest plugin (``pytest_plugins`` in conftest.py, or ``-p tests.pg``); it gives
+Loaded as a pytest plugin (``pytest_plugins`` in conftest.py, or ``-p tests.support.pg``); it gives
 
 * ``pg_server``: one server for the whole test session (``PgServer``);
 * ``pg_store_url``: ``postgresql://...`` of a database on it (session-scoped; a test that needs

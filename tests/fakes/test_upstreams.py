@@ -28,7 +28,7 @@ from tests.upstreams.common import (
 from tests.upstreams.fixtures import *  # noqa: F401,F403
 from tests.upstreams.vllm import FakeVLLM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]

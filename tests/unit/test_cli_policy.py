@@ -11,9 +11,9 @@ import yaml
 
 from litellm_rllm import cli
 from litellm_rllm.policy import sample_hit
-from tests import harness
+from tests.support import harness
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 POLICIES = {
     "defaults": {"logprobs": "auto", "top_logprobs": 0, "return_token_ids": "auto"},

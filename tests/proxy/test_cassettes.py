@@ -2,7 +2,7 @@
 
 OpenAI (`openai-recorded` = `openai/gpt-4o-mini`) and Anthropic (`anthropic-recorded` =
 `anthropic/claude-3-5-haiku-20241022`) at their real hosts: LiteLLM's own HTTP calls inside the
-proxy are served from `cassettes/` (see `tests/cassette_support.py` for how, and
+proxy are served from `cassettes/` (see `tests/support/cassette_support.py` for how, and
 `cassettes/README.md` for where each cassette came from). Replay never reaches the network; a
 request no cassette matches is an upstream error. `--record-cassettes` re-records with real keys.
 
@@ -27,7 +27,7 @@ from vcr.request import Request
 from vcr.serializers import yamlserializer
 
 from litellm_rllm.slug import encode
-from tests.cassette_support import (
+from tests.support.cassette_support import (
     CASSETTES,
     DROPPED_RESPONSE_HEADERS,
     FILTERED_REQUEST_HEADERS,
@@ -399,7 +399,7 @@ def test_anthropic_stream_trace_has_usage_without_client_usage_chunk(proxy, cass
 def test_unrecorded_request_fails_instead_of_reaching_the_network(proxy, cassette_use, pytestconfig):
     """A request the cassette does not hold (here: streaming, against a non-streaming
     cassette) is refused by vcrpy (`record_mode="none"`), surfacing as an upstream error."""
-    from tests.cassette_support import recording
+    from tests.support.cassette_support import recording
 
     if recording(pytestconfig):
         pytest.skip("replay-only check")

@@ -1,5 +1,5 @@
-"""PostgreSQL trace store against a real server (tests/pg.py starts it): the SQLite store's
-contract (exactly once, gap-free seq, packed arrays, uid lookup, read-back), plus what only
+"""PostgreSQL trace store against a real server (tests/support/pg.py starts it): the store
+contract (`tests/support/store_contract.py`, the same suite SQLite passes), plus what only
 several processes on one server show: concurrent migrations, seq across writers, reconnects."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import struct
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
 import litellm_rllm.store as store_mod
-from litellm_rllm.store import CorruptTraceError, TraceEncodeError
+from litellm_rllm.store import TraceEncodeError
 from litellm_rllm.writer import TraceWriter
-from litellm_rllm.trace import TopLogprob, Trace, TraceChoice
-from tests.pg import PgServer, unique_schema, with_schema
+from tests.support.store_contract import StoreContract, make
+from tests.support.pg import PgServer, unique_schema, with_schema
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -28,23 +28,6 @@ from litellm_rllm.store.postgres import (  # noqa: E402
     parse_url,
     redact,
 )
-
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
-
-
-def f32(value: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", value))[0]
-
-
-def make(trace_id: str, session: str | None = "s", *, uids: list[str] | None = None, **kw: Any) -> Trace:
-    return Trace(
-        trace_id=trace_id,
-        session_id=session,
-        session_uids=uids if uids is not None else ([session] if session else []),
-        created_at=kw.pop("created_at", T0),
-        **kw,
-    )
-
 
 @pytest.fixture()
 def url(pg_fresh_url: str) -> str:
@@ -65,108 +48,29 @@ def raw(url: str) -> Any:
     return psycopg.connect(conninfo, autocommit=True)
 
 
+class TestPostgresStoreContract(StoreContract):
+    @pytest.fixture()
+    def store_url(self, url: str) -> str:
+        return url
+
+    @pytest.fixture()
+    def raw_blob(self, url: str) -> Any:
+        def access(store: Any, trace_id: str, new_arrays: Optional[bytes] = None) -> tuple[Any, Any, Any]:
+            table = f'"{parse_url(url)[1]}".traces'
+            with raw(url) as conn:
+                doc, arrays, detail = conn.execute(
+                    f"SELECT doc, arrays, detail FROM {table} WHERE trace_id = %s", (trace_id,)).fetchone()
+                if new_arrays is not None:
+                    conn.execute(f"UPDATE {table} SET arrays = %s WHERE trace_id = %s", (new_arrays, trace_id))
+            return doc, bytes(arrays) if arrays is not None else None, detail
+
+        return access
+
+
 # ------------------------------------------------------------------------------ round trip
 
 
-def test_full_trace_round_trips_through_a_fresh_connection(url: str) -> None:
-    from tests.test_store_sqlite import full_trace
-
-    original = full_trace()
-    expected = original.model_copy(deep=True)
-    expected.seq = 0
-    c0 = expected.choices[0]
-    c0.logprobs = [f32(v) for v in c0.logprobs or []]
-    for pos in c0.top_logprobs or []:
-        for alt in pos:
-            alt.logprob = f32(alt.logprob)
-    with store_mod.open(url) as writer:
-        writer.write([original])
-    with store_mod.open(url) as reader:
-        assert reader.get("chatcmpl-full") == expected
-        assert reader.traces(session="outer") == [expected]
-        assert reader.traces(session="inner") == [expected]
-
-
-def test_token_arrays_are_stored_packed_in_bytea_not_json(store: PostgresStore, url: str) -> None:
-    n = 1000
-    trace = make("packed", prompt_token_ids=list(range(10)),
-                 choices=[TraceChoice(index=0, token_ids=list(range(n)), logprobs=[-0.5] * n)])
-    store.write([trace])
-    with raw(url) as conn:
-        doc, arrays, detail = conn.execute(
-            f'SELECT doc, arrays, detail FROM "{store.schema}".traces WHERE trace_id = %s', ("packed",)
-        ).fetchone()
-    assert len(arrays) == 5 + 4 * 4 + 4 * 10 + 8 * n
-    assert "token_ids" not in doc and "999" not in doc
-    assert detail is None
-
-
-def test_top_logprobs_and_bare_traces_round_trip(store: PostgresStore) -> None:
-    top = [[TopLogprob(token=f"t{j}", logprob=-0.25 * j, token_id=j)] for j in range(3)] + [[]]
-    store.write([
-        make("top", choices=[TraceChoice(index=0, top_logprobs=top, tokens=["a", "b", "c", "d"])]),
-        make("bare", None, choices=[TraceChoice(index=0, message={"content": "x"})]),
-    ])
-    got = store.get("top")
-    assert got is not None and got.choices[0].top_logprobs == top
-    bare = store.get("bare")
-    assert bare is not None and bare.prompt_token_ids is None and bare.session_key() == ""
-
-
-def test_corrupt_arrays_blob_is_reported_not_misread(store: PostgresStore, url: str) -> None:
-    store.write([make("c", choices=[TraceChoice(index=0, token_ids=[1, 2, 3])])])
-    with raw(url) as conn:
-        conn.execute(f'UPDATE "{store.schema}".traces SET arrays = substring(arrays from 1 for 10)')
-    with pytest.raises(CorruptTraceError):
-        store.get("c")
-
-
-def test_unencodable_trace_raises_and_writes_nothing(store: PostgresStore) -> None:
-    good, bad = make("good"), make("bad", metadata={"obj": object()})
-    with pytest.raises(TraceEncodeError) as info:
-        store.write([good, bad])
-    assert set(info.value.errors) == {"bad"}
-    assert store.count() == 0 and good.seq is None
-
-
 # ------------------------------------------------------------------------------ exactly once, seq
-
-
-def test_duplicate_trace_id_is_not_a_second_row_and_consumes_no_seq(store: PostgresStore) -> None:
-    first = store.write([make("a"), make("b")])
-    again = store.write([make("a", metadata={"changed": True}), make("c")])
-    within = store.write([make("d"), make("d")])
-    assert [t.seq for t in first] == [0, 1]
-    assert [(t.trace_id, t.seq, t.metadata) for t in again] == [("a", 0, {}), ("c", 2, {})]
-    assert again.duplicates == ["a"]
-    assert [t.seq for t in within] == [3, 3] and within.duplicates == ["d"]
-    assert store.count() == 4
-    assert [t.seq for t in store.traces(session="s")] == [0, 1, 2, 3]
-
-
-def test_seq_is_per_session_in_write_order_across_batches(store: PostgresStore) -> None:
-    keys = ["x", "y", "x", "", "z-only-uid", "x", "y", ""]
-    batch = []
-    for i, key in enumerate(keys):
-        if key == "z-only-uid":
-            batch.append(make(f"t{i}", None, uids=["outer", "z-only-uid"]))
-        else:
-            batch.append(make(f"t{i}", key or None))
-    store.write(batch[:3])
-    store.write(batch[3:])
-    seqs = {t.trace_id: (t.session_key(), t.seq) for t in store.traces()}
-    assert seqs == {
-        "t0": ("x", 0), "t1": ("y", 0), "t2": ("x", 1), "t3": ("", 0),
-        "t4": ("z-only-uid", 0), "t5": ("x", 2), "t6": ("y", 1), "t7": ("", 1),
-    }
-    assert [t.trace_id for t in store.traces()] == [f"t{i}" for i in range(8)]
-
-
-def test_same_id_under_another_session_key_is_a_duplicate_and_leaves_no_gap(store: PostgresStore) -> None:
-    store.write([make("same", "s1")])
-    result = store.write([make("same", "s2"), make("other", "s2")])
-    assert result.duplicates == ["same"] and result[0].session_id == "s1"
-    assert [t.seq for t in store.traces(session="s2")] == [0]
 
 
 def _write_from_process(url: str, worker: int, n: int, sessions: int) -> None:
@@ -256,42 +160,6 @@ def test_a_value_the_server_refuses_fails_alone_and_the_writer_stores_the_rest(
 # ------------------------------------------------------------------------------ read-back
 
 
-def test_lookup_by_outer_uid_returns_the_nested_sessions_traces(store: PostgresStore) -> None:
-    store.write([
-        make("o1", None, uids=["outer"]),
-        make("i1", "inner-a", uids=["outer", "inner-a"]),
-        make("other", "elsewhere"),
-        make("i2", None, uids=["outer", "inner-b"]),
-        make("i3", "inner-a", uids=["outer", "inner-a"]),
-    ])
-    assert [t.trace_id for t in store.traces(session="outer")] == ["o1", "i1", "i2", "i3"]
-    assert [t.trace_id for t in store.traces(session="inner-a")] == ["i1", "i3"]
-    assert [t.seq for t in store.traces(session="inner-a")] == [0, 1]
-    assert store.traces(session="nope") == []
-
-
-def test_since_limit_paging_and_sessions(store: PostgresStore) -> None:
-    times = [T0 + timedelta(minutes=m) for m in (0, 10, 5, 20)]
-    store.write([make(f"t{i}", created_at=t) for i, t in enumerate(times)])
-    cut = T0 + timedelta(minutes=5)
-    assert [t.trace_id for t in store.traces(since=cut)] == ["t1", "t2", "t3"]
-    assert [t.trace_id for t in store.traces(since="2025-03-01T12:05:00Z")] == ["t1", "t2", "t3"]
-    assert [t.trace_id for t in store.traces(session="s", since=cut)] == ["t1", "t2", "t3"]
-    assert store.traces(since=T0 + timedelta(days=1)) == []
-
-    for start in range(0, 600, 100):
-        store.write([make(f"p{i:04d}", f"s{i % 3}" if i % 3 else None) for i in range(start, start + 100)])
-    assert [t.trace_id for t in store.traces()][4:] == [f"p{i:04d}" for i in range(600)]
-    assert len(store.traces(limit=300)) == 300
-    assert [t.seq for t in store.traces(session="s1")] == list(range(200))
-    assert [t.seq for t in store.traces(session="")] == list(range(200))
-    assert store.traces(limit=0) == []
-    summaries = {s.session_id: s for s in store.sessions()}
-    assert (summaries["s"].traces, summaries["s"].first_seq, summaries["s"].last_seq) == (4, 0, 3)
-    assert summaries["s1"].statuses == {"ok": 200}
-    assert store.count() == 604
-
-
 def test_cli_reads_a_postgres_store(store: PostgresStore, url: str) -> None:
     import subprocess
 
@@ -360,20 +228,13 @@ def test_unreachable_server_fails_fast_without_the_password() -> None:
     assert "hunter2" not in str(info.value)
 
 
-def test_closed_store_refuses_work_and_close_is_idempotent(store: PostgresStore) -> None:
-    store.close()
-    store.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        store.count()
-
-
 # ------------------------------------------------------------------------------ restarts
 
 
 @pytest.fixture()
 def own_server() -> Iterator[PgServer]:
     """A server of this test's own, to stop and start without disturbing the others."""
-    from tests.pg import start_server_or_skip
+    from tests.support.pg import start_server_or_skip
 
     server = start_server_or_skip()
     server.create_database()
@@ -426,7 +287,7 @@ def test_measure_bytes_per_completion_token_and_writer_throughput(
     A trace with N completion tokens stores N i32 ids + N f32 logprobs in `arrays`: 8 bytes per
     token plus a fixed header; bytea in PostgreSQL adds a 4-byte varlena header (no
     compression: STORAGE EXTERNAL)."""
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
     from store_throughput import make_templates  # noqa: E402
 
     url = with_schema(pg_store_url, unique_schema("measure"))

@@ -2,7 +2,7 @@
 two proxies on one PostgreSQL store, a PostgreSQL outage mid-load, SIGTERM mid-load, and two
 proxies on one SQLite file.
 
-The load comes from a separate process (``python -m tests.test_durability load ...``), which
+The load comes from a separate process (``python -m tests.system.test_durability load ...``), which
 writes one JSON line per answered call; every answered call must have exactly one trace.
 """
 
@@ -31,7 +31,7 @@ from litellm_rllm.store.base import EncodedWriteResult
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.writer.spool import Spool, encode_record
 from litellm_rllm.trace import Trace, TraceChoice
-from tests import harness
+from tests.support import harness
 
 FAST = (0.01, 0.01)
 
@@ -298,7 +298,7 @@ async def _load(args: argparse.Namespace) -> None:
 
 
 def load_main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tests.test_durability load")
+    p = argparse.ArgumentParser(prog="python -m tests.system.test_durability load")
     p.add_argument("--base-urls", required=True)
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--calls", type=int, default=0, help="per session; 0 = until --duration / --stop-file")
@@ -316,7 +316,7 @@ def load_main(argv: Optional[list[str]] = None) -> None:
 
 
 def start_load(out: Path, *args: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tests.test_durability", "load", "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "tests.system.test_durability", "load", "--out", str(out), *args]
     env = harness.proxy_env()
     return subprocess.Popen(cmd, cwd=str(harness.REPO), env=env, stdout=subprocess.DEVNULL,
                             stderr=open(str(out) + ".err", "wb"))
@@ -410,7 +410,7 @@ def _proxies(config: Path, n: int) -> list[harness.ProxyProcess]:
 def test_two_proxies_on_one_postgres_store_100_sessions_of_10_calls(
     pg_server: Any, upstream_urls: dict[str, str], proxy_dir: Path, vllm_upstream: Any
 ) -> None:
-    from tests.pg import unique_schema, with_schema
+    from tests.support.pg import unique_schema, with_schema
 
     store_url = with_schema(pg_server.url(), unique_schema("two"))
     config = pg_config(proxy_dir, upstream_urls, store_url)
@@ -460,7 +460,7 @@ def test_two_proxies_on_one_postgres_store_100_sessions_of_10_calls(
 def test_postgres_down_for_20s_mid_load_every_call_served_and_stored_once(
     upstream_urls: dict[str, str], proxy_dir: Path, vllm_upstream: Any
 ) -> None:
-    from tests.pg import start_server_or_skip
+    from tests.support.pg import start_server_or_skip
 
     server = start_server_or_skip()  # this test's own: it is stopped for 20 s
     try:
@@ -505,7 +505,7 @@ def test_postgres_down_for_20s_mid_load_every_call_served_and_stored_once(
 def test_sigterm_mid_load_every_answered_call_has_its_trace(
     pg_server: Any, upstream_urls: dict[str, str], proxy_dir: Path, vllm_upstream: Any
 ) -> None:
-    from tests.pg import unique_schema, with_schema
+    from tests.support.pg import unique_schema, with_schema
 
     store_url = with_schema(pg_server.url(), unique_schema("term"))
     config = pg_config(proxy_dir, upstream_urls, store_url)
@@ -583,4 +583,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "load":
         load_main(sys.argv[2:])
     else:
-        raise SystemExit("usage: python -m tests.test_durability load --base-urls URL[,URL] --out FILE ...")
+        raise SystemExit("usage: python -m tests.system.test_durability load --base-urls URL[,URL] --out FILE ...")

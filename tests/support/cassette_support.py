@@ -1,14 +1,14 @@
 """vcrpy cassettes for the real providers' wire formats (`cassettes/`), and the
 `--record-cassettes` pytest option.
 
-A pytest plugin: `tests/conftest.py` loads it with ``pytest_plugins = ["tests.cassette_support"]``
-(or run ``pytest -p tests.cassette_support``).
+A pytest plugin: `tests/conftest.py` loads it with ``pytest_plugins = ["tests.support.cassette_support"]``
+(or run ``pytest -p tests.support.cassette_support``).
 
 Replay is the default and can never reach the network: ``record_mode="none"`` makes any request
 that no recorded interaction matches fail with ``CannotOverwriteExistingCassetteException``.
 ``--record-cassettes`` re-records against the real providers (``record_mode="all"``, unused old
 interactions dropped); it needs real keys in ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` (read by
-``tests/harness.py`` when the proxy config is written); a provider without its key has its
+``tests/support/harness.py`` when the proxy config is written); a provider without its key has its
 tests skipped.
 
 Why this configuration intercepts LiteLLM inside the in-process proxy: LiteLLM 1.108.5 sends
@@ -41,7 +41,7 @@ import pytest
 import vcr
 from vcr.record_mode import RecordMode
 
-CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
+CASSETTES = Path(__file__).resolve().parents[2] / "cassettes"
 
 RECORD_OPTION = "--record-cassettes"
 
@@ -76,7 +76,7 @@ PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("cassettes", "provider cassettes (cassettes/, tests/test_cassettes.py)")
+    group = parser.getgroup("cassettes", "provider cassettes (cassettes/, tests/proxy/test_cassettes.py)")
     group.addoption(
         RECORD_OPTION,
         action="store_true",

@@ -15,7 +15,7 @@ import pytest
 
 from litellm_rllm import client as rllm
 from litellm_rllm import slug as slugs
-from tests import harness
+from tests.support import harness
 
 REPO = harness.REPO
 

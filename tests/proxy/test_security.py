@@ -17,7 +17,7 @@ import yaml
 
 from litellm_rllm.build import redact
 from litellm_rllm.slug import encode
-from tests import harness
+from tests.support import harness
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 

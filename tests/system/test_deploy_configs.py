@@ -45,7 +45,7 @@ from typing import Any, Iterator, Optional
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 DEPLOY = CONFIGS / "deploy"
 K8S = DEPLOY / "k8s"
@@ -54,7 +54,7 @@ ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
 DOC = REPO / "docs" / "production.md"
-COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+COMPOSE_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
 
 LIVENESS = "/health/liveliness"
 READINESS = "/health/readiness"

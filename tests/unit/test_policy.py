@@ -106,7 +106,7 @@ def test_built_in_defaults_without_a_file():
 
 
 def test_shipped_policies_file_parses_and_matches_the_spec_example():
-    p = load_policies(Path(__file__).parent.parent / "configs" / "policies.yaml")
+    p = load_policies(Path(__file__).resolve().parents[2] / "configs" / "policies.yaml")
     assert p.find(VLLM)[0] == "trained-policy"
     assert p.find(CLAUDE)[0] == "no-logprobs-providers"
     assert p.find(GPT4O)[0] == "expensive-teachers"

@@ -18,7 +18,7 @@ import yaml
 
 from litellm_rllm import store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MASTER_KEY = "sk-rllm-test-" + secrets.token_hex(16)
 
 RLLM_CALLBACKS = [
@@ -56,7 +56,7 @@ def model_list(vllm: str, openai: str, anthropic: str) -> list[dict[str, Any]]:
                                                       "api_key": "sk-fake-openai-key"}},
         {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5", "api_base": anthropic,
                                                      "api_key": "sk-ant-fake-key"}},
-        # The providers' real hosts: only ever reached through vcrpy cassettes (tests/test_cassettes.py);
+        # The providers' real hosts: only ever reached through vcrpy cassettes (tests/proxy/test_cassettes.py);
         # real keys are used only when re-recording (see cassettes/README.md).
         {"model_name": "openai-recorded", "litellm_params": {
             "model": "openai/gpt-4o-mini", "api_key": os.environ.get("OPENAI_API_KEY") or "sk-cassette-replay"}},

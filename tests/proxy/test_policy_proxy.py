@@ -25,7 +25,7 @@ import yaml
 
 from litellm_rllm.policy import sample_hit
 from litellm_rllm.slug import encode
-from tests import harness
+from tests.support import harness
 
 INJECTABLE = ("logprobs", "top_logprobs", "return_token_ids", "prompt_logprobs")
 

@@ -24,7 +24,7 @@ FAST_RESTART = (0.05,)
 
 @pytest.fixture()
 def encoder() -> Iterator[BuildProcess]:
-    enc = BuildProcess("tests.encoder_helpers:build", restart_delays=FAST_RESTART)
+    enc = BuildProcess("tests.support.encoder_helpers:build", restart_delays=FAST_RESTART)
     yield enc
     enc.close()
 
@@ -94,7 +94,7 @@ def test_build_process_gives_the_rows_the_writer_thread_gives(vllm_upstream: Any
 
 def test_build_process_needs_no_litellm(vllm_upstream: Any) -> None:
     records = _vllm_records(vllm_upstream.api_base)
-    process = BuildProcess("tests.encoder_helpers:build_trace_probe", prepare=prepare)
+    process = BuildProcess("tests.support.encoder_helpers:build_trace_probe", prepare=prepare)
     try:
         outcomes = process.encode(records)
     finally:
@@ -143,7 +143,7 @@ def test_killed_process_is_replaced_and_nothing_is_lost(encoder: BuildProcess) -
 
 
 def test_process_that_stops_answering_is_killed_and_its_batch_built_here() -> None:
-    encoder = BuildProcess("tests.encoder_helpers:build", answer_timeout=0.5, restart_delays=FAST_RESTART)
+    encoder = BuildProcess("tests.support.encoder_helpers:build", answer_timeout=0.5, restart_delays=FAST_RESTART)
     try:
         assert encoder.encode([item("warm")])[0].row is not None
         hung_pid = encoder.pid
@@ -161,7 +161,7 @@ def test_process_that_stops_answering_is_killed_and_its_batch_built_here() -> No
 
 
 def test_python_that_cannot_start_means_building_here(tmp_path: Any) -> None:
-    encoder = BuildProcess("tests.encoder_helpers:build", python=str(tmp_path / "no-such-python"))
+    encoder = BuildProcess("tests.support.encoder_helpers:build", python=str(tmp_path / "no-such-python"))
     try:
         [out] = encoder.encode([item("x")])
         assert out.row is not None and '"built_in":"parent"' in out.row.doc
@@ -181,7 +181,7 @@ def test_close_ends_the_process(encoder: BuildProcess) -> None:
 
 
 def test_small_items_are_built_in_the_writer_thread_and_large_ones_in_the_process() -> None:
-    encoder = BuildProcess("tests.encoder_helpers:build", weight=lambda it: len(it.get("parts", ())),
+    encoder = BuildProcess("tests.support.encoder_helpers:build", weight=lambda it: len(it.get("parts", ())),
                              min_weight=2, restart_delays=FAST_RESTART)
     try:
         outcomes = encoder.encode([item("small"), item("large", parts=[b"a", b"b"]), item("small-2", parts=[b"a"])])
@@ -196,7 +196,7 @@ def test_small_items_are_built_in_the_writer_thread_and_large_ones_in_the_proces
 
 
 def test_build_process_starts_only_when_an_item_needs_it() -> None:
-    encoder = BuildProcess("tests.encoder_helpers:build", weight=lambda it: 0, min_weight=1)
+    encoder = BuildProcess("tests.support.encoder_helpers:build", weight=lambda it: 0, min_weight=1)
     try:
         encoder.encode([item("a"), item("b")])
         assert encoder.pid is None and encoder.stats()["build_process_starts"] == 0
