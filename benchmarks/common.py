@@ -4,29 +4,22 @@ LiteLLM + litellm-rllm) and `litellm --config` subprocesses pinned to chosen CPU
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# one key per benchmark run, shared with the child processes through the environment
-MASTER_KEY = os.environ.setdefault("RLLM_BENCH_MASTER_KEY", "sk-rllm-bench-" + secrets.token_hex(16))
-RLLM_CALLBACKS = [
-    "litellm_rllm.callbacks.metadata",
-    "litellm_rllm.callbacks.sampling",
-    "litellm_rllm.callbacks.tracer",
-]
+from tests.support.harness import MASTER_KEY, RLLM_CALLBACKS, ProxyProcess, auth, free_port  # noqa: E402,F401 (re-exported)
+from tests.support.harness import proxy_env as env  # noqa: E402
+
 # Model groups of both configs. `policy` matches the repo's policies (`provider: hosted_vllm`);
 # the fake vLLM reads `tokens-K` / `drip-S` in the served model name.
 LONG_TOKENS = 32_000
@@ -62,20 +55,6 @@ def _preexec(cpus: Optional[Sequence[int]]) -> Any:
 
 def python() -> str:
     return sys.executable
-
-
-def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update({
-        "LITELLM_MASTER_KEY": MASTER_KEY,
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_LOG": "ERROR",
-        "PYTHONPATH": str(REPO) + os.pathsep + e.get("PYTHONPATH", ""),
-    })
-    for var in ("RLLM_STORE_URL", "CONFIG_FILE_PATH", "RLLM_POLICIES_FILE"):
-        e.pop(var, None)
-    e.update(extra)
-    return e
 
 
 class Upstream:
@@ -139,16 +118,6 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {MASTER_KEY}"}
-
-
 def probe_env(gc_path: Path) -> dict[str, str]:
     """The proxy's environment plus the GC probe (benchmarks/gcprobe/sitecustomize.py)."""
     e = env(RLLM_BENCH_GC_STATS=str(gc_path))
@@ -156,45 +125,20 @@ def probe_env(gc_path: Path) -> dict[str, str]:
     return e
 
 
-class Proxy:
-    """`litellm --config FILE` on 127.0.0.1, pinned to `cpus` (all its threads: set before exec)."""
+class Proxy(ProxyProcess):
+    """The test harness's `litellm --config FILE` subprocess, pinned to `cpus` (all its threads:
+    set before exec), with the GC probe, and CPU / RSS / GC readings."""
 
     def __init__(self, name: str, config: Path, cpus: Optional[Sequence[int]] = None,
                  wrapper: Sequence[str] = ()) -> None:
         self.name = name
-        self.config = config
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.parent / "proxy.log"
         self.gc_path = config.parent / "gc.json"
-        exe = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [*wrapper, exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=str(config.parent), env=probe_env(self.gc_path), stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=_preexec(cpus),
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        super().__init__(config, env=probe_env(self.gc_path), wrapper=wrapper, preexec_fn=_preexec(cpus),
+                         log_path=config.parent / "proxy.log")
 
     def wait_ready(self, timeout: float = 180.0) -> "Proxy":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} proxy exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                if httpx.get(self.base_url + "/health/liveliness", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"{self.name} proxy not ready after {timeout}s:\n{self.log()[-4000:]}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        super().wait_ready(timeout)
+        return self
 
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
@@ -214,16 +158,6 @@ class Proxy:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
 
 
 def descendants(pid: int) -> list[int]:

@@ -14,7 +14,6 @@ import json
 import logging
 from typing import Any, Callable, Optional
 
-from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import httpx
 import yaml
@@ -19,7 +19,8 @@ import yaml
 from litellm_rllm import store
 
 REPO = Path(__file__).resolve().parents[2]
-MASTER_KEY = "sk-rllm-test-" + secrets.token_hex(16)
+# One key per run, shared with child processes (a benchmark's load generator) via the environment.
+MASTER_KEY = os.environ.setdefault("RLLM_HARNESS_MASTER_KEY", "sk-rllm-test-" + secrets.token_hex(16))
 
 RLLM_CALLBACKS = [
     "litellm_rllm.callbacks.metadata",
@@ -101,7 +102,7 @@ def proxy_env(**extra: str) -> dict[str, str]:
         "LITELLM_LOG": "ERROR",
         "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     })
-    for var in ("RLLM_STORE_URL", "CONFIG_FILE_PATH"):  # the in-process proxy's; a subprocess has its own
+    for var in ("RLLM_STORE_URL", "CONFIG_FILE_PATH", "RLLM_POLICIES_FILE"):  # a subprocess has its own
         env.pop(var, None)
     env.update(extra)
     return env
@@ -129,17 +130,23 @@ class ProxyProcess:
     """`litellm --config FILE --port N` as a subprocess; logs go to a file next to the config."""
 
     def __init__(self, config: Path, *, env: Optional[dict[str, str]] = None, port: Optional[int] = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), wrapper: Sequence[str] = (), preexec_fn: Any = None,
+                 log_path: Optional[Path] = None) -> None:
         self.config = config
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.parent / f"proxy-{self.port}.log"
+        self.log_path = log_path or config.parent / f"proxy-{self.port}.log"
         exe = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [*wrapper, exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=str(config.parent), env=env or proxy_env(), stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def wait_ready(self, timeout: float = 120.0) -> "ProxyProcess":
         deadline = time.monotonic() + timeout
@@ -147,7 +154,7 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"proxy exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(self.base_url + "/health/liveliness", timeout=1).status_code == 200:
+                if httpx.get(self.base_url + "/health/liveliness", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -5,10 +5,8 @@ several processes on one server show: concurrent migrations, seq across writers,
 from __future__ import annotations
 
 import multiprocessing
-import struct
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Optional
 
 import pytest

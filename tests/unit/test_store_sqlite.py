@@ -7,7 +7,6 @@ import multiprocessing
 import sqlite3
 import struct
 import threading
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
