@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field
 
-from litellm_rllm.store.codec import EncodedTrace, encode_all, from_utc_micros
+from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
 from litellm_rllm.trace import Trace
 
 Since = Union[datetime, str, None]
@@ -133,6 +133,21 @@ def keyset_rows(
         key = rows[-1][0]
 
 
+READ_PAGE = 256  # rows per read query
+
+
+def decode_row(row: Sequence[Any]) -> Trace:
+    """A ``(key, seq, doc, arrays, detail)`` row of any backend -> its ``Trace``."""
+    _key, seq, doc, arrays, detail = row
+    return decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
+
+
+def _as_bytes(value: Any) -> Optional[bytes]:
+    if value is None or isinstance(value, bytes):
+        return value
+    return bytes(value)  # memoryview / bytearray from some drivers
+
+
 class TraceStore(abc.ABC):
     """A durable, ordered trace store. Implementations must be safe to share between threads."""
 
@@ -162,14 +177,31 @@ class TraceStore(abc.ABC):
             out.append(trace if seq is not None else fresh.get(trace.trace_id) or self.get(trace.trace_id) or trace)
         return WriteResult(out, result.duplicates)
 
-    @abc.abstractmethod
     def iter_traces(
         self,
         session: Optional[str] = None,
         since: Since = None,
         limit: Optional[int] = None,
     ) -> Iterator[Trace]:
-        """Like ``traces`` but streamed page by page, for exports larger than memory."""
+        """Like ``traces`` but streamed page by page, for exports larger than memory: the
+        backend's keyset query (``_read_plan``), paged through ``keyset_rows``."""
+        since_dt = parse_since(since)
+        plan = self._read_plan(session, None if since_dt is None else to_utc_micros(since_dt))
+        if plan is None:
+            return
+        query, params, start = plan
+        for row in keyset_rows(lambda key, n: self._fetch_page(query, params, key, n), start, limit, READ_PAGE):
+            yield decode_row(row)
+
+    @abc.abstractmethod
+    def _read_plan(self, session: Optional[str], since_us: Optional[int]) -> Optional[tuple[str, tuple[Any, ...], Any]]:
+        """A keyset-paginated query whose last two parameters are the key to start after and
+        the page size, the key being its first column and its other columns (seq, doc, arrays,
+        detail); its leading parameters; the first key. None when nothing can match."""
+
+    @abc.abstractmethod
+    def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> Sequence[Sequence[Any]]:
+        """Run one page of a ``_read_plan`` query."""
 
     def traces(
         self,
@@ -211,4 +243,4 @@ class TraceStore(abc.ABC):
         self.close()
 
 
-__all__ = ["EncodedWriteResult", "SessionSummary", "sessions_from_rows", "Since", "TraceStore", "WriteResult", "parse_since"]
+__all__ = ["READ_PAGE", "EncodedWriteResult", "SessionSummary", "decode_row", "sessions_from_rows", "Since", "TraceStore", "WriteResult", "parse_since"]

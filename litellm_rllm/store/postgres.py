@@ -50,11 +50,11 @@ import hashlib
 import logging
 import re
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since, sessions_from_rows
-from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError, decode, to_utc_micros
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
+from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
 from litellm_rllm.trace import Trace
 
 try:  # the `postgres` extra; only the URLs that need it need it
@@ -68,7 +68,6 @@ SCHEMA_VERSION = 1
 DEFAULT_SCHEMA = "rllm"
 INSTALL_HINT = "pip install 'litellm-rllm[postgres]' (or: pip install 'psycopg[binary]')"
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_READ_PAGE = 256
 _CONFLICT_RETRIES = 5
 # libpq defaults when the URL does not set them: fail fast when the server is down or gone
 # (the writer spools instead of hanging), and notice a dead peer within about half a minute.
@@ -496,29 +495,13 @@ class PostgresStore(TraceStore):
 
     # ------------------------------------------------------------------------- read
 
-    def iter_traces(
-        self,
-        session: Optional[str] = None,
-        since: Since = None,
-        limit: Optional[int] = None,
-    ) -> Iterator[Trace]:
-        since_dt = parse_since(since)
-        since_us = None if since_dt is None else to_utc_micros(since_dt)
-        plan = self._read_plan(session, since_us)
-        if plan is None:
-            return
-        query, params, start = plan
+    def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> list[Any]:
+        def run(conn: "psycopg.Connection[Any]") -> list[Any]:
+            with conn.cursor(binary=True) as cur:
+                cur.execute(query, (*params, int(key), n))
+                return cur.fetchall()
 
-        def fetch(key: Any, n: int) -> list[Any]:
-            def run(conn: "psycopg.Connection[Any]") -> list[Any]:
-                with conn.cursor(binary=True) as cur:
-                    cur.execute(query, (*params, int(key), n))
-                    return cur.fetchall()
-
-            return self._read(run)
-
-        for row in keyset_rows(fetch, start, limit, _READ_PAGE):
-            yield _decode_row(row)
+        return self._read(run)
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
@@ -566,7 +549,7 @@ class PostgresStore(TraceStore):
                 return cur.fetchone()
 
         row = self._read(fetch)
-        return None if row is None else _decode_row(row)
+        return None if row is None else decode_row(row)
 
     def sessions(self) -> list[SessionSummary]:
         rows = self._read(
@@ -596,17 +579,6 @@ class PostgresStore(TraceStore):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-
-
-def _decode_row(row: Sequence[Any]) -> Trace:
-    _key, seq, doc, arrays, detail = row
-    return decode(doc, _bytes(arrays), _bytes(detail), None if seq is None else int(seq))
-
-
-def _bytes(value: Any) -> Optional[bytes]:
-    if value is None or isinstance(value, bytes):
-        return value
-    return bytes(value)  # memoryview / bytearray from some loaders
 
 
 def open_postgres(url: str) -> PostgresStore:

@@ -36,8 +36,8 @@ import threading
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, Since, TraceStore, keyset_rows, parse_since, sessions_from_rows
-from litellm_rllm.store.codec import EncodedTrace, decode, to_utc_micros
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
+from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 CHECKPOINT_BYTES = 1 << 20  # the checkpointer's pace (see _Checkpointer)
 CHECKPOINT_MAX_WAIT_S = 0.1
 _IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
-_READ_PAGE = 256
 
 _V1 = (
     """CREATE TABLE IF NOT EXISTS traces (
@@ -250,26 +249,10 @@ class SqliteStore(TraceStore):
 
     # ------------------------------------------------------------------------- read
 
-    def iter_traces(
-        self,
-        session: Optional[str] = None,
-        since: Since = None,
-        limit: Optional[int] = None,
-    ) -> Iterator[Trace]:
-        since_dt = parse_since(since)
-        since_us = None if since_dt is None else to_utc_micros(since_dt)
-        plan = self._read_plan(session, since_us)
-        if plan is None:
-            return
-        query, params, start = plan
-
-        def fetch(key: Any, n: int) -> list[Any]:
-            with self._lock:
-                self._check_open()
-                return self._conn.execute(query, (*params, key, n)).fetchall()
-
-        for row in keyset_rows(fetch, start, limit, _READ_PAGE):
-            yield _decode_row(row)
+    def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> list[Any]:
+        with self._lock:
+            self._check_open()
+            return self._conn.execute(query, (*params, key, n)).fetchall()
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
@@ -314,7 +297,7 @@ class SqliteStore(TraceStore):
             row = self._conn.execute(
                 f"SELECT {_COLS} FROM traces t WHERE t.trace_id = ?", (trace_id,)
             ).fetchone()
-        return None if row is None else _decode_row(row)
+        return None if row is None else decode_row(row)
 
     def sessions(self) -> list[SessionSummary]:
         with self._lock:
@@ -484,11 +467,6 @@ def _next_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
 
 def _row_bytes(enc: EncodedTrace) -> int:
     return len(enc.doc) + len(enc.arrays or b"") + len(enc.detail or b"")
-
-
-def _decode_row(row: Sequence[Any]) -> Trace:
-    _id, seq, doc, arrays, detail = row
-    return decode(doc, arrays, detail, seq)
 
 
 def open_sqlite(url: str) -> SqliteStore:
