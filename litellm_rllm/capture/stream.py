@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..trace import TopColumns, TraceChoice
 from .fields import field as _get
@@ -117,140 +117,84 @@ class StreamAccumulator:
         return state
 
     def add(self, chunk: Any) -> None:
+        """One chunk: a parsed upstream event (plain dicts: the tapped-stream hot path) or a
+        LiteLLM chunk object; one accumulation for both, with the field reader of each."""
         if type(chunk) is dict:
-            self._add_event(chunk)
-            return
-        now = time.perf_counter()
-        self.chunks += 1
-        self.last_chunk_at = now
-        if self.response_id is None:
-            self.response_id = _get(chunk, "id")
-            self.model = _get(chunk, "model")
-        usage = _get(chunk, "usage")
-        if usage is not None:
-            self.usage = usage
-        prompt_ids = _psf(chunk, "prompt_token_ids")
-        if prompt_ids is not None and self.prompt_token_ids is None:
-            self.prompt_token_ids = list(prompt_ids)
-        for ch in _get(chunk, "choices") or ():
-            index = _get(ch, "index") or 0
-            acc = self._choice(index)
-            got_token = False
-            delta = _get(ch, "delta")
-            if delta is not None:
-                role = _get(delta, "role")
-                if role:
-                    acc.role = role
-                piece = _get(delta, "content")
-                if piece:
-                    acc.content.append(piece)
-                    got_token = True
-                reasoning = _get(delta, "reasoning_content") or _get(delta, "reasoning")
-                if reasoning:
-                    acc.reasoning.append(reasoning)
-                    got_token = True
-                tool_calls = _get(delta, "tool_calls")
-                if tool_calls:
-                    self._merge_tools(acc, tool_calls)
-                    got_token = True
-            else:
-                piece = _get(ch, "text")
-                if piece is not None:
-                    self.is_text = True
-                    if piece:
-                        acc.text.append(piece)
-                        got_token = True
-            finish = _get(ch, "finish_reason")
-            if finish:
-                acc.finish_reason = finish
-            stop_reason = _psf(ch, "stop_reason")
-            if stop_reason is not None:
-                acc.stop_reason = stop_reason
-            ids = _psf(ch, "token_ids")
-            if ids:
-                acc.token_ids.extend(ids)
-                acc.has_ids = True
-                got_token = True
-            elif ids is not None:
-                acc.has_ids = True
-            cp_ids = _psf(ch, "prompt_token_ids")
-            if cp_ids is not None and acc.prompt_token_ids is None:
-                acc.prompt_token_ids = list(cp_ids)
-            self._add_logprobs(acc, _get(ch, "logprobs"))
-            if got_token and self.first_token_at is None:
-                self.first_token_at = now
+            if "choices" not in chunk:
+                kind = chunk.get("type")
+                if kind in _ANTHROPIC_EVENTS:
+                    self._add_anthropic(chunk)
+                    return
+                if isinstance(kind, str) and kind.startswith("response."):
+                    self._add_responses_event(chunk)
+                    return
+            # an upstream's JSON has vLLM's fields where it put them: no provider_specific_fields
+            self._add_chunk(chunk, dict.get, dict.get)
+        else:
+            self._add_chunk(chunk, _get, _psf)
 
-    def _add_event(self, event: dict[str, Any]) -> None:
-        """The same as `add` for a parsed upstream event (plain dicts: the tapped-stream hot path)."""
-        if "choices" not in event:
-            kind = event.get("type")
-            if kind in _ANTHROPIC_EVENTS:
-                self._add_anthropic(event)
-                return
-            if isinstance(kind, str) and kind.startswith("response."):
-                self._add_responses_event(event)
-                return
+    def _add_chunk(self, chunk: Any, get: Callable[[Any, str], Any], psf: Callable[[Any, str], Any]) -> None:
         now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
         if self.response_id is None:
-            self.response_id = event.get("id")
-            self.model = event.get("model")
-        usage = event.get("usage")
+            self.response_id = get(chunk, "id")
+            self.model = get(chunk, "model")
+        usage = get(chunk, "usage")
         if usage is not None:
             self.usage = usage
         if self.prompt_token_ids is None:
-            prompt_ids = event.get("prompt_token_ids")
+            prompt_ids = psf(chunk, "prompt_token_ids")
             if prompt_ids is not None:
-                self.prompt_token_ids = prompt_ids
-        for ch in event.get("choices") or ():
-            index = ch.get("index") or 0
+                self.prompt_token_ids = list(prompt_ids)
+        for ch in get(chunk, "choices") or ():
+            index = get(ch, "index") or 0
             acc = self._choices.get(index) or self._choice(index)
             got_token = False
-            delta = ch.get("delta")
+            delta = get(ch, "delta")
             if delta is not None:
                 if delta:
-                    role = delta.get("role")
+                    role = get(delta, "role")
                     if role:
                         acc.role = role
-                    piece = delta.get("content")
+                    piece = get(delta, "content")
                     if piece:
                         acc.content.append(piece)
                         got_token = True
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    reasoning = get(delta, "reasoning_content") or get(delta, "reasoning")
                     if reasoning:
                         acc.reasoning.append(reasoning)
                         got_token = True
-                    tool_calls = delta.get("tool_calls")
+                    tool_calls = get(delta, "tool_calls")
                     if tool_calls:
                         self._merge_tools(acc, tool_calls)
                         got_token = True
             else:
-                piece = ch.get("text")
+                piece = get(ch, "text")
                 if piece is not None:
                     self.is_text = True
                     if piece:
                         acc.text.append(piece)
                         got_token = True
-            finish = ch.get("finish_reason")
+            finish = get(ch, "finish_reason")
             if finish:
                 acc.finish_reason = finish
-            stop_reason = ch.get("stop_reason")
+            stop_reason = psf(ch, "stop_reason")
             if stop_reason is not None:
                 acc.stop_reason = stop_reason
-            ids = ch.get("token_ids")
+            ids = psf(ch, "token_ids")
             if ids is not None:
                 acc.has_ids = True
                 if ids:
                     acc.token_ids.extend(ids)
                     got_token = True
             if acc.prompt_token_ids is None:
-                cp_ids = ch.get("prompt_token_ids")
+                cp_ids = psf(ch, "prompt_token_ids")
                 if cp_ids is not None:
-                    acc.prompt_token_ids = cp_ids
-            logprobs = ch.get("logprobs")
+                    acc.prompt_token_ids = list(cp_ids)
+            logprobs = get(ch, "logprobs")
             if logprobs is not None:
-                content = logprobs.get("content")
+                content = logprobs.get("content") if type(logprobs) is dict else None
                 if content is not None:
                     self._add_chat_logprobs(acc, content)
                 else:
