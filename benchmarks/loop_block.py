@@ -164,7 +164,7 @@ def instrument() -> None:
 
     # the writer thread's own steps (each one holds the GIL from start to end, or releases it
     # inside: pipe I/O, SQLite): thread CPU and wall per call
-    from litellm_rllm import build as build_mod
+    from litellm_rllm import builder as build_mod
     from litellm_rllm.writer import build_process
     from litellm_rllm.store.sqlite import SqliteStore
 

@@ -192,12 +192,12 @@ def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: o
     if mode == "encoded":
         items = encode_all(traces)
     elif mode == "records":
-        from litellm_rllm.build import prepare
+        from litellm_rllm.builder import prepare
         from litellm_rllm.writer.build_process import BuildProcess
 
         n_items = args.traces if args.traces_given else 4000
         items = make_records(n_items, args.completion_tokens)
-        encoder = BuildProcess("litellm_rllm.build:build_trace", prepare=prepare)
+        encoder = BuildProcess("litellm_rllm.builder:build_trace", prepare=prepare)
     store, path, pg_schema = open_store(args)
 
     start = time.perf_counter()

@@ -156,7 +156,7 @@ async def measure(writer: Any, record: Any, settle: float = 1.0) -> dict[str, An
 
 
 async def run(args: argparse.Namespace, encoder_kind: str) -> dict[str, Any]:
-    from litellm_rllm.build import build_trace, prepare
+    from litellm_rllm.builder import build_trace, prepare
     from litellm_rllm.writer.build_process import BuildProcess
     from litellm_rllm.writer.encoders import InlineEncoder
     from litellm_rllm.store.sqlite import SqliteStore
@@ -165,7 +165,7 @@ async def run(args: argparse.Namespace, encoder_kind: str) -> dict[str, Any]:
     folder = tempfile.mkdtemp(prefix="rllm-writer-gil-")
     store = SqliteStore(os.path.join(folder, "traces.db"))
     store.write_encoded = staged("sqlite write", store.write_encoded)  # type: ignore[method-assign]
-    encoder: Any = (BuildProcess("litellm_rllm.build:build_trace", prepare=prepare) if encoder_kind == "process"
+    encoder: Any = (BuildProcess("litellm_rllm.builder:build_trace", prepare=prepare) if encoder_kind == "process"
                     else InlineEncoder(build_trace))
     label = "prepare + send + wait for the build process" if encoder_kind == "process" else "build + encode"
     encoder.encode = staged(label, encoder.encode)

@@ -104,7 +104,7 @@ class Plugin:
 
     def _make_writer(self) -> "TraceWriter":
         from .. import store
-        from ..build import build_trace, prepare, weight
+        from ..builder import build_trace, prepare, weight
         from ..writer import TraceWriter
         from ..writer.encoders import InlineEncoder
 
@@ -112,7 +112,7 @@ class Plugin:
         if cfg.writer_build_process:
             from ..writer.build_process import BuildProcess
 
-            encoder: Any = BuildProcess("litellm_rllm.build:build_trace", prepare=prepare, weight=weight,
+            encoder: Any = BuildProcess("litellm_rllm.builder:build_trace", prepare=prepare, weight=weight,
                                         min_weight=cfg.writer_build_process_min_bytes)
         else:
             encoder = InlineEncoder(build_trace)

@@ -1,8 +1,8 @@
 """`CallRecord`: what the event loop hands the writer for one finished call.
 
 Built on the hot path, so it holds references (the request dict, the response's parts, the
-stream's packed arrays), never copies or JSON. In the writer thread `build.prepare` reduces it
-to a `build.PreparedCall` (plain data), which `build.build_trace` turns into a `Trace`, in the
+stream's packed arrays), never copies or JSON. In the writer thread `builder.prepare` reduces it
+to a `builder.PreparedCall` (plain data), which `builder.build_trace` turns into a `Trace`, in the
 writer's build process or in the thread itself.
 """
 

@@ -5,7 +5,7 @@ loop waits for the GIL up to ``sys.getswitchinterval()`` (5 ms) per hand-over, a
 of any single C call: parsing the 12 MB body of a 32,000-token reply with top_logprobs 5 is one
 ``orjson.loads`` of ~100 ms, and the objects a build allocates set off collections that walk
 LiteLLM's whole heap. In a child process all of that runs beside the proxy instead of inside
-it. The writer thread only pickles each prepared item (plain data: ``build.prepare``; buffers
+it. The writer thread only pickles each prepared item (plain data: ``builder.prepare``; buffers
 such as a body's reads go out of band, written by ``os.writev``, which releases the GIL) and
 reads back the encoded row, then writes the store as before.
 
@@ -179,7 +179,7 @@ def _frame(obj: Any) -> list[bytes]:
 class BuildProcess:
     """``build`` (a ``"module:function"`` path) and ``codec.encode`` in a child process.
 
-    ``prepare`` runs in the writer thread on each item first (``build.prepare`` for the
+    ``prepare`` runs in the writer thread on each item first (``builder.prepare`` for the
     proxy's call records: plain, picklable data). Items whose ``weight`` is below
     ``min_weight`` are built in the writer thread (module docstring). ``answer_timeout``
     bounds the wait for one item's result (a 32,000-token trace takes well under a second),

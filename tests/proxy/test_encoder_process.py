@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from litellm_rllm.build import build_trace, prepare
+from litellm_rllm.builder import build_trace, prepare
 from litellm_rllm.capture.record import CallRecord
 from litellm_rllm.capture.sse import SSEParser
 from litellm_rllm.writer.build_process import BuildProcess
@@ -76,7 +76,7 @@ def _vllm_records(api_base: str) -> list[CallRecord]:
 def test_build_process_gives_the_rows_the_writer_thread_gives(vllm_upstream: Any) -> None:
     records = _vllm_records(vllm_upstream.api_base)
     inline = InlineEncoder(build_trace).encode(records)
-    process = BuildProcess("litellm_rllm.build:build_trace", prepare=prepare)
+    process = BuildProcess("litellm_rllm.builder:build_trace", prepare=prepare)
     try:
         remote = process.encode(records)
         stats = process.stats()
@@ -205,7 +205,7 @@ def test_build_process_starts_only_when_an_item_needs_it() -> None:
 
 
 def test_weight_is_the_body_size_or_the_stream_entries_as_json_bytes(vllm_upstream: Any) -> None:
-    from litellm_rllm.build import weight
+    from litellm_rllm.builder import weight
 
     raw, stream, parsed, error = _vllm_records(vllm_upstream.api_base)
     assert weight(raw) == sum(len(p) for p in raw.raw_body)

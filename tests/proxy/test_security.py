@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from litellm_rllm.build import redact
+from litellm_rllm.builder import redact
 from litellm_rllm.slug import encode
 from tests.support import harness
 

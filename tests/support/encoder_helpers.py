@@ -27,7 +27,7 @@ def build(item: dict[str, Any]) -> Optional[Trace]:
 
 def build_trace_probe(record: Any) -> Optional[Trace]:
     """The plugin's own build function, reporting whether it needed LiteLLM in this process."""
-    from litellm_rllm.build import build_trace
+    from litellm_rllm.builder import build_trace
 
     trace = build_trace(record)
     trace.metadata["litellm_imported"] = "litellm" in sys.modules
