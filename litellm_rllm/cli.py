@@ -3,6 +3,8 @@
     litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
     litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
     litellm-rllm sessions list [--store URL]
+    litellm-rllm sessions delete SESSION [--store URL]
+    litellm-rllm prune --before T [--store URL]                            retention by hand
     litellm-rllm slug encode JSON [--secret S]
     litellm-rllm slug decode SLUG
     litellm-rllm policy explain --config FILE MODEL [--provider P] [--deployment D] [--output-cost C]
@@ -63,6 +65,26 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
             print(json.dumps(s.model_dump(mode="json")))
     finally:
         st.close()
+    return 0
+
+
+def cmd_sessions_delete(args: argparse.Namespace) -> int:
+    st = _store(args.store)
+    try:
+        deleted = st.delete(session=args.session)
+    finally:
+        st.close()
+    print(json.dumps({"session": args.session, "deleted": deleted}))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    st = _store(args.store)
+    try:
+        deleted = st.delete(before=args.before)
+    finally:
+        st.close()
+    print(json.dumps({"before": args.before, "deleted": deleted}))
     return 0
 
 
@@ -272,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sessions.add_parser("list")
     p.add_argument("--store")
     p.set_defaults(func=cmd_sessions_list)
+    p = sessions.add_parser("delete", help="delete a session's traces (nested sessions included)")
+    p.add_argument("session")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_sessions_delete)
+
+    p = sub.add_parser("prune", help="delete traces created before a time")
+    p.add_argument("--before", required=True, help="ISO 8601 time; traces created earlier are deleted")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_prune)
 
     slug = sub.add_parser("slug", help="encode / decode rllm1: slugs").add_subparsers(dest="verb", required=True)
     p = slug.add_parser("encode")

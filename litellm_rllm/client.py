@@ -259,6 +259,48 @@ def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, An
     return resp.json()
 
 
+def proxies_of(base_url: str) -> list[str]:
+    """Every proxy behind `base_url`: one URL per address its host name resolves to (a
+    Kubernetes headless Service, a compose service scaled to N replicas), else `base_url`."""
+    import socket
+    from urllib.parse import urlsplit, urlunsplit
+
+    root = _proxy_root(base_url)
+    parts = urlsplit(root)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return [root]
+    addresses = sorted({info[4][0] for info in infos})
+    if len(addresses) <= 1:
+        return [root]
+    out = []
+    for address in addresses:
+        shown = f"[{address}]" if ":" in address else address
+        out.append(urlunsplit(parts._replace(netloc=f"{shown}:{port}")))
+    return out
+
+
+def flush_all(base_urls: Any, api_key: str, *, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """`flush` on every proxy of a fleet, at once: `base_urls` is a list of proxy URLs, or one
+    URL whose host name resolves to every proxy (`proxies_of`). Returns each proxy's answer
+    (an unreachable proxy's error under `"error"`); everything is durable when each says
+    `flushed`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = proxies_of(base_urls) if isinstance(base_urls, str) else [_proxy_root(u) for u in base_urls]
+
+    def one(url: str) -> dict[str, Any]:
+        try:
+            return flush(url, api_key, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - reported per proxy
+            return {"flushed": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(urls)))) as pool:
+        return dict(zip(urls, pool.map(one, urls)))
+
+
 def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0) -> list[Any]:
     """A session's traces (nested sessions included) in `seq` order, read through the proxy
     (which flushes first), as `Trace` objects."""

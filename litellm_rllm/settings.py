@@ -57,7 +57,7 @@ class Settings(BaseModel):
     # Calls to OpenAI-format upstreams (hosted_vllm/, openai/) are captured from the upstream's
     # bytes, which keep what LiteLLM's parsing drops. Off: capture LiteLLM's parsed responses.
     raw_capture: bool = True
-    # Opt-in: `gc.freeze()` once, at the first request, so Python's full collections stop
+    # Opt-in: `gc.freeze()` once, a few seconds after start-up, so Python's full collections stop
     # walking LiteLLM's large start-up heap (measured in benchmarks/loop_block.py: GC per
     # request 17-22 ms -> 0.9 ms, worst loop stall 650-830 ms -> 42 ms). Process-wide, hence off.
     gc_freeze_after_start: bool = False
@@ -67,6 +67,11 @@ class Settings(BaseModel):
     # thread, where they cost less. Off: everything in the writer thread.
     writer_build_process: bool = True
     writer_build_process_min_bytes: int = Field(65536, ge=0)
+    # Operations: `GET /metrics` in Prometheus' format (prometheus_client's default registry, so
+    # LiteLLM's own metrics appear there too); traces older than `retention_days` are deleted
+    # by a background thread once an hour (None: kept forever; `litellm-rllm prune` by hand).
+    metrics: bool = True
+    retention_days: Optional[float] = Field(None, gt=0)
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

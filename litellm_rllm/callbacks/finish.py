@@ -67,6 +67,7 @@ def call_session(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _submit(record: CallRecord) -> None:
     p = plugin()
+    p.route_counts[(record.route, record.status)] += 1
     try:
         p.writer.submit(record)
         p.counters["submitted"] += 1

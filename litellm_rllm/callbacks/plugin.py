@@ -34,6 +34,9 @@ log = logging.getLogger("litellm_rllm")
 SHUTDOWN_TIMEOUT_S = 30.0
 # gc.freeze() this long after the plugin starts: LiteLLM's start-up (which imports us) is over.
 GC_FREEZE_DELAY_S = 5.0
+RETENTION_INTERVAL_S = 3600.0
+# The start-up line is logged this long after the first entry loads: every entry has loaded.
+ANNOUNCE_DELAY_S = 1.0
 
 
 def _ensure_log_handler() -> None:
@@ -57,27 +60,44 @@ class Plugin:
         # capture_errors: a trace could not be captured; strip_errors: an injected field could
         # not be hidden; policy_errors: a policy decision failed (the request went unchanged).
         self.counters: Counter[str] = Counter(capture_errors=0, strip_errors=0, policy_errors=0, submitted=0)
+        self.route_counts: Counter[tuple[Optional[str], str]] = Counter()  # (route, status) -> calls
         self.entries: dict[str, Any] = {}  # the YAML entries' callback instances, by name
+        self._metrics_collector: Any = None
         self._lock = threading.Lock()
         self._writer: Optional[TraceWriter] = None
         self._reader: Optional[TraceStore] = None
         self._policies: Optional[PolicyFile] = None
         self._closed = False
+        self._stop = threading.Event()
+        self._retention: Optional[threading.Thread] = None
         self.check_slug: Callable[[str], SlugMetadata] = functools.lru_cache(maxsize=4096)(self._check_slug)
         atexit.register(self.close)
         self._schedule_gc_freeze()
+        self._schedule(ANNOUNCE_DELAY_S, self.announce)
 
     # ---- start-up -----------------------------------------------------------------------
 
+    @staticmethod
+    def _schedule(delay: float, fn: Callable[[], Any]) -> None:
+        """Run `fn` once LiteLLM's start-up is over (our entries are imported during it): on
+        the event loop `delay` seconds from now; at once where there is no loop (scripts)."""
+        try:
+            asyncio.get_running_loop().call_later(delay, fn)
+        except RuntimeError:
+            fn()
+
     def _schedule_gc_freeze(self) -> None:
         """`gc_freeze_after_start`: move LiteLLM's start-up heap out of the collector's sight,
-        once, after start-up (the callbacks are imported during LiteLLM's start-up)."""
-        if not self.settings.gc_freeze_after_start:
-            return
+        once, after start-up."""
+        if self.settings.gc_freeze_after_start:
+            self._schedule(GC_FREEZE_DELAY_S, _freeze_heap)
+
+    def announce(self) -> None:
+        """The start-up line (store, policies, routes, non-default settings)."""
         try:
-            asyncio.get_running_loop().call_later(GC_FREEZE_DELAY_S, _freeze_heap)
-        except RuntimeError:  # no loop (a script, the CLI): now is after start-up
-            _freeze_heap()
+            log.info("%s", self.describe())
+        except Exception:  # noqa: BLE001 - a log line must not break anything
+            log.exception("litellm-rllm: could not describe the plugin's set-up")
 
     # ---- the parts, created on first use ------------------------------------------------
 
@@ -154,8 +174,56 @@ class Plugin:
                 self._policies = pf
             return self._policies
 
+    def writer_stats(self) -> dict[str, Any]:
+        """The writer's counters, or none before a writer exists (a proxy without the tracer)."""
+        return self._writer.stats() if self._writer is not None else {}
+
     def stats(self) -> dict[str, Any]:
-        return {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls)}
+        return {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls),
+                "calls": [{"route": r, "status": st, "count": n} for (r, st), n in self.route_counts.items()]}
+
+    # ---- retention ----------------------------------------------------------------------
+
+    def start_retention(self) -> None:
+        """With `retention_days`, delete older traces now and then once an hour, in a thread."""
+        days = self.settings.retention_days
+        if days is None or self._retention is not None:
+            return
+        self._retention = threading.Thread(target=self._retain, args=(days,), name="rllm-retention", daemon=True)
+        self._retention.start()
+
+    def _retain(self, days: float) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        while not self._stop.is_set():
+            try:
+                deleted = self.reader.delete(before=datetime.now(timezone.utc) - timedelta(days=days))
+                if deleted:
+                    log.info("litellm-rllm: retention deleted %d traces older than %s days", deleted, days)
+            except Exception as exc:  # noqa: BLE001 - the store may be down: try again later
+                log.warning("litellm-rllm: retention pass failed: %s", exc)
+            self._stop.wait(RETENTION_INTERVAL_S)
+
+    # ---- start-up summary ---------------------------------------------------------------
+
+    def describe(self) -> str:
+        """One line for the proxy's log at start: where traces go and what is in effect."""
+        from ..settings import Settings
+
+        cfg = self.settings
+        parts = [f"entries {', '.join(sorted(self.entries)) or '-'}", f"store {_describe_store(cfg.store)}"]
+        if self._policies is not None:
+            path = cfg.policies_path()
+            rules = len(self._policies.current.rules)
+            parts.append(f"policies {path if path is not None else '(built-in)'} ({rules} rules)")
+        parts.append("routes /meta/{slug}/..., /rllm/*" + (", /metrics" if cfg.metrics else ""))
+        defaults = Settings()
+        changed = sorted(k for k in Settings.model_fields
+                         if k not in ("store", "policies_file", "config_file", "slug_secret", "slug_secrets_previous")
+                         and getattr(cfg, k) != getattr(defaults, k))
+        if changed:
+            parts.append("settings " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed))
+        return "litellm-rllm: " + "; ".join(parts)
 
     # ---- shutdown ------------------------------------------------------------------------
 
@@ -166,6 +234,7 @@ class Plugin:
             if self._closed:
                 return True
             self._closed = True
+            self._stop.set()
             writer, reader, policies = self._writer, self._reader, self._policies
         ok = True
         if writer is not None:
@@ -180,6 +249,19 @@ class Plugin:
             except Exception:  # noqa: BLE001 - closing a broken connection at exit
                 pass
         return ok
+
+
+def _describe_store(url: str) -> str:
+    """The store URL as a log line may show it: a SQLite file by its absolute path, a
+    PostgreSQL URL without its password."""
+    if url.startswith("sqlite:///"):
+        import os
+
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        return f"sqlite {path if path == ':memory:' else os.path.abspath(path)}"
+    from ..store.postgres import redact
+
+    return redact(url)
 
 
 def _freeze_heap() -> None:

@@ -138,6 +138,28 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
         return {"session": session, "count": len(traces), "traces": traces}
 
+    @router.delete("/rllm/sessions/{session}", tags=["litellm-rllm"])
+    async def rllm_delete_session(session: str, user: Any = Depends(_caller)) -> Any:
+        """Delete a session's traces (nested sessions included): an admin key, or a team key
+        whose team owns every one of them (else 403 and nothing is deleted)."""
+        team = _team_scope(user)
+        await plugin.writer.aflush(60.0)  # a call that finished before this request goes too
+
+        def delete() -> Optional[int]:
+            if team is not None and any((t.caller or {}).get("team_id") != team
+                                        for t in plugin.reader.iter_traces(session=session)):
+                return None
+            return plugin.reader.delete(session=session)
+
+        try:
+            deleted = await asyncio.to_thread(delete)
+        except Exception as exc:
+            log.error("litellm-rllm: deleting session %s failed: %s", session, type(exc).__name__)
+            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
+        if deleted is None:
+            raise HTTPException(status_code=403, detail="the session holds traces of another team")
+        return {"session": session, "deleted": deleted}
+
     @router.get("/rllm/stats", tags=["litellm-rllm"])
     async def rllm_stats(user: Any = Depends(_caller)) -> Any:
         _require_admin(user)
@@ -146,4 +168,8 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
     position = 1 if app.router.routes and isinstance(app.router.routes[0], SlugRoute) else 0
     for route in router.routes:
         app.router.routes.insert(position, route)
+    if plugin.settings.metrics:
+        from .metrics import install_metrics
+
+        install_metrics(plugin, app)
     return True

@@ -32,6 +32,7 @@ class TraceCaptureCallback(CustomLogger):
         # Alone (without the metadata entry) the tracer still honours /meta/{slug}/ URLs.
         install_slug_route(self.plugin.settings.slug_header, self.plugin.check_slug)
         install_rllm_routes(self.plugin)
+        self.plugin.start_retention()
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
         begin(data, user_api_key_dict)

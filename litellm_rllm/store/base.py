@@ -228,6 +228,18 @@ class TraceStore(abc.ABC):
     def count(self) -> int:
         """Number of stored traces."""
 
+    def delete(self, session: Optional[str] = None, before: Since = None) -> int:
+        """Delete the traces of ``session`` (matched as in ``traces``: its nested sessions too)
+        and/or those created before ``before``; at least one is required. Returns how many."""
+        if session is None and before is None:
+            raise ValueError("delete needs a session, a time (before), or both")
+        before_dt = parse_since(before)
+        return self._delete(session, None if before_dt is None else to_utc_micros(before_dt))
+
+    @abc.abstractmethod
+    def _delete(self, session: Optional[str], before_us: Optional[int]) -> int:
+        """Delete matching rows (and their uid index entries) in one transaction."""
+
     def flush(self, timeout: Optional[float] = None) -> bool:
         """A bare store is durable once ``write`` returns; the writer gives the real barrier."""
         return True

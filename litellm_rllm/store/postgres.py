@@ -423,6 +423,31 @@ class PostgresStore(TraceStore):
             [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
         )
 
+    def _delete(self, session: Optional[str], before_us: Optional[int]) -> int:
+        s = self._s
+        where, params = [], []
+        if session == "":
+            where.append("t.session_key = ''")
+        elif session is not None:
+            where.append(f"t.id IN (SELECT trace_row FROM {s}.trace_uids WHERE uid = %s)")
+            params.append(index_key(session))
+        if before_us is not None:
+            where.append("t.created_us < %s")
+            params.append(before_us)
+        cond = " AND ".join(where)
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    deleted = conn.execute(f"DELETE FROM {s}.traces t WHERE {cond} RETURNING t.id", params)
+                    ids = [row[0] for row in deleted.fetchall()]
+                    if ids:
+                        conn.execute(f"DELETE FROM {s}.trace_uids WHERE trace_row = ANY(%s)", (ids,))
+                    return len(ids)
+            except BaseException as exc:
+                self._on_error(exc)
+                raise
+
     def _find_bad(
         self,
         conn: "psycopg.Connection[Any]",

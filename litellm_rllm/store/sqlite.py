@@ -243,6 +243,24 @@ class SqliteStore(TraceStore):
         if uid_rows:
             conn.executemany(_INSERT_UID, uid_rows)
 
+    def _delete(self, session: Optional[str], before_us: Optional[int]) -> int:
+        where, params = [], []
+        if session == "":
+            where.append("session_key = ''")
+        elif session is not None:
+            where.append("id IN (SELECT trace_row FROM trace_uids WHERE uid = ?)")
+            params.append(session)
+        if before_us is not None:
+            where.append("created_us < ?")
+            params.append(before_us)
+        cond = " AND ".join(where)
+        with self._lock, self._transaction() as conn:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")
+            conn.execute("DELETE FROM doomed")
+            conn.execute(f"INSERT INTO doomed SELECT id FROM traces WHERE {cond}", params)
+            conn.execute("DELETE FROM trace_uids WHERE trace_row IN (SELECT id FROM doomed)")
+            return conn.execute("DELETE FROM traces WHERE id IN (SELECT id FROM doomed)").rowcount
+
     def _transaction(self) -> "_Transaction":
         self._check_open()
         return _Transaction(self._conn)

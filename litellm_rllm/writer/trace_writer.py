@@ -292,7 +292,7 @@ class TraceWriter:
         if not self.close(self._exit_timeout):
             logger.error("trace writer: exit with traces not yet durable: %s", self.stats())
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Counters since start. ``submitted`` counts accepted items; each ends up ``written``,
         ``duplicates``, ``failed``, ``build_errors`` or ``skipped``, or is still queued
         (``queue_depth``, which also counts pending flush markers) or in the spool.
@@ -301,11 +301,15 @@ class TraceWriter:
         or ``duplicates`` (and in ``replayed``); ``spool_pending`` are in it now, not yet in the
         store (``spool_bytes`` on disk, including files adopted from dead processes);
         ``spool_dropped`` did not fit (also in ``failed``); ``adopted`` were replayed from
-        spools that earlier or dead processes left behind (not in ``submitted``)."""
+        spools that earlier or dead processes left behind (not in ``submitted``).
+        ``oldest_queued_s``: seconds since the call at the head of the queue ended (the
+        writer's lag; 0 when the queue is empty or holds no call records)."""
         with self._lock:
             submitted, dropped, depth = self._submitted, self._dropped, len(self._queue)
+            head = self._queue[0] if self._queue else None
         spool = self._spool
         return {
+            "oldest_queued_s": _queued_age(head),
             "submitted": submitted,
             "written": self._written,
             "duplicates": self._duplicates,
@@ -679,3 +683,12 @@ class TraceWriter:
 
 
 __all__ = ["DEFAULT_RETRY_DELAYS", "TraceWriter", "trace_id_of"]
+
+
+def _queued_age(item: Any) -> float:
+    """Seconds since a queued call record's call ended (its start + latency)."""
+    started = getattr(item, "started_wall", None)
+    if not isinstance(started, (int, float)):
+        return 0.0
+    latency = getattr(item, "latency_ms", None) or 0.0
+    return max(0.0, time.time() - started - latency / 1000.0)

@@ -197,3 +197,30 @@ def test_read_back_shows_a_team_key_only_its_own_teams_traces(trust_proxy):
     assert post(trust_proxy, "/rllm/flush", None).status_code == 401
     # no key material in what the read-back returns
     assert "sk-team-a-0000000001" not in json.dumps(admin)
+
+
+def test_team_limit_counts_only_the_teams_own_traces_and_delete_is_scoped(trust_proxy):
+    sid = f"del-{uuid.uuid4().hex[:6]}"
+    slug = encode({"session_id": sid}, secret="new-secret-2026")
+    for key in ("sk-team-b-0000000002", "sk-team-a-0000000001", "sk-team-a-0000000001"):
+        assert post(trust_proxy, f"/meta/{slug}/v1/chat/completions", key, json=CHAT).status_code == 200
+    own = f"own-{uuid.uuid4().hex[:6]}"
+    own_slug = encode({"session_id": own}, secret="new-secret-2026")
+    assert post(trust_proxy, f"/meta/{own_slug}/v1/chat/completions", "sk-team-a-0000000001",
+                json=CHAT).status_code == 200
+
+    def call(method, path, key, **kw):
+        return httpx.request(method, f"{trust_proxy.base_url}{path}", headers={"Authorization": f"Bearer {key}"},
+                             timeout=30, **kw)
+
+    # the team filter runs before the limit: team A's first trace, although team B's came first
+    limited = call("GET", f"/rllm/sessions/{sid}/traces", "sk-team-a-0000000001", params={"limit": 1}).json()
+    assert limited["count"] == 1 and limited["traces"][0]["caller"]["team_id"] == "team-a"
+    # a team may delete only a session that is all its own
+    assert call("DELETE", f"/rllm/sessions/{sid}", "sk-team-a-0000000001").status_code == 403
+    assert call("GET", f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY).json()["count"] == 3
+    gone = call("DELETE", f"/rllm/sessions/{own}", "sk-team-a-0000000001")
+    assert gone.status_code == 200 and gone.json()["deleted"] == 1
+    assert call("DELETE", f"/rllm/sessions/{sid}", "sk-noteam-000000003").status_code == 403
+    assert call("DELETE", f"/rllm/sessions/{sid}", harness.MASTER_KEY).json()["deleted"] == 3
+    assert call("GET", f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY).json()["count"] == 0

@@ -266,6 +266,31 @@ class StoreContract:
         assert store.count() == 3
         assert store.get("missing") is None
 
+    # ---------------------------------------------------------------------------- deletion, retention
+
+    def test_prune_before_a_time_leaves_exactly_the_newer_traces(self, store: TraceStore) -> None:
+        store.write([make(f"t{m}", f"s{m % 2}", created_at=T0 + timedelta(minutes=m)) for m in range(10)])
+        assert store.delete(before=T0 + timedelta(minutes=4)) == 4
+        assert [t.trace_id for t in store.traces()] == [f"t{m}" for m in range(4, 10)]
+        assert [t.trace_id for t in store.traces(session="s0")] == ["t4", "t6", "t8"]
+        assert store.count() == 6 and store.delete(before=T0) == 0
+
+    def test_deleting_a_session_removes_it_and_its_nested_sessions_only(self, store: TraceStore) -> None:
+        store.write([
+            make("o1", None, uids=["outer"]),
+            make("i1", "inner", uids=["outer", "inner"]),
+            make("x1", "other"),
+            make("n1", None, uids=[]),
+        ])
+        assert store.delete(session="outer") == 2
+        assert [t.trace_id for t in store.traces()] == ["x1", "n1"]
+        assert store.traces(session="inner") == [] and store.get("i1") is None
+        assert store.delete(session="") == 1 and store.delete(session="nope") == 0
+        store.write([make("x2", "other")])  # the remaining session goes on
+        assert [t.seq for t in store.traces(session="other")] == [0, 1]
+        with pytest.raises(ValueError, match="session"):
+            store.delete()
+
     def test_closed_store_refuses_work_and_close_is_idempotent(self, store_url: str) -> None:
         st = store_mod.open(store_url)
         st.write([make("a")])
