@@ -1,4 +1,4 @@
-"""`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs.
+"""`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs, serve the demo upstream.
 
     litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
     litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
@@ -81,7 +81,7 @@ def _read(st: Any, what: Any) -> Any:
 
     try:
         return what()
-    except (CliError, StoreNotFoundError):
+    except (CliError, StoreNotFoundError, BrokenPipeError):  # the last: stdout's reader left
         raise
     except Exception as exc:
         raise CliError(f"reading the trace store failed: {type(exc).__name__}: {exc}", status=1) from None
@@ -455,9 +455,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever a driver said
         return exc.status
     except BrokenPipeError:  # `litellm-rllm traces export | head`: the reader left; not an error
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter exit from flushing into the pipe
-        except OSError:
+        try:  # what is still buffered goes nowhere, instead of failing again at interpreter exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
             pass
         return 0
     except KeyboardInterrupt:

@@ -57,3 +57,25 @@ def test_an_unreachable_store_is_one_error_line_and_exit_1(tmp_path: Path) -> No
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     [line] = proc.stderr.splitlines()
     assert line.startswith("error: ") and "secret" not in line
+
+
+def test_export_into_a_reader_that_leaves_early_is_not_an_error(tmp_path: Path) -> None:
+    """`traces export | head -1`: the closed pipe ends the export quietly, status 0."""
+    import subprocess
+    import sys
+
+    from litellm_rllm import store
+    from litellm_rllm.trace import Trace
+    from tests.system.cli_support import cli_env
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    st = store.open(url)
+    st.write([Trace(trace_id=f"t{i}", session_id="s", metadata={"pad": "x" * 200}) for i in range(3000)])
+    st.close()
+    proc = subprocess.Popen([sys.executable, "-m", "litellm_rllm.cli", "traces", "export", "--store", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b'{"trace_id":"t0"')
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == b""
