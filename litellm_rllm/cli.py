@@ -278,48 +278,11 @@ def _model_group_entries(config: str, model: str) -> list[dict[str, Any]]:
     return out
 
 
-OUR_CALLBACKS = ("litellm_rllm.callbacks.metadata", "litellm_rllm.callbacks.sampling", "litellm_rllm.callbacks.tracer")
-ENV_PREFIX = "os.environ/"
-
-
-def unset_env_refs(cfg: dict[str, Any], env: Optional[dict[str, str]] = None) -> list[str]:
-    """`os.environ/VAR` values of a proxy config whose VAR is unset, one message each.
-
-    LiteLLM reads an unset reference as null without a word: an `api_base` then falls back to
-    the provider's default host (api.openai.com for `openai/` and `hosted_vllm/`), a key to none.
-    """
-    env = dict(os.environ) if env is None else env
-    out: list[str] = []
-
-    def walk(value: Any, where: str, model: Optional[str]) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{where}.{k}" if where else str(k), model)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{where}[{i}]", model)
-        elif isinstance(value, str) and value.startswith(ENV_PREFIX):
-            var = value[len(ENV_PREFIX):]
-            if not env.get(var):
-                who = f"model {model!r}: " if model else ""
-                msg = f"{who}{where} is {value} but {var} is not set"
-                if where.endswith(".api_base"):
-                    msg += "; LiteLLM then sends the calls to the provider's default host (api.openai.com for openai/ and hosted_vllm/)"
-                out.append(msg)
-
-    for i, entry in enumerate(cfg.get("model_list") or []):
-        if isinstance(entry, dict):
-            walk(entry.get("litellm_params"), f"model_list[{i}].litellm_params", str(entry.get("model_name")))
-    for key, value in cfg.items():
-        if key != "model_list":
-            walk(value, str(key), None)
-    return out
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Errors (exit 1): what would stop the proxy or leave it capturing nothing. Warnings
     (exit 0): what starts but silently does something else than the config suggests."""
     from .policy import DEFAULT_POLICIES_SOURCE, PolicyError, load_policies
+    from .proxy_config import OUR_CALLBACKS, unset_env_refs
     from .settings import SettingsError
 
     cfg, path = _proxy_config(args.file)
@@ -332,7 +295,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     ours = [e for e in entries if isinstance(e, str) and e.startswith("litellm_rllm.")]
     for e in ours:
         if e not in OUR_CALLBACKS:
-            problems.append(f"{path}: litellm_settings.callbacks: unknown entry {e!r}; expected one of {list(OUR_CALLBACKS)}")
+            problems.append(f"{path}: litellm_settings.callbacks: unknown entry {e!r}; "
+                            f"expected one of {list(OUR_CALLBACKS)}")
     if not ours:
         problems.append(f"{path}: no litellm_rllm callbacks in litellm_settings.callbacks, so this proxy captures "
                         f"nothing; add {', '.join(OUR_CALLBACKS)}")

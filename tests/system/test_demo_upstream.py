@@ -49,7 +49,8 @@ def test_chat_reply_carries_prompt_ids_token_ids_and_logprobs(demo):
     assert choice["message"]["content"] == DEMO_REPLY
     assert body["prompt_token_ids"] == chat_prompt_token_ids(MESSAGES)
     assert choice["token_ids"] == REPLY_IDS
-    assert [c["logprob"] for c in choice["logprobs"]["content"]] == [sampled_logprob(0, j) for j in range(len(REPLY_IDS))]
+    logprobs = [c["logprob"] for c in choice["logprobs"]["content"]]
+    assert logprobs == [sampled_logprob(0, j) for j in range(len(REPLY_IDS))]
     assert all(len(c["top_logprobs"]) == 2 for c in choice["logprobs"]["content"])
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
 
 import pytest
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from litellm_rllm import cli
+from litellm_rllm.proxy_config import OUR_CALLBACKS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +19,7 @@ def _config(tmp_path: Path, **top: object) -> Path:
     return path
 
 
-CALLBACKS = {"callbacks": list(cli.OUR_CALLBACKS)}
+CALLBACKS = {"callbacks": list(OUR_CALLBACKS)}
 
 
 def test_unset_env_references_are_warnings_naming_key_and_model(tmp_path, capsys, monkeypatch):
