@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import yaml
 
@@ -75,13 +75,11 @@ def _since(args: argparse.Namespace) -> Any:
                        "(e.g. 2026-12-01, 2026-12-01T09:30:00Z or 2026-12-01T10:30:00+01:00)") from None
 
 
-def _read(st: Any, what: Any) -> Any:
+def _read(what: Callable[[], Any]) -> Any:
     """Run a read against the store; its failures (server gone, corrupt rows) are one line."""
-    from .store import StoreNotFoundError
-
     try:
         return what()
-    except (CliError, StoreNotFoundError, BrokenPipeError):  # the last: stdout's reader left
+    except (CliError, BrokenPipeError):  # the latter: stdout's reader left (see main)
         raise
     except Exception as exc:
         raise CliError(f"reading the trace store failed: {type(exc).__name__}: {exc}", status=1) from None
@@ -98,7 +96,7 @@ def cmd_traces_export(args: argparse.Namespace) -> int:
                 out.write(trace.model_dump_json())
                 out.write("\n")
 
-        _read(st, export)
+        _read(export)
     finally:
         st.close()
     return 0
@@ -108,7 +106,7 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
     since = _since(args)
     st = _store(args.store)
     try:
-        rows = _read(st, lambda: st.traces(session=args.session, since=since, limit=args.limit))
+        rows = _read(lambda: st.traces(session=args.session, since=since, limit=args.limit))
         print(f"{'seq':>4}  {'status':<10} {'session':<24} {'model':<20} {'toks':>6}  trace_id")
         for t in rows:
             toks = sum(len(c.token_ids or []) for c in t.choices)
@@ -122,7 +120,7 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     st = _store(args.store)
     try:
-        for s in _read(st, st.sessions):
+        for s in _read(st.sessions):
             print(json.dumps(s.model_dump(mode="json")))
     finally:
         st.close()
