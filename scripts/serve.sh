@@ -67,6 +67,9 @@ export LITELLM_MASTER_KEY=$LITELLM_MASTER_KEY
 MSG
 status=0
 wait "$proxy" || status=$?
-# a trapped signal interrupts the first wait: wait again for the proxy to finish
-if kill -0 "$proxy" 2>/dev/null; then wait "$proxy" || status=$?; fi
+if [ "$status" -gt 128 ]; then
+  # a trapped signal ended the wait (status 128+N), not the proxy: wait for the proxy's own status
+  status=0
+  wait "$proxy" || status=$?
+fi
 exit "$status"
