@@ -1,4 +1,4 @@
-"""`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs.
+"""`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs, serve the demo upstream.
 
     litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
     litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
@@ -10,44 +10,105 @@
     litellm-rllm policy explain --config FILE MODEL [--provider P] [--deployment D] [--output-cost C]
                                 [--stream] [--completions] [--call-id ID]
     litellm-rllm config check FILE
+    litellm-rllm demo-upstream [--port 8000] [--host 127.0.0.1]
 
-The store URL defaults to RLLM_STORE_URL, else the proxy config's `callback_settings`
-(with `config check`), else sqlite:///rllm_traces.db in the current folder.
+The store URL defaults to RLLM_STORE_URL, else sqlite:///rllm_traces.db in the current folder
+(three slashes: relative; sqlite:////abs/path.db for an absolute path). Reading commands never
+create a store: a missing one is an error naming the path looked at. A mistake on the command
+line is one `error: ...` line on stderr and exit status 2; a store that fails while being read
+is an `error: ...` line and status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import yaml
 
 
+class CliError(Exception):
+    """A mistake of the user's (exit 2) or a failure while working (exit 1): printed as one
+    `error: ...` line, never as a traceback."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one `error: ...` line (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _store(url: Optional[str]) -> Any:
+    """Open the store for reading: never creates one (a missing SQLite file is an error)."""
     from . import store
 
-    return store.open(url)
+    resolved = store.resolve_url(url)
+    try:
+        return store.open(resolved, create=False)
+    except store.StoreNotFoundError as exc:
+        hint = "" if url or os.environ.get(store.ENV_URL) else (
+            f"; without --store or {store.ENV_URL} the store is {store.DEFAULT_URL}, in the folder the proxy"
+            " runs in: run this there or pass --store URL")
+        raise CliError(f"{exc}{hint}") from None
+    except ValueError as exc:  # unknown scheme or malformed SQLite URL; names no password
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # e.g. a file that is not a SQLite database
+        raise CliError(f"cannot open the trace store: {type(exc).__name__}: {exc}", status=1) from None
+
+
+def _since(args: argparse.Namespace) -> Any:
+    """`--since`, checked before any store is opened."""
+    from .store.base import parse_since
+
+    try:
+        return parse_since(args.since)
+    except ValueError:
+        raise CliError(f"--since {args.since!r} is not an ISO 8601 date/time "
+                       "(e.g. 2026-12-01, 2026-12-01T09:30:00Z or 2026-12-01T10:30:00+01:00)") from None
+
+
+def _read(what: Callable[[], Any]) -> Any:
+    """Run a read against the store; its failures (server gone, corrupt rows) are one line."""
+    try:
+        return what()
+    except (CliError, BrokenPipeError):  # the latter: stdout's reader left (see main)
+        raise
+    except Exception as exc:
+        raise CliError(f"reading the trace store failed: {type(exc).__name__}: {exc}", status=1) from None
 
 
 def cmd_traces_export(args: argparse.Namespace) -> int:
+    since = _since(args)
     st = _store(args.store)
     try:
         out = sys.stdout
-        for trace in st.traces(session=args.session, since=args.since, limit=args.limit):
-            out.write(trace.model_dump_json())
-            out.write("\n")
+
+        def export() -> None:
+            for trace in st.iter_traces(session=args.session, since=since, limit=args.limit):
+                out.write(trace.model_dump_json())
+                out.write("\n")
+
+        _read(export)
     finally:
         st.close()
     return 0
 
 
 def cmd_traces_list(args: argparse.Namespace) -> int:
+    since = _since(args)
     st = _store(args.store)
     try:
-        rows = st.traces(session=args.session, since=args.since, limit=args.limit)
+        rows = _read(lambda: st.traces(session=args.session, since=since, limit=args.limit))
         print(f"{'seq':>4}  {'status':<10} {'session':<24} {'model':<20} {'toks':>6}  trace_id")
         for t in rows:
             toks = sum(len(c.token_ids or []) for c in t.choices)
@@ -61,7 +122,7 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     st = _store(args.store)
     try:
-        for s in st.sessions():
+        for s in _read(st.sessions):
             print(json.dumps(s.model_dump(mode="json")))
     finally:
         st.close()
@@ -89,17 +150,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_slug_encode(args: argparse.Namespace) -> int:
-    from .slug import encode
+    from .slug import SlugError, encode
 
     try:
         meta = json.loads(args.json)
     except json.JSONDecodeError as exc:
-        print(f"error: not JSON: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"slug metadata is not JSON: {exc}") from None
     if not isinstance(meta, dict):
-        print("error: slug metadata must be a JSON object", file=sys.stderr)
-        return 2
-    print(encode(meta, secret=args.secret))
+        raise CliError(f"slug metadata must be a JSON object, got {type(meta).__name__}")
+    try:
+        print(encode(meta, secret=args.secret))
+    except SlugError as exc:  # a reserved key, a non-string session_id, ...
+        raise CliError(exc.message) from None
     return 0
 
 
@@ -109,8 +171,7 @@ def cmd_slug_decode(args: argparse.Namespace) -> int:
     try:
         meta = decode(args.slug, secrets=[args.secret] if args.secret else ())
     except SlugError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        raise CliError(exc.message) from None
     print(json.dumps(meta.as_dict(), sort_keys=True, ensure_ascii=False))
     return 0
 
@@ -119,10 +180,12 @@ def _proxy_config(path: str) -> tuple[dict[str, Any], Path]:
     p = Path(path)
     try:
         cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"error: cannot read {p}: {exc}")
+    except OSError as exc:
+        raise CliError(f"cannot read {p.resolve()}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise CliError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(cfg, dict):
-        raise SystemExit(f"error: {p}: the top level must be a mapping")
+        raise CliError(f"{p}: the top level must be a mapping")
     return cfg, p
 
 
@@ -143,9 +206,9 @@ def _policies_for(config: str) -> tuple[Any, str]:
     settings = _settings_from(cfg, path)
     ppath = settings.policies_path()
     if ppath is None:
-        from .policy import Policies
+        from .policy import DEFAULT_POLICIES_SOURCE, default_policies
 
-        return Policies(), "(built-in defaults)"
+        return default_policies(), DEFAULT_POLICIES_SOURCE
     return load_policies(ppath), str(ppath)
 
 
@@ -158,8 +221,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     try:
         policies, source = _policies_for(args.config)
     except (PolicyError, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
     if args.deployment or args.provider:
         # Without --deployment, MODEL is taken as the deployment's model too (`openai/gpt-4o`).
         entries = [{"model": args.deployment or f"{args.provider}/{args.model}"}]
@@ -168,9 +230,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         if not entries:
             cfg, _ = _proxy_config(args.config)
             if "model_list" in cfg:
-                print(f"error: model group {args.model!r} is not in the model_list of {args.config}; "
-                      f"name a provider (--provider P) or a deployment (--deployment D)", file=sys.stderr)
-                return 2
+                raise CliError(f"model group {args.model!r} is not in the model_list of {args.config}; "
+                               "name a provider (--provider P) or a deployment (--deployment D)")
             entries = [{"model": args.model}]  # a policies file alone: match on the model name only
     results = [_explain_one(policies, args, entry) for entry in entries]
     out: dict[str, Any] = {"policies": source, **results[0]}
@@ -225,7 +286,7 @@ def _model_group_entries(config: str, model: str) -> list[dict[str, Any]]:
     """Every deployment of a model group in a proxy config: its litellm_params + model_info."""
     try:
         cfg, _ = _proxy_config(config)
-    except SystemExit:
+    except CliError:
         return []
     out = []
     for entry in cfg.get("model_list") or []:
@@ -238,20 +299,29 @@ def _model_group_entries(config: str, model: str) -> list[dict[str, Any]]:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .policy import PolicyError, load_policies
+    """Errors (exit 1): what would stop the proxy or leave it capturing nothing. Warnings
+    (exit 0): what starts but silently does something else than the config suggests."""
+    from .policy import DEFAULT_POLICIES_SOURCE, PolicyError, load_policies
+    from .proxy_config import OUR_CALLBACKS, unset_env_refs
     from .settings import SettingsError
 
     cfg, path = _proxy_config(args.file)
     problems: list[str] = []
+    warnings: list[str] = []
     entries = ((cfg.get("litellm_settings") or {}).get("callbacks")) or []
     if isinstance(entries, str):
         problems.append(f"{path}: litellm_settings.callbacks is a string; use a list (a string replaces the list)")
         entries = [entries]
     ours = [e for e in entries if isinstance(e, str) and e.startswith("litellm_rllm.")]
-    known = {"litellm_rllm.callbacks.metadata", "litellm_rllm.callbacks.sampling", "litellm_rllm.callbacks.tracer"}
     for e in ours:
-        if e not in known:
-            problems.append(f"{path}: litellm_settings.callbacks: unknown entry {e!r}; expected one of {sorted(known)}")
+        if e not in OUR_CALLBACKS:
+            problems.append(f"{path}: litellm_settings.callbacks: unknown entry {e!r}; "
+                            f"expected one of {list(OUR_CALLBACKS)}")
+    if not ours:
+        problems.append(f"{path}: no litellm_rllm callbacks in litellm_settings.callbacks, so this proxy captures "
+                        f"nothing; add {', '.join(OUR_CALLBACKS)}")
+    elif "litellm_rllm.callbacks.tracer" not in ours:
+        warnings.append(f"{path}: litellm_settings.callbacks has no litellm_rllm.callbacks.tracer: no trace is stored")
     try:
         settings = _settings_from(cfg, path)
     except SettingsError as exc:
@@ -262,24 +332,49 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             load_policies(settings.policies_path())
         except PolicyError as exc:
             problems.append(str(exc))
+    warnings += [f"{path}: {w}" for w in unset_env_refs(cfg)]
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if problems:
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
         return 1
-    print(f"ok: {path} ({len(ours)} litellm_rllm callbacks"
-          + (f", store {settings.store}" if settings else "")
-          + (f", policies {settings.policies_path()}" if settings and settings.policies_path() else "") + ")")
+    assert settings is not None
+    names = ", ".join(e.rsplit(".", 1)[-1] for e in ours)
+    policies = settings.policies_path() or DEFAULT_POLICIES_SOURCE
+    print(f"ok: {path} (litellm_rllm callbacks: {names}; store {settings.store}; policies {policies}"
+          + (f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''} above" if warnings else "") + ")")
     return 0
 
 
+def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    """Serve the demo vLLM-format upstream until interrupted."""
+    from .demo.upstream import serve
+
+    try:
+        return serve(host=args.host, port=args.port, reply=args.reply, tokens_per_step=args.tokens_per_step,
+                     step_delay=args.step_delay)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+                       " (another demo upstream running? choose another --port)", status=1) from None
+
+
+SESSION_HELP = ("a session_id or a session uid (client.Session.uid): the traces whose session_id is S or whose "
+                "session_uids contain S, so an outer session's uid also finds every session nested in it")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="litellm-rllm", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="litellm-rllm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="group", required=True)
 
+    def store_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", help="store URL (default: $RLLM_STORE_URL, else sqlite:///rllm_traces.db in "
+                                       "the current folder; sqlite:////abs/path.db for an absolute path)")
+
     def store_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", help="store URL (default: $RLLM_STORE_URL or sqlite:///rllm_traces.db)")
-        p.add_argument("--session", help="session id or any session uid (nested sessions included)")
-        p.add_argument("--since", help="only traces created at or after this ISO 8601 time")
+        store_arg(p)
+        p.add_argument("--session", metavar="S", help=SESSION_HELP)
+        p.add_argument("--since", help="only traces created at or after this ISO 8601 time (UTC if no offset)")
         p.add_argument("--limit", type=int)
 
     traces = sub.add_parser("traces", help="read traces").add_subparsers(dest="verb", required=True)
@@ -292,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sessions = sub.add_parser("sessions", help="list sessions").add_subparsers(dest="verb", required=True)
     p = sessions.add_parser("list")
-    p.add_argument("--store")
+    store_arg(p)
     p.set_defaults(func=cmd_sessions_list)
     p = sessions.add_parser("delete", help="delete a session's traces (nested sessions included)")
     p.add_argument("session")
@@ -330,12 +425,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.add_parser("check")
     p.add_argument("file")
     p.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("demo-upstream", help="serve a local vLLM-format server with token ids and logprobs "
+                                             "(the quick start's `demo` model)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000 (what configs/rllm.yaml points at)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--reply", default=None, help="the reply text (default: a fixed sentence)")
+    p.add_argument("--tokens-per-step", type=int, default=1, help="tokens per stream chunk")
+    p.add_argument("--step-delay", type=float, default=0.02, help="seconds between stream chunks")
+    p.set_defaults(func=cmd_demo_upstream)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # `policy explain` imports LiteLLM, which fetches its cost map from GitHub at import unless
+    # told not to: offline that is seconds of retries and warnings for a table it ships anyway.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever a driver said
+        return exc.status
+    except BrokenPipeError:  # `litellm-rllm traces export | head`: the reader left; not an error
+        try:  # what is still buffered goes nowhere, instead of failing again at interpreter exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -65,11 +65,25 @@ _FRAME: ContextVar[Optional[_Frame]] = ContextVar("litellm_rllm_session", defaul
 class Session:
     """One entered ``session(...)`` block. Single use: enter it once, with ``with`` or ``async with``.
 
-    Attributes (set on entry):
-        uid: this block's fresh id, appended to ``session_uids`` so nested blocks stay apart.
-        session_id: the explicit ``session_id``, else the enclosing session's, else the
-            outermost block's uid, so every call of one rollout shares one id.
-        metadata: the merged metadata that requests inside the block carry.
+    Attributes:
+        uid: this block's own id (a fresh uuid4 hex, known from construction), appended to
+            ``session_uids`` of every request inside the block, nested blocks included.
+        session_id: (on entry) the explicit ``session_id``, else the enclosing session's, else
+            the outermost block's uid, so every call of one rollout shares one id.
+        metadata: (on entry) the merged metadata that requests inside the block carry.
+
+    Looking sessions up: every read (``fetch_traces``, ``store.traces(session=...)``,
+    ``litellm-rllm traces export --session``) matches a trace whose ``session_id`` is the
+    value or whose ``session_uids`` contain it. So ``uid`` finds this block *and every block
+    nested in it*, whatever ``session_id`` those set; a ``session_id`` finds the traces that
+    carry it, which nested blocks do only when they don't set their own::
+
+        with session(session_id="episode-17") as episode:
+            ...                                   # session_id episode-17
+            with session(session_id="judge-17"):  # session_id judge-17, session_uids [episode.uid, ...]
+                ...
+        fetch_traces(url, "episode-17", key)      # the outer calls only
+        fetch_traces(url, episode.uid, key)       # outer and nested calls, in write order
     """
 
     def __init__(self, metadata: Mapping[str, Any]) -> None:
@@ -302,8 +316,12 @@ def flush_all(base_urls: Any, api_key: str, *, timeout: float = 60.0) -> dict[st
 
 
 def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0) -> list[Any]:
-    """A session's traces (nested sessions included) in `seq` order, read through the proxy
-    (which flushes first), as `Trace` objects."""
+    """The traces of `session` in `seq` order, read through the proxy (which flushes first),
+    as `Trace` objects.
+
+    `session` is a `session_id` or a session uid (`Session.uid`): the traces whose session_id
+    is it or whose session_uids contain it. Pass the outer `Session.uid` to include the sessions
+    nested in it that set a session_id of their own (see `Session`)."""
     import httpx
 
     from .trace import Trace

@@ -5,13 +5,18 @@ Pure Python (no LiteLLM import): the adapter in `callbacks/` describes where the
 `Target` (provider, deployment, price, which params the provider accepts) and asks `decide()`.
 Rules come from a YAML file (`configs/policies.yaml`), first match wins, unset actions fall back
 to `defaults`. `PolicyFile` keeps the last good version of that file and re-reads it when it
-changes, from a background thread, so the request path never touches the disk.
+changes, from a background thread, so the request path never touches the disk. Without a file
+the built-in policies apply (`default_policies.yaml` in this package, the same rules as the
+shipped `configs/policies.yaml`), so a deployment that names no file still gets token data
+from its vLLM backends.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
+import importlib.resources
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -321,6 +326,21 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
     return out
 
 
+DEFAULT_POLICIES_RESOURCE = "default_policies.yaml"
+DEFAULT_POLICIES_SOURCE = f"(built-in: litellm_rllm/{DEFAULT_POLICIES_RESOURCE})"
+
+
+def default_policies_text() -> str:
+    """The built-in policies file (package data), e.g. to start a policies file from."""
+    return importlib.resources.files("litellm_rllm").joinpath(DEFAULT_POLICIES_RESOURCE).read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def default_policies() -> Policies:
+    """The policies in effect when no policies file is configured (immutable, parsed once)."""
+    return parse_policies(default_policies_text(), DEFAULT_POLICIES_SOURCE)
+
+
 def load_policies(path: Path) -> Policies:
     try:
         data = path.read_bytes()
@@ -366,13 +386,14 @@ class PolicyFile:
     `settle_s` and taken only if both reads agree, so a file caught half-written (an editor that
     truncates, then writes) is not applied: truncated YAML often still parses, minus its last
     rules. The bound from an edit to the new behaviour is one `interval_s` plus `settle_s`.
+    `path=None`: the built-in policies (`default_policies()`), never reloaded.
     """
 
     def __init__(self, path: Optional[Path], *, interval_s: float = 1.0, settle_s: float = 0.05) -> None:
         self.path = path
         self.interval_s = interval_s
         self.settle_s = settle_s
-        self.current: Policies = Policies()
+        self.current: Policies = default_policies()
         self.last_error: Optional[str] = None
         self.reloads = 0
         self._digest: Optional[bytes] = None

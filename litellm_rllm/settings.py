@@ -160,13 +160,29 @@ def load_settings(
         if env.get(var):
             values[key] = env[var]
     try:
-        return Settings(**values, config_file=config_file)
+        settings = Settings(**values, config_file=config_file)
     except ValidationError as exc:
         problems = "; ".join(
             f"callback_settings.{SETTINGS_KEY}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
             for err in exc.errors()
         )
         raise SettingsError(f"invalid settings in {where}: {problems}") from None
+    _check_policies_file(settings, from_env=bool(env.get("RLLM_POLICIES_FILE")), where=where)
+    return settings
+
+
+def _check_policies_file(settings: Settings, *, from_env: bool, where: str) -> None:
+    """A named policies file must exist: silently running on the built-in policies instead of
+    the ones the operator wrote would be the worst outcome. No file named: built-in policies."""
+    path = settings.policies_path()
+    if path is None or path.is_file():
+        return
+    source = "RLLM_POLICIES_FILE" if from_env else f"callback_settings.{SETTINGS_KEY}.policies_file in {where}"
+    reason = "is a folder" if path.is_dir() else "not found"
+    raise SettingsError(
+        f"{source}: cannot read policies file {path}: {reason} (a relative path is relative to the "
+        "proxy config's folder; leave the key out to use the built-in policies)"
+    )
 
 
 def _from_litellm() -> Mapping[str, Any]:

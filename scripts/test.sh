@@ -38,6 +38,18 @@ if ! have_pg; then
   fi
 fi
 
+# curl: tests/system/test_quick_start.py runs the README's quick start, which uses it.
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing curl (apt-get install curl)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+  else
+    echo "test.sh: curl not found and cannot be installed here; the quick start test will fail" >&2
+  fi
+fi
+
 # the property tests run 10,000 examples here (a plain `pytest tests/unit` runs a few hundred)
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-thorough}"
 exec .venv/bin/python -m pytest "$@"

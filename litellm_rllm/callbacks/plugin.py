@@ -138,7 +138,7 @@ class Plugin:
             encoder = InlineEncoder(build_trace)
         url = cfg.store
         return TraceWriter(
-            lambda: store.open(url),
+            lambda: store.open(url, create=True),
             encoder=encoder,
             batch_size=cfg.writer_batch_size,
             max_queue=cfg.writer_max_queue,
@@ -156,7 +156,7 @@ class Plugin:
             if self._reader is None:
                 from .. import store
 
-                self._reader = store.open(self.settings.store)
+                self._reader = store.open(self.settings.store, create=True)
             return self._reader
 
     @property

@@ -34,10 +34,12 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from typing import Any, Iterator, Optional, Sequence
 
 from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
 from litellm_rllm.store.codec import EncodedTrace
+from litellm_rllm.store.errors import StoreNotFoundError
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -156,24 +158,57 @@ def path_from_url(url: str) -> str:
     return path if path == ":memory:" else os.path.expanduser(path)
 
 
+def _connect(path: str, busy_timeout: float, create: bool) -> sqlite3.Connection:
+    """A connection to ``path``; without ``create``, only to an existing file (``mode=rw``:
+    SQLite itself refuses to create it, so a file removed after the check is not re-made)."""
+    if create or path == ":memory:":
+        return sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    absolute = os.path.abspath(path)
+    if not os.path.isfile(absolute):
+        raise StoreNotFoundError(missing_store_message(path))
+    uri = "file:" + urllib.parse.quote(absolute) + "?mode=rw"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+    except sqlite3.OperationalError:
+        if not os.path.isfile(absolute):
+            raise StoreNotFoundError(missing_store_message(path)) from None
+        raise
+
+
+def missing_store_message(path: str) -> str:
+    """``no trace store at /abs/path``, plus the URL the user probably meant: in
+    ``sqlite:///tmp/x.db`` the path is relative (three slashes; four for an absolute path)."""
+    absolute = os.path.abspath(path)
+    message = f"no trace store at {absolute} (file not found)"
+    if not os.path.isabs(path):
+        rooted = "/" + path
+        if os.path.isfile(rooted):
+            message += (f"; sqlite:///{path} is relative to the current folder (three slashes:"
+                        f" relative, four: absolute): did you mean sqlite:///{rooted}?")
+    return message
+
+
 class SqliteStore(TraceStore):
     """One connection guarded by a lock: safe to share between the writer thread and readers."""
 
     def __init__(
-        self, path: str, *, busy_timeout: float = 30.0, background_checkpoint: bool = True
+        self, path: str, *, busy_timeout: float = 30.0, background_checkpoint: bool = True,
+        create: bool = True,
     ) -> None:
+        """``create=False`` opens an existing file only (readers): a missing one raises
+        ``StoreNotFoundError`` naming the absolute path, and neither the file nor its folder
+        is made. Writers (the proxy) create both."""
         self.path = path
         self._busy_timeout = busy_timeout
         self._checkpointer: Optional[_Checkpointer] = None
         self._background_checkpoint = background_checkpoint and path != ":memory:"
-        if path != ":memory:":
+        if path != ":memory:" and create:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
         self._lock = threading.RLock()
         self._closed = False
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = _connect(path, busy_timeout, create)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -190,8 +225,8 @@ class SqliteStore(TraceStore):
         self._conn = conn
 
     @classmethod
-    def from_url(cls, url: str) -> "SqliteStore":
-        return cls(path_from_url(url))
+    def from_url(cls, url: str, *, create: bool = True) -> "SqliteStore":
+        return cls(path_from_url(url), create=create)
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
@@ -487,7 +522,7 @@ def _row_bytes(enc: EncodedTrace) -> int:
     return len(enc.doc) + len(enc.arrays or b"") + len(enc.detail or b"")
 
 
-def open_sqlite(url: str) -> SqliteStore:
-    return SqliteStore.from_url(url)
+def open_sqlite(url: str, *, create: bool = True) -> SqliteStore:
+    return SqliteStore.from_url(url, create=create)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "migrate", "open_sqlite", "path_from_url"]

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.upstreams.common import (
+from litellm_rllm.demo.common import (
     EOS,
     NEWLINE,
     TOOL_CALL_END,
@@ -25,8 +25,8 @@ from tests.upstreams.common import (
     tool_generation,
     word_id,
 )
+from litellm_rllm.demo.vllm import FakeVLLM
 from tests.upstreams.fixtures import *  # noqa: F401,F403
-from tests.upstreams.vllm import FakeVLLM
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import httpx
 import openai
@@ -16,8 +13,6 @@ import pytest
 from litellm_rllm import client as rllm
 from litellm_rllm import slug as slugs
 from tests.support import harness
-
-REPO = harness.REPO
 
 
 @pytest.fixture(scope="module")
@@ -77,30 +72,6 @@ def test_proxy_keeps_serving_after_a_burst_of_bad_slugs(proxy_proc):
         good = c.post(f"/meta/{slugs.encode({'session_id': 'after-bad'})}/v1/chat/completions",
                       json={"model": "demo", "messages": [{"role": "user", "content": "x"}]})
         assert good.status_code == 200
-
-
-def test_quick_start_sequence_from_the_readme(tmp_path):
-    """README quick start: litellm --config configs/rllm.yaml, curl /meta/<slug>/v1/... for demo,
-    then `litellm-rllm traces export --session <id>` prints the trace."""
-    work = tmp_path / "qs"
-    shutil.copytree(REPO / "configs", work / "configs", ignore=shutil.ignore_patterns("deploy"))
-    env = harness.proxy_env()
-    with harness.ProxyProcess(work / "configs" / "rllm.yaml", env=env) as proc:
-        proc_cwd = work / "configs"
-        cli = [sys.executable, "-m", "litellm_rllm.cli"]
-        slug = subprocess.run([*cli, "slug", "encode", '{"session_id": "demo-1", "task": "hello"}'],
-                              capture_output=True, text=True, check=True, env=env).stdout.strip()
-        r = httpx.post(f"{proc.base_url}/meta/{slug}/v1/chat/completions", headers=harness.auth(), timeout=30,
-                       json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 200, r.text
-        flush(proc)
-        out = subprocess.run([*cli, "traces", "export", "--session", "demo-1"], cwd=proc_cwd,
-                             capture_output=True, text=True, check=True, env=env).stdout
-    [line] = out.strip().splitlines()
-    trace = json.loads(line)
-    assert trace["session_id"] == "demo-1" and trace["metadata"] == {"task": "hello"}
-    assert trace["choices"][0]["message"]["content"] == "Hello from the litellm-rllm demo model."
-    assert trace["status"] == "ok" and trace["seq"] == 0
 
 
 def test_client_going_away_mid_stream_leaves_one_incomplete_trace(proxy_proc, vllm_upstream):

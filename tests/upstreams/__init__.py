@@ -1,40 +1,15 @@
 """Local fake LLM upstreams (vLLM, OpenAI, Anthropic) for tests and benchmarks.
 
+The vLLM fake and the shared pieces live in the package (``litellm_rllm.demo``: one
+implementation, also served by ``litellm-rllm demo-upstream``); ``common``, ``server``,
+``responses_api`` and ``vllm`` here re-export them, so ``tests.upstreams.vllm`` and
+``python -m tests.upstreams.vllm`` keep working. The OpenAI and Anthropic fakes are test-only.
+
 Use in tests: ``from tests.upstreams.fixtures import *`` in a conftest gives the fixtures
 ``vllm_upstream``, ``openai_upstream``, ``anthropic_upstream`` (session servers, request log
 cleared per test) and ``start_upstream`` (a factory for custom servers). By hand:
 ``with server.start(FakeVLLM(tokens=16)) as up: ... up.api_base ... up.requests``.
 As a process: ``python -m tests.upstreams.vllm --port 0 --tokens 256`` (prints ``READY <url>``).
 
-Deterministic rules (helpers in ``tests.upstreams.common``), so a test can compute every id and
-logprob it expects:
-
-* Word id: ``word_id(w) = zlib.crc32(w.encode()) % 50000``. Special ids: ``<|im_start|>`` 151644,
-  ``<|im_end|>`` 151645 (= EOS), ``<tool_call>`` 151657, ``</tool_call>`` 151658, ``"\\n"`` 198.
-* Chat prompt ids (``chat_prompt_token_ids(messages, tools)``): if tools,
-  ``[151644, word_id("tools"), 198, *ids(tool names), 151645, 198]``; then per message
-  ``[151644, *ids(role), 198, *ids(text), 151645, 198]`` where text is the content (text parts
-  joined by spaces; assistant tool calls add `` name arguments``); then ``[151644,
-  word_id("assistant"), 198]``. ``ids(s) = [word_id(w) for w in s.split()]``.
-  Completions prompt ids: ``ids(prompt)``, or the prompt itself when it is a list of ints.
-* Reply: the server's ``reply`` text split on whitespace, else ``tok0 .. tok{K-1}`` (``tokens=K``,
-  default 8; ``tokens-K`` in the model name overrides). Choice ``i > 0`` appends ``#i`` to each
-  word. Content = the words joined by single spaces. Completion ``token_ids`` =
-  ``[word_id(w) for w in words] + [151645]`` (vLLM only; OpenAI/Anthropic count the words only).
-  ``max_tokens`` cuts that list (``finish_reason: "length"``, no EOS). ``stop`` / ``stop_token_ids``
-  match whole words: the matching word's token is kept in ids/logprobs, adds no text, and
-  ``stop_reason`` is the string or id.
-* Logprob of completion token at position ``j`` (0-based, EOS included) of choice ``i``:
-  ``-(((i + j) % 64) + 1) / 64`` (exact in float32). Logprob token strings: the first word, then
-  ``" " + word``; EOS is ``"<|im_end|>"``. ``top_logprobs=k`` (chat) lists ``k`` entries: the sampled
-  token, then ``" alt1" .. " alt{k-1}"`` with logprob ``sampled - r``. Completions ``logprobs=k``
-  lists the sampled token plus ``" alt1" .. " altk"``.
-* Tool call (``tools`` + "weather" in the last user message): text
-  ``<tool_call>\\n{"name": "<first tool>", "arguments": {"location": "Paris"}}\\n</tool_call>``
-  as 11 tokens + EOS (``tool_generation(name).token_ids``).
-* Stream steps: the first token alone, then ``tokens_per_step`` (or the request's
-  ``stream_interval``) tokens per chunk; the last step carries ``finish_reason``.
-* Responses API (``POST /v1/responses``, vLLM and OpenAI fakes): ``instructions`` + ``input`` render
-  to chat messages (``tests/upstreams/responses_api.py``), so reply, ids and logprobs equal the chat
-  endpoint's for those messages (choice 0). vLLM returns ids only with ``enable_response_messages``.
+Deterministic rules (ids, logprobs, replies, stream steps, tool calls): see ``litellm_rllm.demo``.
 """

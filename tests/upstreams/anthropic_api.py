@@ -10,7 +10,7 @@ Shapes: ``{"id": "msg_...", "type": "message", "role": "assistant", "model", "co
 ``input_json_delta``), ``content_block_stop``, ``message_delta`` (stop reason, output tokens),
 ``message_stop``. Errors: ``{"type": "error", "error": {"type", "message"}, "request_id"}``.
 
-Replies follow the shared rules (``tests/upstreams/__init__.py``) with no EOS token:
+Replies follow the shared rules (``litellm_rllm/demo/__init__.py``) with no EOS token:
 ``input_tokens`` = len of the fake chat template over system + messages (+ tool names),
 ``output_tokens`` = reply words. ``stop_reason``: ``end_turn``, ``max_tokens``,
 ``stop_sequence`` (a reply word equal to one of ``stop_sequences``) or ``tool_use``.
@@ -37,8 +37,8 @@ from typing import Any, AsyncIterator, Iterable, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.upstreams import server
-from tests.upstreams.common import (
+from litellm_rllm.demo import server
+from litellm_rllm.demo.common import (
     BrokenBody,
     FakeUpstream,
     Generation,

@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.upstreams import server
+from litellm_rllm.demo import server
+from litellm_rllm.demo.common import FakeUpstream
+from litellm_rllm.demo.vllm import FakeVLLM
 from tests.upstreams.anthropic_api import FakeAnthropic
-from tests.upstreams.common import FakeUpstream
 from tests.upstreams.openai_api import FakeOpenAI
-from tests.upstreams.vllm import FakeVLLM
 
 __all__ = [
     "vllm_upstream_session",

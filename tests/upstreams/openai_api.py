@@ -8,7 +8,7 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/mode
 ``GET|DELETE /_fake/requests``.
 
 Responses API (``/v1/responses``, OpenAI's documented shape): the chat reply for the rendered
-input (``tests/upstreams/responses_api.py``), no EOS; ``output`` holds one ``message``
+input (``litellm_rllm/demo/responses_api.py``), no EOS; ``output`` holds one ``message``
 (``content: [{"type": "output_text", "annotations": [], "logprobs": [...], "text"}]``) or one
 ``function_call`` item (``fc_...`` id, ``call_...`` call_id); logprobs with ``include:
 ["message.output_text.logprobs"]`` + ``top_logprobs`` (``[]`` otherwise); usage
@@ -31,7 +31,7 @@ with ``"delta": {}``; with ``stream_options.include_usage`` every chunk has ``"u
 and a last chunk has ``choices: []`` plus usage; every chunk has an ``obfuscation`` string
 unless ``stream_options.include_obfuscation`` is false.
 
-Tokens and logprobs follow the shared rules (``tests/upstreams/__init__.py``) except that no
+Tokens and logprobs follow the shared rules (``litellm_rllm/demo/__init__.py``) except that no
 EOS token is counted or listed: OpenAI's logprobs stop at the last text token.
 
 Refusals (HTTP 400, OpenAI's bodies):
@@ -61,9 +61,9 @@ from typing import Any, AsyncIterator, Iterable, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.upstreams import responses_api as rapi
-from tests.upstreams import server
-from tests.upstreams.common import (
+from litellm_rllm.demo import responses_api as rapi
+from litellm_rllm.demo import server
+from litellm_rllm.demo.common import (
     BREAK_AFTER_ROUNDS,
     MAX_LOGPROBS,
     BrokenBody,
