@@ -171,7 +171,8 @@ async def _caller(request: Request) -> Any:
 
 
 def install_rllm_routes() -> bool:
-    """Add `POST /rllm/flush`, `GET /rllm/sessions/{id}/traces` and `GET /rllm/stats`; idempotent."""
+    """Add `POST /rllm/flush`, `GET /rllm/sessions/{id}/traces`, `GET /rllm/stats`,
+    `GET /rllm/sessions` and the viewer (`GET /rllm/ui`); idempotent."""
     try:
         from fastapi import APIRouter, Depends, HTTPException, Query
         from fastapi.responses import JSONResponse
@@ -242,6 +243,56 @@ def install_rllm_routes() -> bool:
         _require_admin(user)
         return {"writer": runtime.writer().stats(), "capture": dict(pipeline.counters),
                 "in_flight": len(runtime.calls)}
+
+    @router.get("/rllm/sessions", tags=["litellm-rllm"])
+    async def rllm_sessions(request: Request, user: Any = Depends(_caller)) -> Any:
+        """Sessions, most recently active first, paged by keyset (the viewer's list):
+        `?limit=&cursor=&q=&model=&status=&since=&until=&meta=key:value&session=` ->
+        `{"sessions": [...], "next": cursor|null, "total": n|null}`. Same scope as the
+        traces route: admins see every session, a team key the sessions its team's calls
+        are in (summarised over those calls only)."""
+        import asyncio
+
+        from ..store.listing import SessionQuery, SessionQueryError
+
+        team = None
+        if not _is_admin(user):
+            team = getattr(user, "team_id", None)
+            if not team:
+                raise HTTPException(status_code=403, detail="only admin keys and team keys can read traces")
+        args = request.query_params
+        unknown = sorted(set(args) - {"limit", "cursor", "q", "model", "status", "since", "until", "meta", "session"})
+        try:
+            if unknown:
+                raise SessionQueryError(unknown[0], "unknown parameter")
+            query = SessionQuery.parse(limit=args.get("limit"), cursor=args.get("cursor"), q=args.get("q"),
+                                       model=args.get("model"), status=args.get("status"), since=args.get("since"),
+                                       until=args.get("until"), meta=args.getlist("meta"), team=team,
+                                       session=args.get("session"))
+        except SessionQueryError as exc:
+            return JSONResponse(status_code=400, content={"error": {
+                "message": str(exc), "type": "invalid_request_error", "param": exc.field,
+                "code": "rllm_invalid_query"}})
+        await runtime.writer().aflush(10.0)  # recent calls listed; a slow store still answers
+
+        def read() -> dict[str, Any]:
+            from .. import store
+
+            st = store.open(runtime.settings().store)
+            try:
+                return st.session_page(query).model_dump(mode="json")
+            finally:
+                st.close()
+
+        try:
+            return await asyncio.to_thread(read)
+        except Exception as exc:
+            log.error("litellm-rllm: listing sessions failed: %s", type(exc).__name__)
+            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
+
+    from ..ui import ui_router
+
+    router.include_router(ui_router())
 
     position = 1 if app.router.routes and isinstance(app.router.routes[0], SlugRoute) else 0
     for route in router.routes:
