@@ -14,6 +14,7 @@ copies one per view into docs/img/.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -123,6 +124,90 @@ def write_incomplete_trace(store_url: str, session: str) -> str:
     return trace.trace_id
 
 
+# Stands in for GET /rllm/sessions/{id}/trajectories?view=merged (the training issue builds the
+# real one): serves trajectories/<session>.json from the config folder, 404 otherwise. Loaded as
+# a `callbacks:` entry (LiteLLM imports it at start; the route goes in front of LiteLLM's).
+TRAJECTORY_STUB = """
+import json, pathlib
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.proxy.proxy_server import app
+
+FOLDER = pathlib.Path(__file__).parent / "trajectories"
+router = APIRouter()
+
+
+@router.get("/rllm/sessions/{session}/trajectories")
+async def trajectories(session: str, view: str = "per-call"):
+    path = FOLDER / (session + ".json")
+    if view != "merged" or not path.exists():
+        return JSONResponse(status_code=404, content={"detail": "no such trajectory view"})
+    return JSONResponse(json.loads(path.read_text()))
+
+
+for route in router.routes:
+    app.router.routes.insert(0, route)
+instance = CustomLogger()
+"""
+
+
+def write_trainer_session(store_url: str, folder: Path, session: str) -> list[str]:
+    """A session carrying the training fields (lineage, policy versions, a reward) the way the
+    trainer-side issues put them in a trace's JSON, and its merged trajectory for the stub:
+    #0 new, #1 extends #0, #2 extends #1 but is an orphan (#3 retried it), #3 extends #1 and
+    straddles a weight update, #4 drifts from #3 at token 4."""
+    ids = [f"{session}-c{k}" for k in range(5)]
+    lineage = [
+        {"parent": None, "relation": "new"},
+        {"parent": ids[0], "relation": "extends"},
+        {"parent": ids[1], "relation": "extends", "orphan": True},
+        {"parent": ids[1], "relation": "extends", "retry_of": ids[2]},
+        {"parent": ids[3], "relation": "drift", "offset": 4},
+    ]
+    versions = [{"start": 3, "end": 3}] * 3 + [{"start": 3, "end": 4}, {"start": 4, "end": 4}]
+    prompt: list[int] = [151644, 882, 198, 1000, 151645, 198, 151644, 77091, 198]
+    traces = []
+    for k in range(5):
+        completion = [2000 + 10 * k + j for j in range(4)] + [151645]
+        traces.append(Trace(
+            trace_id=ids[k], session_id=session, model="policy", provider="hosted_vllm",
+            deployment_model="hosted_vllm/policy", status="ok", metadata={"task": "rl"},
+            request={"messages": [{"role": "user", "content": f"turn {k}"}]}, prompt_token_ids=list(prompt),
+            usage={"prompt_tokens": len(prompt), "completion_tokens": 5, "total_tokens": len(prompt) + 5},
+            latency_ms=50.0 + 10 * k, created_at=datetime.now(timezone.utc) + timedelta(milliseconds=200 * k),
+            choices=[TraceChoice(index=0, message={"role": "assistant", "content": f"answer {k}"}, token_ids=completion,
+                                 logprobs=[-0.05 * (j + 1) for j in range(5)],
+                                 tokens=[f" w{j}" for j in range(4)] + ["<|im_end|>"])],
+            lineage=lineage[k], policy_version=versions[k], **({"reward": 1.0} if k == 4 else {})))
+        if k < 4 and k != 2:  # the orphan #2 is not continued
+            prompt = prompt + completion + [151644, 882, 198, 1001 + k, 151645, 198, 151644, 77091, 198]
+    st = store.open(store_url)
+    try:
+        st.write(traces)
+    finally:
+        st.close()
+    # the merged row of the chain #0 -> #1 -> #3: context tokens 0, sampled tokens 1
+    chain = [traces[0], traces[1], traces[3]]
+    last = chain[-1]
+    input_ids = list(last.prompt_token_ids or []) + list(last.choices[0].token_ids or [])
+    mask, logprobs = [0] * len(input_ids), [0.0] * len(input_ids)
+    spans = []
+    for t in chain:
+        start = len(t.prompt_token_ids or [])
+        end = start + len(t.choices[0].token_ids or [])
+        spans.append([start, end])
+        for j in range(start, end):
+            mask[j], logprobs[j] = 1, (t.choices[0].logprobs or [])[j - start]
+    row = {"session_id": session, "input_ids": input_ids, "loss_mask": mask,
+           "logprobs": logprobs, "trace_ids": [t.trace_id for t in chain], "spans": spans,
+           "policy_version": {"min": 3, "max": 4}, "reward": 1.0, "status": "ok"}
+    (folder / "trajectories").mkdir(exist_ok=True)
+    (folder / "trajectories" / f"{session}.json").write_text(
+        json.dumps({"view": "merged", "rows": [row], "orphans_left_out": 1}))
+    return ids
+
+
 class Recorded:
     """What the module's proxy recorded: session ids and the proxy."""
 
@@ -133,6 +218,8 @@ class Recorded:
         self.team_b = f"agent-b-{tag}"
         self.markup = f"markup-{tag}"
         self.long = f"long-{tag}"
+        self.trainer = f"trainer-{tag}"
+        self.trainer_ids: list[str] = []
         self.incomplete_trace = ""
 
     @property
@@ -187,10 +274,13 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, upstream_urls: dict[str, 
                                                              "api_key": "fake-vllm-key", "timeout": 300}},
         ]
         cfg["general_settings"]["custom_auth"] = "team_auth.user_api_key_auth"
+        cfg["litellm_settings"]["callbacks"].append("trajectory_stub.instance")
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         (folder / "team_auth.py").write_text(TEAM_AUTH.replace("MASTER", harness.MASTER_KEY))
+        (folder / "trajectory_stub.py").write_text(TRAJECTORY_STUB)
         with harness.ProxyProcess(config) as proc:
             rec = Recorded(proc, store_url)
+            rec.trainer_ids = write_trainer_session(store_url, folder, rec.trainer)
             record_sessions(rec)
             yield rec
 
@@ -292,7 +382,7 @@ def test_sessions_route_validates_its_parameters_and_scopes_team_keys(recorded: 
         assert r.status_code == 400, (params, r.text)
         assert r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
     admin = get(harness.MASTER_KEY, limit=10).json()
-    assert admin["total"] >= SYNTHETIC_SESSIONS + 4 and len(admin["sessions"]) == 10 and admin["next"]
+    assert admin["total"] >= SYNTHETIC_SESSIONS + 5 and len(admin["sessions"]) == 10 and admin["next"]
     b = get(TEAM_B, limit=500).json()
     assert {s["session_id"] for s in b["sessions"]} == {recorded.team_b}
     a = get(TEAM_A, session=recorded.team_a).json()["sessions"][0]
@@ -319,15 +409,15 @@ def test_list_shows_the_recorded_sessions_newest_first_with_counts_and_flags(tab
     assert harness.MASTER_KEY not in page.url
     assert page.evaluate("sessionStorage.getItem('litellm-rllm.viewer.key')") == harness.MASTER_KEY
     summary = page.text_content("#list-summary")
-    assert f"{SYNTHETIC_SESSIONS + 4:,} sessions" in summary
+    assert f"{SYNTHETIC_SESSIONS + 5:,} sessions" in summary
     rows = page.locator("#sessions tbody tr")
     assert rows.count() == 50
     ids = [rows.nth(i).locator("td").first.text_content() for i in range(5)]
-    assert ids[:4] == [recorded.team_a, recorded.long, recorded.markup, recorded.team_b]
+    assert ids == [recorded.team_a, recorded.long, recorded.markup, recorded.team_b, recorded.trainer]
     row_a = rows.nth(0)
     assert row_a.locator("td").nth(1).text_content() == "5"
     flags = row_a.locator("td").nth(6).text_content()
-    assert "1 error" in flags and "1 incomplete tokens" in flags
+    assert "1 error" in flags and "1 token check ✗" in flags
     screenshot(page, shots, "list", doc=True)
     # filters: a status, metadata, and the next page
     page.select_option("#f-status", "error")
@@ -348,7 +438,7 @@ def test_list_first_page_renders_under_a_second_with_100000_sessions(tab: Page, 
         tab.page.wait_for_selector("#sessions")
         times.append(tab.mark_ms("rllm:list-rendered-painted"))
     median = statistics.median(times)
-    print(f"\nviewer: list first page with {SYNTHETIC_SESSIONS + 4:,} sessions, navigation start -> painted: "
+    print(f"\nviewer: list first page with {SYNTHETIC_SESSIONS + 5:,} sessions, navigation start -> painted: "
           f"median {median:.0f} ms, runs {[round(t) for t in times]}")
     assert median < 1000
 
@@ -366,7 +456,7 @@ def test_session_view_shows_the_calls_as_a_timeline(tab: Page, recorded: Recorde
     assert "tokens ✗" in cells[4].nth(10).text_content()
     assert page.locator("#timeline .bar").count() == 5
     assert page.text_content("#live").startswith("● live")
-    screenshot(page, shots, "session", doc=True)
+    screenshot(page, shots, "session")
 
 
 def test_session_view_shows_a_new_call_as_it_arrives(tab: Page, recorded: Recorded) -> None:
@@ -510,3 +600,36 @@ def test_32000_token_call_view_renders_under_a_second(tab: Page, recorded: Recor
           f"runs {[round(t) for t in warm]}; cold deep link incl. fetching the session JSON: {cold:.0f} ms; "
           f"session view (route -> painted, fetch included): {session_ms:.0f} ms")
     assert median < 1000
+
+
+def test_session_view_shows_lineage_policy_versions_reward_and_the_merged_loss_mask(
+        tab: Page, recorded: Recorded, shots: Path) -> None:
+    page = tab.login(harness.MASTER_KEY)
+    page.wait_for_selector("#sessions")
+    page.goto(f"{recorded.base}/rllm/ui#/s/{recorded.trainer}")
+    page.wait_for_selector("#timeline")
+    rows = page.locator("#timeline tbody tr")
+    lineage = [rows.nth(i).locator("td").nth(9).text_content() for i in range(5)]
+    assert lineage[0] == "new"
+    assert lineage[1].startswith("extends↳ #0") and "2 branches" in lineage[1]
+    assert lineage[2].startswith("extends↳ #1") and "orphan" in lineage[2]
+    assert "retry of #2" in lineage[3] and lineage[4].startswith("drift↳ #3")
+    assert rows.nth(4).locator("td .rel-drift").get_attribute("title") == "drift: first differing token at 4"
+    assert [rows.nth(i).locator("td").nth(8).text_content() for i in range(5)] == ["3", "3", "3", "3 → 4", "4"]
+    assert "reward 1" in rows.nth(4).locator("td").nth(10).text_content()
+    assert "orphan" in (rows.nth(2).get_attribute("class") or "")
+    # the merged row: mask 1 exactly on the sampled spans, the orphan left out and said so
+    page.wait_for_selector("#merged .tokens")
+    folder = Path(recorded.store_url[len("sqlite:///"):]).parent
+    row = json.loads((folder / "trajectories" / f"{recorded.trainer}.json").read_text())["rows"][0]
+    cells = page.locator("#merged .tokens span.tk")
+    assert cells.count() == len(row["input_ids"])
+    marked = page.evaluate(
+        "() => [...document.querySelectorAll('#merged .tokens span.tk')].map(s => s.classList.contains('m1') ? 1 : 0)")
+    assert marked == row["loss_mask"] and sum(marked) == 15
+    head = page.text_content("#merged h3")
+    assert "calls #0 → #1 → #3" in head and "15 in the loss" in head
+    assert "1 orphan completion left out" in page.text_content("#merged-left-out")
+    cells.nth(row["spans"][2][0]).hover()
+    assert "lossmask1" in page.text_content("#tip").replace(" ", "") and "-0.0500" in page.text_content("#tip")
+    screenshot(page, shots, "session-trainer", doc=True)

@@ -279,7 +279,7 @@
     for (const s of sessions) {
       const flags = [];
       if (s.errors) flags.push(badge(s.errors + ' error' + (s.errors > 1 ? 's' : ''), 'b-error', 'calls that failed'));
-      if (s.completeness_failed) flags.push(badge(s.completeness_failed + ' incomplete tokens', 'b-warn', 'completeness check failed: ids, logprobs and usage disagree'));
+      if (s.completeness_failed) flags.push(badge(s.completeness_failed + ' token check ✗', 'b-warn', 'completeness check failed: ids, logprobs and usage disagree'));
       if (s.drift) flags.push(badge(s.drift + ' drift', 'rel-drift', 'prompt re-tokenized: does not extend the previous call\'s tokens'));
       const start = new Date(s.first_at), end = new Date(s.last_at);
       tbody.appendChild(el('tr', null,
@@ -337,7 +337,7 @@
       api('/rllm/sessions/' + enc + '/traces'),
       api('/rllm/sessions?session=' + enc).then((p) => p.sessions[0] || null, () => null),
     ]);
-    entry = { traces: data.traces || [], response: data, summary, merged: entry ? entry.merged : undefined };
+    entry = { traces: data.traces || [], response: data, summary, merged: undefined }; // merged view re-read too
     cache.set(sid, entry);
     return entry;
   }
@@ -415,7 +415,12 @@
     const entry = await loadSession(sid, !live || live.sid !== sid);
     if (token !== renderToken) return;
     renderSession(sid, entry);
-    if (!live || live.sid !== sid) startLive(sid, (e) => { if (parseHash().view === 'session' && parseHash().session === sid) renderSession(sid, e, true); });
+    if (!live || live.sid !== sid) {
+      startLive(sid, (e) => {
+        const r = parseHash();
+        if (r.view === 'session' && r.session === sid) { renderSession(sid, e, true); loadMerged(sid, e, renderToken); }
+      });
+    }
     loadMerged(sid, entry, token);
   }
 
@@ -503,8 +508,11 @@
   function versionText(v) {
     if (v === null || v === undefined) return '';
     if (typeof v !== 'object') return String(v);
-    if (v.start === v.end || v.end === undefined || v.end === null) return fmtValue(v.start);
-    return fmtValue(v.start) + ' → ' + fmtValue(v.end);
+    const [a, b] = 'start' in v || 'end' in v ? [v.start, v.end] : 'min' in v || 'max' in v ? [v.min, v.max] : [undefined, undefined];
+    if (a === undefined && b === undefined) return JSON.stringify(v);
+    if (a === b || b === undefined || b === null) return fmtValue(a);
+    if (a === undefined || a === null) return fmtValue(b);
+    return fmtValue(a) + ' → ' + fmtValue(b);
   }
 
   // ------------------------------------------------------------------ merged trajectories
@@ -513,7 +521,9 @@
       try {
         const resp = await fetch('/rllm/sessions/' + encodeURIComponent(sid) + '/trajectories?view=merged',
           { headers: { Authorization: 'Bearer ' + getKey() }, cache: 'no-store', credentials: 'omit' });
-        entry.merged = resp.status === 200 ? rowsOf(await resp.json()) : null;
+        const body = resp.status === 200 ? await resp.json() : null;
+        entry.merged = body ? rowsOf(body) : null;
+        entry.mergedLeftOut = body && !Array.isArray(body) ? (body.orphans_left_out ?? body.left_out ?? body.orphans ?? 0) : 0;
       } catch (e) { entry.merged = null; }
     }
     if (token !== renderToken) return;
@@ -560,9 +570,9 @@
       strip.__spans = spans;
       attachTokenNav(strip, ids.length, (i) => mergedInfo(row, i));
       box.appendChild(strip);
-      if (row.orphans_left_out || row.orphans) box.appendChild(el('p', { className: 'muted', text: 'orphans left out: ' + (row.orphans_left_out || row.orphans) }));
     });
-    if (entry.mergedNote) box.appendChild(el('p', { className: 'muted', text: entry.mergedNote }));
+    const left = entry.mergedLeftOut;
+    if (left) box.appendChild(el('p', { className: 'muted', id: 'merged-left-out', text: left + ' orphan completion' + (left > 1 ? 's' : '') + ' left out (the agent retried them).' }));
   }
   function mergedInfo(row, i) {
     const lp = row.logprobs ? row.logprobs[i] : null;
