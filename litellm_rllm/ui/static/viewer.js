@@ -214,13 +214,15 @@
     setCrumbs([{ text: 'Sessions' }]);
     const q = listQuery(params);
     let page = await api('/rllm/sessions?' + q.toString());
-    // A filtered walk is time-boxed: an empty page with a cursor means "keep looking further back".
-    let hops = 0;
-    while (page.sessions.length === 0 && page.next && hops < 8) {
+    // A filtered walk is time-boxed per request: an empty page with a cursor means "nothing in
+    // this stretch, keep looking further back". Follow it for up to 20 s, saying so.
+    const began = performance.now();
+    while (page.sessions.length === 0 && page.next && performance.now() - began < 20000) {
+      if (token !== renderToken) return;
+      clear(main);
+      main.appendChild(el('p', { className: 'muted', role: 'status', text: 'Searching older sessions… (' + Math.round((performance.now() - began) / 1000) + ' s)' }));
       q.set('cursor', page.next);
       page = await api('/rllm/sessions?' + q.toString());
-      hops += 1;
-      if (token !== renderToken) return;
     }
     if (token !== renderToken) return;
     clear(main);
