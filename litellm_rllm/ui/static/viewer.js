@@ -13,6 +13,9 @@
 (function () {
   const KEY_NAME = 'litellm-rllm.viewer.key';
   const POLL_MS = 2000;
+  // Tokens go in blocks of CHUNK; blocks out of view skip layout and paint (content-visibility),
+  // so a 32,000-token completion costs about what its visible part costs.
+  const CHUNK = 1024;
   const main = document.getElementById('main');
   const tip = document.getElementById('tip');
   const announce = document.getElementById('announce');
@@ -559,14 +562,16 @@
         'aria-label': 'trajectory ' + (k + 1) + ' tokens; arrow keys move, Home and End jump' });
       const frag = document.createDocumentFragment();
       const spans = new Array(ids.length);
+      let chunk = null;
       for (let i = 0; i < ids.length; i++) {
+        if (i % CHUNK === 0) { chunk = document.createElement('div'); chunk.className = 'tkc'; frag.appendChild(chunk); }
         const s = document.createElement('span');
         s.className = 'tk tid ' + (mask[i] ? 'm1' : 'm0');
         s.textContent = String(ids[i]);
         s.__i = i;
         spans[i] = s;
-        frag.appendChild(s);
-        frag.appendChild(document.createTextNode(' '));
+        chunk.appendChild(s);
+        chunk.appendChild(document.createTextNode(' '));
       }
       strip.appendChild(frag);
       strip.__spans = spans;
@@ -757,9 +762,11 @@
     const frag = document.createDocumentFragment();
     const spans = new Array(n);
     const usageMissing = comp && comp.ok === false && comp.usage_completion_tokens > n ? comp.usage_completion_tokens - n : 0;
+    let chunk = null;
     for (let i = 0; i < n; i++) {
+      if (i % CHUNK === 0) { chunk = document.createElement('div'); chunk.className = 'tkc'; frag.appendChild(chunk); }
       if (i === firstBad) {
-        frag.appendChild(problemMark(comp, 'from here: '));
+        chunk.appendChild(problemMark(comp, 'from here: '));
       }
       const s = document.createElement('span');
       const lp = lps && i < nLp ? lps[i] : null;
@@ -772,9 +779,9 @@
       s.textContent = text;
       s.__i = i;
       spans[i] = s;
-      frag.appendChild(s);
+      chunk.appendChild(s);
     }
-    if (usageMissing) frag.appendChild(problemMark(comp, usageMissing + ' missing: '));
+    if (usageMissing) chunk.appendChild(problemMark(comp, usageMissing + ' missing: '));
     strip.appendChild(frag);
     strip.__spans = spans;
     attachTokenNav(strip, n, (i) => tokenInfo(c, i, n));
