@@ -38,6 +38,23 @@ if ! have_pg; then
   fi
 fi
 
+# Chromium from the system's packages: tests/system/test_viewer.py drives it headless through
+# Playwright's Python package (executable_path; Playwright's own browser download is never used).
+have_chromium() {
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
+}
+if ! have_chromium; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing Chromium (apt-get install chromium) for the viewer's browser tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "test.sh: no chromium found and it cannot be installed here (needs root and apt-get);" \
+         "the viewer's browser tests are skipped (sudo apt-get install chromium)." >&2
+  fi
+fi
+
 # curl: tests/system/test_quick_start.py runs the README's quick start, which uses it.
 if ! command -v curl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -90,7 +90,8 @@ def team_traces(traces: Iterator["Trace"], team: Optional[str], limit: Optional[
 
 
 def install_rllm_routes(plugin: "Plugin") -> bool:
-    """Add `POST /rllm/flush`, `GET /rllm/sessions/{id}/traces` and `GET /rllm/stats`; idempotent."""
+    """Add `POST /rllm/flush`, `GET /rllm/sessions`, `GET|DELETE /rllm/sessions/{id}/...`,
+    `GET /rllm/stats`, the viewer (`GET /rllm/ui`) and `/metrics`; idempotent."""
     try:
         from fastapi import APIRouter, Depends, HTTPException, Query
         from fastapi.responses import JSONResponse
@@ -160,10 +161,45 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             raise HTTPException(status_code=403, detail="the session holds traces of another team")
         return {"session": session, "deleted": deleted}
 
+    @router.get("/rllm/sessions", tags=["litellm-rllm"])
+    async def rllm_sessions(request: Request, user: Any = Depends(_caller)) -> Any:
+        """Sessions, most recently active first, paged by keyset (the viewer's list):
+        `?limit=&cursor=&q=&model=&status=&since=&until=&meta=key:value&session=` ->
+        `{"sessions": [...], "next": cursor|null, "total": n|null}`. Same scope as the
+        traces route: admins see every session, a team key the sessions its team's calls
+        are in (summarised over those calls only)."""
+        from ..store.listing import SessionQuery, SessionQueryError
+
+        team = _team_scope(user)
+        args = request.query_params
+        unknown = sorted(set(args) - {"limit", "cursor", "q", "model", "status", "since", "until", "meta", "session"})
+        try:
+            if unknown:
+                raise SessionQueryError(unknown[0], "unknown parameter")
+            query = SessionQuery.parse(limit=args.get("limit"), cursor=args.get("cursor"), q=args.get("q"),
+                                       model=args.get("model"), status=args.get("status"), since=args.get("since"),
+                                       until=args.get("until"), meta=args.getlist("meta"), team=team,
+                                       session=args.get("session"))
+        except SessionQueryError as exc:
+            return JSONResponse(status_code=400, content={"error": {
+                "message": str(exc), "type": "invalid_request_error", "param": exc.field,
+                "code": "rllm_invalid_query"}})
+        await plugin.writer.aflush(10.0)  # recent calls listed; a slow store still answers
+
+        try:
+            return await asyncio.to_thread(lambda: plugin.reader.session_page(query).model_dump(mode="json"))
+        except Exception as exc:
+            log.error("litellm-rllm: listing sessions failed: %s", type(exc).__name__)
+            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
+
     @router.get("/rllm/stats", tags=["litellm-rllm"])
     async def rllm_stats(user: Any = Depends(_caller)) -> Any:
         _require_admin(user)
         return plugin.stats()
+
+    from ..ui import ui_router
+
+    router.include_router(ui_router())
 
     position = 1 if app.router.routes and isinstance(app.router.routes[0], SlugRoute) else 0
     for route in router.routes:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field
 
 from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
 from litellm_rllm.trace import Trace
+
+if TYPE_CHECKING:
+    from litellm_rllm.store.listing import SessionPage, SessionQuery
 
 Since = Union[datetime, str, None]
 
@@ -253,6 +256,18 @@ class TraceStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ the session list (viewer)
+
+    def session_page(self, query: "SessionQuery") -> "SessionPage":
+        """One page of session summaries, most recently active first (``GET /rllm/sessions``);
+        see ``store/listing.py`` for the walk every backend implements and its cost."""
+        raise NotImplementedError(f"{type(self).__name__} does not list sessions")
+
+    def session_rewards(self, session_keys: Sequence[str]) -> dict[str, Any]:
+        """Reward per session key, for the list; a store that keeps rewards (the trainer's
+        interface) overrides this. None here: the list shows no reward."""
+        return {}
 
 
 __all__ = ["READ_PAGE", "EncodedWriteResult", "SessionSummary", "decode_row", "sessions_from_rows", "Since", "TraceStore", "WriteResult", "parse_since"]

@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import threading
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
@@ -80,6 +81,9 @@ _CONN_DEFAULTS = {
     "tcp_user_timeout": "30000",
     "application_name": "litellm-rllm",
 }
+
+if TYPE_CHECKING:
+    from litellm_rllm.store.listing import SessionPage, SessionQuery
 
 T = TypeVar("T")
 
@@ -604,6 +608,108 @@ class PostgresStore(TraceStore):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+
+    # ------------------------------------------------------------------------- session list
+
+    def session_page(self, query: "SessionQuery") -> "SessionPage":
+        """See ``TraceStore.session_page`` and ``store/listing.py`` (the walk). Uses the
+        primary key and the ``(session_key, seq)`` index only; doc fields are read for the rows
+        walked and for the page's sessions."""
+        from litellm_rllm.store import listing
+
+        s = self._s
+
+        def run(sql: str, params: Sequence[Any]) -> list[Any]:
+            return self._read(lambda conn: conn.execute(sql, tuple(params)).fetchall())
+
+        team_sql, team_params = "", []
+        if query.team is not None:
+            team_sql, team_params = " AND ({a}.doc::json -> 'caller' ->> 'team_id') = %s", [query.team]
+        total = None
+        if query.session is not None:
+            rows = run(
+                f"SELECT t.id, t.session_key, (t.doc::json -> 'metadata')::text FROM {s}.traces t"
+                f" WHERE t.session_key = %s{team_sql.format(a='t')} ORDER BY t.seq DESC LIMIT 1",
+                [index_key(query.session), *team_params],
+            )
+            nxt = None
+        else:
+            where, params = [
+                "t.session_key <> ''",
+                # the session's last trace (the team's last, under a team key): one index probe
+                f"NOT EXISTS (SELECT 1 FROM {s}.traces u WHERE u.session_key = t.session_key"
+                f" AND u.seq > t.seq{team_sql.format(a='u')})",
+            ], [*team_params]
+            if query.team is not None:
+                where.append(team_sql.format(a="t")[5:])
+                params.append(query.team)
+            for column, value in (("status", query.status), ("model", query.model)):
+                if value is not None:
+                    where.append(
+                        f"EXISTS (SELECT 1 FROM {s}.traces m WHERE m.session_key = t.session_key"
+                        f" AND m.{column} = %s{team_sql.format(a='m')})"
+                    )
+                    params += [index_key(value), *team_params]
+            if query.since_us is not None:
+                where.append("t.created_us >= %s")
+                params.append(query.since_us)
+            if query.until_us is not None:
+                where.append("t.created_us < %s")
+                params.append(query.until_us)
+            if query.q is not None:
+                where.append(
+                    "(strpos(lower(t.session_key), lower(%s)) > 0"
+                    " OR strpos(lower((t.doc::json -> 'metadata')::text), lower(%s)) > 0)"
+                )
+                params += [query.q, query.q]
+            for key, value in query.meta.items():
+                where.append("((t.doc::json -> 'metadata') ->> %s) = %s")
+                params += [key, value]
+            sql = (
+                f"SELECT t.id, t.session_key, (t.doc::json -> 'metadata')::text FROM {s}.traces t"
+                f" WHERE {' AND '.join(where)} AND t.id < %s AND t.id >= %s ORDER BY t.id DESC LIMIT %s"
+            )
+            top = run(f"SELECT MAX(id) FROM {s}.traces", ())[0][0]
+            start, bottom = int(top or 0) + 1, 1
+            if query.until_us is not None:
+                below = run(f"SELECT MAX(id) FROM {s}.traces WHERE created_us < %s", (query.until_us,))[0][0]
+                start = int(below or 0) + 1
+            if query.since_us is not None:
+                above = run(f"SELECT MIN(id) FROM {s}.traces WHERE created_us >= %s", (query.since_us,))[0][0]
+                bottom = int(above) if above is not None else start
+            if query.cursor is not None:
+                start = min(start, query.cursor)
+            rows, nxt = listing.walk(lambda hi, lo, n: run(sql, [*params, hi, lo, n]), start, bottom, query.limit)
+            filtered = any(v is not None for v in (query.q, query.model, query.status, query.since_us,
+                                                   query.until_us, query.team)) or query.meta
+            if query.cursor is None and not filtered:
+                # one row per session key ever written: cheaper than counting distinct keys
+                total = run(f"SELECT count(*) FROM {s}.session_seq WHERE session_key <> ''", ())[0][0]
+        keys = [row[1] for row in rows]
+        facts: list[Any] = []
+        if keys:
+            facts = run(
+                "SELECT t.session_key, t.status, t.model, t.created_us, t.seq,"
+                " EXISTS (SELECT 1 FROM json_array_elements(t.doc::json -> 'choices') c"
+                "   WHERE (c -> 'completeness' ->> 'ok') = 'false'),"
+                " (t.doc::json -> 'lineage' ->> 'relation')"
+                f" FROM {s}.traces t WHERE t.session_key = ANY(%s){team_sql.format(a='t')}",
+                [keys, *team_params],
+            )
+        metadata = {row[1]: _json_object(row[2]) for row in rows}
+        return listing.SessionPage(
+            sessions=listing.summaries(keys, facts, metadata, self.session_rewards(keys) if keys else {}),
+            next=listing.encode_cursor(None if nxt is None else int(nxt)),
+            total=None if total is None else int(total),
+        )
+
+
+def _json_object(text: Optional[str]) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def open_postgres(url: str) -> PostgresStore:

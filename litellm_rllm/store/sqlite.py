@@ -29,18 +29,22 @@ Layout (schema version 1)::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
 from litellm_rllm.trace import Trace
+
+if TYPE_CHECKING:
+    from litellm_rllm.store.listing import SessionPage, SessionQuery
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +406,109 @@ class SqliteStore(TraceStore):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+
+    # ------------------------------------------------------------------------- session list
+
+    def session_page(self, query: "SessionQuery") -> "SessionPage":
+        """See ``TraceStore.session_page`` and ``store/listing.py`` (the walk)."""
+        from litellm_rllm.store import listing
+
+        def run(sql: str, params: Sequence[Any]) -> list[Any]:
+            with self._lock:
+                self._check_open()
+                return self._conn.execute(sql, tuple(params)).fetchall()
+
+        team_sql, team_params = "", []
+        if query.team is not None:
+            team_sql, team_params = " AND json_extract({a}.doc, '$.caller.team_id') = ?", [query.team]
+        total = None
+        if query.session is not None:
+            rows = run(
+                "SELECT t.id, t.session_key, json_extract(t.doc, '$.metadata') FROM traces t"
+                f" WHERE t.session_key = ?{team_sql.format(a='t')} ORDER BY t.seq DESC LIMIT 1",
+                [query.session, *team_params],
+            )
+            nxt = None
+        else:
+            where, params = [
+                "t.session_key <> ''",
+                # the session's last trace (the team's last, under a team key): one index probe
+                "NOT EXISTS (SELECT 1 FROM traces u WHERE u.session_key = t.session_key"
+                f" AND u.seq > t.seq{team_sql.format(a='u')})",
+            ], [*team_params]
+            if query.team is not None:
+                where.append(team_sql.format(a="t")[5:])
+                params.append(query.team)
+            for column, value in (("status", query.status), ("model", query.model)):
+                if value is not None:
+                    where.append(
+                        "EXISTS (SELECT 1 FROM traces m WHERE m.session_key = t.session_key"
+                        f" AND +m.{column} = ?{team_sql.format(a='m')})"  # + : walk the session index
+                    )
+                    params += [value, *team_params]
+            if query.since_us is not None:
+                where.append("t.created_us >= ?")
+                params.append(query.since_us)
+            if query.until_us is not None:
+                where.append("t.created_us < ?")
+                params.append(query.until_us)
+            if query.q is not None:
+                where.append(
+                    "(instr(lower(t.session_key), lower(?)) > 0"
+                    " OR instr(lower(json_extract(t.doc, '$.metadata')), lower(?)) > 0)"
+                )
+                params += [query.q, query.q]
+            for key, value in query.meta.items():
+                path = f'$.metadata."{key}"'
+                where.append(
+                    "(CASE json_type(t.doc, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'"
+                    " WHEN 'null' THEN 'null' ELSE CAST(json_extract(t.doc, ?) AS TEXT) END) = ?"
+                )
+                params += [path, path, value]
+            sql = (
+                "SELECT t.id, t.session_key, json_extract(t.doc, '$.metadata') FROM traces t"
+                f" WHERE {' AND '.join(where)} AND t.id < ? AND t.id >= ? ORDER BY t.id DESC LIMIT ?"
+            )
+            top = run("SELECT MAX(id) FROM traces", ())[0][0]
+            start, bottom = (top or 0) + 1, 1
+            if query.until_us is not None:
+                below = run("SELECT MAX(id) FROM traces WHERE created_us < ?", (query.until_us,))[0][0]
+                start = (below or 0) + 1
+            if query.since_us is not None:
+                above = run("SELECT MIN(id) FROM traces WHERE created_us >= ?", (query.since_us,))[0][0]
+                bottom = above if above is not None else start
+            if query.cursor is not None:
+                start = min(start, query.cursor)
+            rows, nxt = listing.walk(lambda hi, lo, n: run(sql, [*params, hi, lo, n]), start, bottom, query.limit)
+            filtered = any(v is not None for v in (query.q, query.model, query.status, query.since_us,
+                                                   query.until_us, query.team)) or query.meta
+            if query.cursor is None and not filtered:
+                total = run("SELECT COUNT(DISTINCT session_key) FROM traces WHERE session_key <> ''", ())[0][0]
+        keys = [row[1] for row in rows]
+        facts: list[Any] = []
+        for chunk, marks in _chunks(keys):
+            facts += run(
+                "SELECT t.session_key, t.status, t.model, t.created_us, t.seq,"
+                " EXISTS (SELECT 1 FROM json_each(t.doc, '$.choices') c"
+                "   WHERE json_extract(c.value, '$.completeness.ok') = 0),"
+                " json_extract(t.doc, '$.lineage.relation')"
+                f" FROM traces t WHERE t.session_key IN ({marks}){team_sql.format(a='t')}",
+                [*chunk, *team_params],
+            )
+        metadata = {row[1]: _json_object(row[2]) for row in rows}
+        return listing.SessionPage(
+            sessions=listing.summaries(keys, facts, metadata, self.session_rewards(keys) if keys else {}),
+            next=listing.encode_cursor(nxt),
+            total=total,
+        )
+
+
+def _json_object(text: Optional[str]) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class _Checkpointer:
