@@ -78,3 +78,18 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, upstream_urls: dict[str, str
     with TestClient(app) as client:
         client.headers.update(harness.auth())
         yield InProcessProxy(client, store_url, config)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Close LiteLLM's pooled aiohttp clients while the interpreter is whole: collected at exit
+    instead, their `__del__` runs against half-torn-down modules and prints tracebacks."""
+    import asyncio
+    import gc
+
+    try:
+        from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
+        asyncio.run(close_litellm_async_clients())
+    except Exception:  # noqa: BLE001 - LiteLLM without it, or nothing to close
+        pass
+    gc.collect()
