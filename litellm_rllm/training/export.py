@@ -1,0 +1,325 @@
+"""Streaming export of trajectory rows to Parquet (pyarrow) or JSON lines.
+
+Rows are written as they come, in row groups of at most `row_group_rows` rows or
+`row_group_tokens` token ids, whichever comes first, so memory holds one row group (plus the
+session the views are working on), whatever the number of traces. The file is written under
+a temporary name and renamed when complete: a failed export leaves no half file at `path`.
+
+Parquet columns (the schemas below, documented in docs/training.md): token ids and masks are
+``list<int32>``, logprobs ``list<float32>``, free-form dicts (``metadata``, ``rewards``) JSON
+text, so the file loads unchanged with ``pyarrow.parquet.read_table`` and
+``datasets.load_dataset("parquet", data_files=...)``. pyarrow is the ``export`` extra; JSON
+lines need nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Literal, Optional, Union
+
+from pydantic import BaseModel
+
+from litellm_rllm.training.views import VIEWS, MergedRow, PerCallRow, Row, Trajectories, View
+
+ExportFormat = Literal["parquet", "jsonl"]
+FORMATS: tuple[str, ...] = ("parquet", "jsonl")
+
+# (column, arrow type spec, description); the type spec is turned into pyarrow types lazily,
+# so importing this module needs no pyarrow.
+_VERSION = "struct<start:int64,end:int64>"
+PER_CALL_COLUMNS: list[tuple[str, str, str]] = [
+    ("trace_id", "string", "the call's trace id"),
+    ("session_id", "string", "session key: the session id, else the innermost session uid"),
+    ("seq", "int64", "order of the call within its session"),
+    ("choice", "int32", "choice index (n > 1 gives one row per choice)"),
+    ("prompt_ids", "list<int32>", "prompt token ids as the backend saw them"),
+    ("response_ids", "list<int32>", "sampled token ids"),
+    ("response_logprobs", "list<float32>", "logprob of each sampled id; null where not captured"),
+    ("response_mask", "list<int32>", "ones, one per response id"),
+    ("status", "string", "ok | error | incomplete"),
+    ("finish_reason", "string", "the choice's finish reason"),
+    ("relation", "string", "lineage relation: new | extends | drift | edited"),
+    ("parent", "string", "lineage parent's trace id"),
+    ("orphan", "bool", "a completion nothing continued because the agent retried (only with include_orphans)"),
+    ("metadata", "json", "session metadata from the slug, as JSON text"),
+    ("reward", "float64", "reward of the call where one is set"),
+    ("rewards", "json", "named rewards as JSON text, where set"),
+    ("policy_version", _VERSION, "weights version when the call started and ended"),
+]
+MERGED_COLUMNS: list[tuple[str, str, str]] = [
+    ("session_id", "string", "session key: the session id, else the innermost session uid"),
+    ("trace_ids", "list<string>", "the chain's calls, root to leaf"),
+    ("choices", "list<int32>", "the choice of each call the chain follows"),
+    ("spans", "list<list<int32>>", "[start, end) of each call's sampled ids within input_ids"),
+    ("input_ids", "list<int32>", "the last call's prompt + completion"),
+    ("loss_mask", "list<int32>", "1 exactly on tokens sampled by a call of the chain, else 0"),
+    ("logprobs", "list<float32>", "sampled logprob where loss_mask is 1, else 0.0; null where not captured"),
+    ("status", "string", "worst status of the chain: error > incomplete > ok"),
+    ("root_relation", "string", "how the chain's first call relates to earlier calls: new | drift | edited"),
+    ("orphan", "bool", "the leaf is an orphan (only with include_orphans)"),
+    ("metadata", "json", "the last call's session metadata, as JSON text"),
+    ("reward", "float64", "the last reward set along the chain"),
+    ("rewards", "json", "the last named rewards along the chain, as JSON text"),
+    ("policy_versions", f"list<{_VERSION}>", "each call's weights versions"),
+    ("policy_version", _VERSION, "the chain's earliest start and latest end version"),
+]
+COLUMNS: dict[str, list[tuple[str, str, str]]] = {"per-call": PER_CALL_COLUMNS, "merged": MERGED_COLUMNS}
+_JSON_COLUMNS = {"metadata", "rewards"}
+# columns counted against `row_group_tokens`
+_TOKEN_COLUMNS = {"per-call": ("prompt_ids", "response_ids"), "merged": ("input_ids",)}
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise RuntimeError("Parquet export needs pyarrow: pip install 'litellm-rllm[export]'") from None
+    return pyarrow
+
+
+def _arrow_type(pa: Any, spec: str) -> Any:
+    if spec.startswith("list<") and spec.endswith(">"):
+        return pa.list_(_arrow_type(pa, spec[5:-1]))
+    if spec.startswith("struct<") and spec.endswith(">"):
+        fields = [part.split(":", 1) for part in spec[7:-1].split(",")]
+        return pa.struct([(name, _arrow_type(pa, kind)) for name, kind in fields])
+    if spec == "json":
+        return pa.string()
+    return {
+        "string": pa.string(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float32": pa.float32(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+    }[spec]
+
+
+def parquet_schema(view: View) -> Any:
+    """The pyarrow schema of a view's Parquet file; each field carries its description."""
+    if view not in VIEWS:
+        raise ValueError(f"view: must be one of {', '.join(VIEWS)}, not {view!r}")
+    pa = _pyarrow()
+    fields = [
+        pa.field(name, _arrow_type(pa, spec), metadata={"description": doc}) for name, spec, doc in COLUMNS[view]
+    ]
+    return pa.schema(fields, metadata={"litellm_rllm.view": view})
+
+
+def to_record(row: Row) -> dict[str, Any]:
+    """A row as stored in Parquet: free-form dicts as JSON text, everything else as is."""
+    out = row.to_dict()
+    for name in _JSON_COLUMNS:
+        value = out.get(name)
+        out[name] = None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return out
+
+
+def view_of(row: Row) -> View:
+    return "merged" if isinstance(row, MergedRow) else "per-call"
+
+
+@dataclass
+class ExportProgress:
+    """Passed to the progress callback after each row group (Parquet) / 1,000 rows (JSONL)
+    and once at the end (`done`)."""
+
+    rows: int
+    traces: Optional[int]  # traces read so far, where the rows come from `Trajectories`
+    done: bool = False
+
+
+ProgressCallback = Callable[[ExportProgress], None]
+
+
+class ExportResult(BaseModel):
+    path: Optional[str]
+    format: ExportFormat
+    view: View
+    rows: int
+    row_groups: int = 0
+    traces: Optional[int] = None
+    sessions: Optional[int] = None
+    skipped_orphans: Optional[int] = None
+    skipped_without_ids: Optional[int] = None
+
+
+class _Report:
+    def __init__(self, rows: Iterable[Row], progress: Optional[ProgressCallback]) -> None:
+        self.source = rows if isinstance(rows, Trajectories) else None
+        self.progress = progress
+
+    def __call__(self, count: int, done: bool = False) -> None:
+        if self.progress is not None:
+            traces = self.source.traces_read if self.source is not None else None
+            self.progress(ExportProgress(rows=count, traces=traces, done=done))
+
+
+def _columns(pa: Any, schema: Any, view: View, rows: list[Row]) -> Any:
+    records = [to_record(r) for r in rows]
+    arrays = [pa.array([rec[f.name] for rec in records], type=f.type) for f in schema]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def write_parquet(
+    rows: Iterable[Row],
+    path: Union[str, Path],
+    view: Optional[View] = None,
+    *,
+    row_group_rows: int = 1024,
+    row_group_tokens: int = 4_000_000,
+    compression: str = "zstd",
+    progress: Optional[ProgressCallback] = None,
+) -> tuple[int, int]:
+    """Stream rows into a Parquet file at `path`; returns (rows, row groups). `view` defaults
+    to the rows' own (a `Trajectories` knows it; else the first row's type)."""
+    pa = _pyarrow()
+    import pyarrow.parquet as pq
+
+    if row_group_rows < 1 or row_group_tokens < 1:
+        raise ValueError("row_group_rows and row_group_tokens must be positive")
+    report = _Report(rows, progress)
+    if view is None and isinstance(rows, Trajectories):
+        view = rows.view
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if view is None:
+        view = view_of(first) if first is not None else "merged"
+    schema = parquet_schema(view)
+    token_columns = _TOKEN_COLUMNS[view]
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = groups = 0
+    try:
+        with pq.ParquetWriter(str(tmp), schema, compression=compression) as writer:
+            buffer: list[Row] = []
+            tokens = 0
+
+            def flush() -> None:
+                nonlocal buffer, tokens, count, groups
+                writer.write_batch(_columns(pa, schema, view, buffer))
+                count += len(buffer)
+                groups += 1
+                buffer, tokens = [], 0
+                report(count)
+
+            if first is not None:
+                for row in _chain(first, iterator):
+                    if view_of(row) != view:
+                        raise ValueError(f"a {view_of(row)} row in a {view} export")
+                    buffer.append(row)
+                    tokens += sum(len(getattr(row, c)) for c in token_columns)
+                    if len(buffer) >= row_group_rows or tokens >= row_group_tokens:
+                        flush()
+                if buffer:
+                    flush()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report(count, done=True)
+    return count, groups
+
+
+def _chain(first: Row, rest: Iterable[Row]) -> Iterable[Row]:
+    yield first
+    yield from rest
+
+
+def write_jsonl(
+    rows: Iterable[Row],
+    out: Union[str, Path, IO[str]],
+    *,
+    progress: Optional[ProgressCallback] = None,
+) -> int:
+    """Stream rows as JSON lines (`row.to_dict()`, dicts as objects) to a path (written under a
+    temporary name, then renamed) or an open text stream ("-" is stdout); returns the rows."""
+    report = _Report(rows, progress)
+    if isinstance(out, str) and out == "-":
+        out = sys.stdout
+    if not isinstance(out, (str, Path)):
+        count = _jsonl_into(rows, out, report)
+        report(count, done=True)
+        return count
+    path = Path(out)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            count = _jsonl_into(rows, fh, report)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report(count, done=True)
+    return count
+
+
+def _jsonl_into(rows: Iterable[Row], fh: IO[str], report: _Report) -> int:
+    count = 0
+    for row in rows:
+        fh.write(row.model_dump_json())
+        fh.write("\n")
+        count += 1
+        if count % 1000 == 0:
+            report(count)
+    return count
+
+
+def export(
+    rows: Iterable[Row],
+    out: Union[str, Path, IO[str]],
+    format: ExportFormat = "parquet",  # noqa: A002 - the CLI's flag name
+    *,
+    view: Optional[View] = None,
+    progress: Optional[ProgressCallback] = None,
+    row_group_rows: int = 1024,
+    row_group_tokens: int = 4_000_000,
+) -> ExportResult:
+    """Write rows (best: a `Trajectories`, whose counters go into the result) to `out`."""
+    if format not in FORMATS:
+        raise ValueError(f"format: must be one of {', '.join(FORMATS)}, not {format!r}")
+    if view is None and isinstance(rows, Trajectories):
+        view = rows.view
+    groups = 0
+    if format == "parquet":
+        if not isinstance(out, (str, Path)) or str(out) == "-":
+            raise ValueError("out: Parquet needs a file path")
+        count, groups = write_parquet(
+            rows, out, view, row_group_rows=row_group_rows, row_group_tokens=row_group_tokens, progress=progress
+        )
+    else:
+        count = write_jsonl(rows, out, progress=progress)
+    source = rows if isinstance(rows, Trajectories) else None
+    return ExportResult(
+        path=str(out) if isinstance(out, (str, Path)) else None,
+        format=format,
+        view=view or (source.view if source is not None else "merged"),
+        rows=count,
+        row_groups=groups,
+        traces=source.traces_read if source is not None else None,
+        sessions=source.sessions if source is not None else None,
+        skipped_orphans=source.skipped_orphans if source is not None else None,
+        skipped_without_ids=source.skipped_without_ids if source is not None else None,
+    )
+
+
+__all__ = [
+    "COLUMNS",
+    "ExportFormat",
+    "ExportProgress",
+    "ExportResult",
+    "FORMATS",
+    "MERGED_COLUMNS",
+    "PER_CALL_COLUMNS",
+    "ProgressCallback",
+    "export",
+    "parquet_schema",
+    "to_record",
+    "write_jsonl",
+    "write_parquet",
+]
