@@ -53,7 +53,7 @@ def export_trajectories(
     order: Order = "global",
     progress: Optional[ProgressCallback] = None,
     row_group_rows: int = 1024,
-    row_group_tokens: int = 4_000_000,
+    row_group_tokens: int = 1_000_000,
 ) -> ExportResult:
     """Traces -> rows of `view` -> a Parquet or JSON-lines file, streamed. What
     `litellm-rllm export` and `store.open(url).export(...)` call."""

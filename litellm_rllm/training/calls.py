@@ -104,10 +104,10 @@ def _logprobs(values: Optional[list[float]], length: int) -> Optional[array]:
 def _optional_attr(trace: Trace, name: str) -> Any:
     """A field another issue adds to the trace (reward, policy_version): the attribute where the
     schema has it, else an extra field, else None."""
-    value = getattr(trace, name, None)
-    if value is None and trace.model_extra:
-        value = trace.model_extra.get(name)
-    return value
+    if name in type(trace).model_fields:
+        return getattr(trace, name)
+    extra = trace.model_extra
+    return extra.get(name) if extra else None
 
 
 def _policy_version(value: Any, trace_id: str) -> Optional[dict[str, Optional[int]]]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Literal, Optional, Union
+from typing import IO, Any, Callable, Iterable, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel
 
@@ -124,10 +125,13 @@ def view_of(row: Row) -> View:
     return "merged" if isinstance(row, MergedRow) else "per-call"
 
 
+_PROGRESS_ROWS = 100
+
+
 @dataclass
 class ExportProgress:
-    """Passed to the progress callback after each row group (Parquet) / 1,000 rows (JSONL)
-    and once at the end (`done`)."""
+    """Passed to the progress callback every 100 rows, after each Parquet row group, and once
+    at the end (`done`)."""
 
     rows: int
     traces: Optional[int]  # traces read so far, where the rows come from `Trajectories`
@@ -160,9 +164,35 @@ class _Report:
             self.progress(ExportProgress(rows=count, traces=traces, done=done))
 
 
-def _columns(pa: Any, schema: Any, view: View, rows: list[Row]) -> Any:
-    records = [to_record(r) for r in rows]
-    arrays = [pa.array([rec[f.name] for rec in records], type=f.type) for f in schema]
+_TYPECODES = {"list<int32>": "i", "list<float32>": "f"}
+
+
+def _batch(pa: Any, view: View, schema: Any, records: list[dict[str, Any]]) -> Any:
+    """One record batch from packed rows (or `to_dict()` rows): id / mask / logprob columns
+    are concatenated into one native array each (C-level extends) and handed to Arrow as
+    buffers, with int32 offsets; the rest through `pa.array`."""
+    arrays = []
+    for (name, spec, _), field in zip(COLUMNS[view], schema):
+        values = [rec[name] for rec in records]
+        code = _TYPECODES.get(spec)
+        if code is not None:
+            flat = array(code)
+            offsets = array("i", [0])
+            nulls = []
+            for v in values:
+                if v is not None:
+                    flat.extend(v)
+                nulls.append(v is None)
+                offsets.append(len(flat))
+            leaf = pa.Array.from_buffers(field.type.value_type, len(flat), [None, pa.py_buffer(flat)])
+            starts = pa.Array.from_buffers(pa.int32(), len(offsets), [None, pa.py_buffer(offsets)])
+            mask = pa.array(nulls, pa.bool_()) if any(nulls) else None
+            arrays.append(pa.ListArray.from_arrays(starts, leaf, mask=mask))
+        elif spec == "json":
+            arrays.append(pa.array(
+                [None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values], pa.string()))
+        else:
+            arrays.append(pa.array(values, type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -172,7 +202,7 @@ def write_parquet(
     view: Optional[View] = None,
     *,
     row_group_rows: int = 1024,
-    row_group_tokens: int = 4_000_000,
+    row_group_tokens: int = 1_000_000,
     compression: str = "zstd",
     progress: Optional[ProgressCallback] = None,
 ) -> tuple[int, int]:
@@ -186,10 +216,10 @@ def write_parquet(
     report = _Report(rows, progress)
     if view is None and isinstance(rows, Trajectories):
         view = rows.view
-    iterator = iter(rows)
-    first = next(iterator, None)
+    records = _records(rows, view)
+    first = next(records, None)
     if view is None:
-        view = view_of(first) if first is not None else "merged"
+        view = first[1] if first is not None else "merged"
     schema = parquet_schema(view)
     token_columns = _TOKEN_COLUMNS[view]
     path = Path(path)
@@ -197,25 +227,27 @@ def write_parquet(
     count = groups = 0
     try:
         with pq.ParquetWriter(str(tmp), schema, compression=compression) as writer:
-            buffer: list[Row] = []
+            buffer: list[dict[str, Any]] = []
             tokens = 0
 
             def flush() -> None:
-                nonlocal buffer, tokens, count, groups
-                writer.write_batch(_columns(pa, schema, view, buffer))
-                count += len(buffer)
+                nonlocal buffer, tokens, groups
+                writer.write_batch(_batch(pa, view, schema, buffer))
                 groups += 1
                 buffer, tokens = [], 0
                 report(count)
 
             if first is not None:
-                for row in _chain(first, iterator):
-                    if view_of(row) != view:
-                        raise ValueError(f"a {view_of(row)} row in a {view} export")
-                    buffer.append(row)
-                    tokens += sum(len(getattr(row, c)) for c in token_columns)
+                for record, kind in _chain(first, records):
+                    if kind != view:
+                        raise ValueError(f"a {kind} row in a {view} export")
+                    buffer.append(record)
+                    count += 1
+                    tokens += sum(len(record[c]) for c in token_columns)
                     if len(buffer) >= row_group_rows or tokens >= row_group_tokens:
                         flush()
+                    elif count % _PROGRESS_ROWS == 0:
+                        report(count)
                 if buffer:
                     flush()
         os.replace(tmp, path)
@@ -226,9 +258,20 @@ def write_parquet(
     return count, groups
 
 
-def _chain(first: Row, rest: Iterable[Row]) -> Iterable[Row]:
+def _chain(first: Any, rest: Iterable[Any]) -> Iterable[Any]:
     yield first
     yield from rest
+
+
+def _records(rows: Iterable[Row], view: Optional[View]) -> Iterator[tuple[dict[str, Any], View]]:
+    """(column dict, its view) per row: a `Trajectories`' packed rows as they are, other rows
+    through `to_dict()`."""
+    if isinstance(rows, Trajectories):
+        for record in rows.packed():
+            yield record, rows.view
+        return
+    for row in rows:
+        yield row.to_dict(), view_of(row)
 
 
 def write_jsonl(
@@ -265,7 +308,7 @@ def _jsonl_into(rows: Iterable[Row], fh: IO[str], report: _Report) -> int:
         fh.write(row.model_dump_json())
         fh.write("\n")
         count += 1
-        if count % 1000 == 0:
+        if count % _PROGRESS_ROWS == 0:
             report(count)
     return count
 
@@ -278,7 +321,7 @@ def export(
     view: Optional[View] = None,
     progress: Optional[ProgressCallback] = None,
     row_group_rows: int = 1024,
-    row_group_tokens: int = 4_000_000,
+    row_group_tokens: int = 1_000_000,
 ) -> ExportResult:
     """Write rows (best: a `Trajectories`, whose counters go into the result) to `out`."""
     if format not in FORMATS:

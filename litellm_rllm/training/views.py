@@ -15,11 +15,13 @@ Orphans (see `lineage`) are left out unless ``include_orphans``; `Trajectories` 
 
 from __future__ import annotations
 
+import sys
+from array import array
 from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel
 
-from litellm_rllm.trace import Trace, unpack_ids
+from litellm_rllm.trace import Trace
 from litellm_rllm.training.calls import Call, Order, SessionGrouper
 from litellm_rllm.training.lineage import Lineage, LineageConfig, resolve
 
@@ -80,9 +82,31 @@ class MergedRow(BaseModel):
 Row = Union[PerCallRow, MergedRow]
 
 
-def per_call_rows(calls: list[Call], records: dict[str, Lineage], include_orphans: bool, counts: "Counts") -> Iterator[PerCallRow]:
-    """Rows of one session (calls in session order)."""
-    make = PerCallRow.model_construct
+# Rows are first built "packed": a dict of column values where token ids, masks and logprobs
+# are native `array`s, put together with C-level slice assignment (no Python object per
+# token). The export writes those arrays to Arrow buffers directly; the public rows turn them
+# into lists (`_unpacked`).
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _ids(packed: bytes) -> array:
+    """int32 little-endian bytes (the calls' form) -> a native int array."""
+    out = array("i")
+    out.frombytes(packed)
+    if not _LITTLE:
+        out.byteswap()
+    return out
+
+
+def _ones(n: int) -> array:
+    return array("i", [1]) * n
+
+
+def per_call_packed(
+    calls: list[Call], records: dict[str, Lineage], include_orphans: bool, counts: "Counts"
+) -> Iterator[dict[str, Any]]:
+    """Packed rows of one session (calls in session order)."""
     for call in calls:
         record = records[call.trace_id]
         if record.orphan and not include_orphans:
@@ -92,32 +116,33 @@ def per_call_rows(calls: list[Call], records: dict[str, Lineage], include_orphan
         if call.prompt is None or not sampled:
             counts.skipped_without_ids += 1
             continue
-        prompt_ids = unpack_ids(call.prompt) or []
+        prompt_ids = _ids(call.prompt)
         for choice in sampled:
-            response = unpack_ids(choice.ids) or []
-            yield make(
-                trace_id=call.trace_id,
-                session_id=call.session_key,
-                seq=call.seq,
-                choice=choice.index,
-                prompt_ids=prompt_ids if len(sampled) == 1 else list(prompt_ids),
-                response_ids=response,
-                response_logprobs=choice.logprobs.tolist() if choice.logprobs is not None else None,
-                response_mask=[1] * len(response),
-                status=call.status,
-                finish_reason=choice.finish_reason,
-                relation=record.relation,
-                parent=record.parent,
-                orphan=record.orphan,
-                metadata=call.metadata,
-                reward=call.reward,
-                rewards=call.rewards,
-                policy_version=call.policy_version,
-            )
+            yield {
+                "trace_id": call.trace_id,
+                "session_id": call.session_key,
+                "seq": call.seq,
+                "choice": choice.index,
+                "prompt_ids": prompt_ids,
+                "response_ids": _ids(choice.ids),  # type: ignore[arg-type]
+                "response_logprobs": choice.logprobs,
+                "response_mask": _ones(choice.length),
+                "status": call.status,
+                "finish_reason": choice.finish_reason,
+                "relation": record.relation,
+                "parent": record.parent,
+                "orphan": record.orphan,
+                "metadata": call.metadata,
+                "reward": call.reward,
+                "rewards": call.rewards,
+                "policy_version": call.policy_version,
+            }
 
 
-def merged_rows(calls: list[Call], records: dict[str, Lineage], include_orphans: bool, counts: "Counts") -> Iterator[MergedRow]:
-    """Rows of one session: one per leaf of the forest of ``extends`` links.
+def merged_packed(
+    calls: list[Call], records: dict[str, Lineage], include_orphans: bool, counts: "Counts"
+) -> Iterator[dict[str, Any]]:
+    """Packed rows of one session: one per leaf of the forest of ``extends`` links.
 
     Nodes are (call, choice) pairs with prompt ids and sampled ids, minus orphans unless
     included. A call that ``extends`` (p, k) makes each of its nodes a child of node (p, k); a
@@ -151,14 +176,14 @@ def merged_rows(calls: list[Call], records: dict[str, Lineage], include_orphans:
         yield _merge(path, records)
 
 
-def _merge(path: list[tuple[Call, int]], records: dict[str, Lineage]) -> MergedRow:
+def _merge(path: list[tuple[Call, int]], records: dict[str, Lineage]) -> dict[str, Any]:
     leaf, leaf_choice = path[-1]
     last = leaf.choice(leaf_choice)
     assert leaf.prompt is not None and last is not None and last.ids is not None
-    input_ids = unpack_ids(leaf.prompt + last.ids) or []
+    input_ids = _ids(leaf.prompt + last.ids)
     n = len(input_ids)
-    mask = [0] * n
-    logprobs: Optional[list[float]] = [0.0] * n
+    mask = array("i", bytes(4 * n))
+    logprobs: Optional[array] = array("f", bytes(4 * n))
     spans: list[list[int]] = []
     status, reward, rewards = "ok", None, None
     versions: list[Optional[dict[str, Optional[int]]]] = []
@@ -168,12 +193,12 @@ def _merge(path: list[tuple[Call, int]], records: dict[str, Lineage]) -> MergedR
         start = call.prompt_length
         end = start + choice.length
         spans.append([start, end])
-        mask[start:end] = [1] * (end - start)
+        mask[start:end] = _ones(end - start)
         if logprobs is not None:
             if choice.logprobs is None:
                 logprobs = None
             else:
-                logprobs[start:end] = choice.logprobs.tolist()
+                logprobs[start:end] = choice.logprobs
         if _STATUS_RANK.get(call.status, 2) > _STATUS_RANK.get(status, 2):
             status = call.status
         if call.reward is not None:
@@ -185,23 +210,39 @@ def _merge(path: list[tuple[Call, int]], records: dict[str, Lineage]) -> MergedR
     starts = [v["start"] for v in known if v.get("start") is not None]
     ends = [v["end"] for v in known if v.get("end") is not None]
     span_version = {"start": min(starts) if starts else None, "end": max(ends) if ends else None} if known else None
-    return MergedRow.model_construct(
-        session_id=leaf.session_key,
-        trace_ids=[c.trace_id for c, _ in path],
-        choices=[i for _, i in path],
-        spans=spans,
-        input_ids=input_ids,
-        loss_mask=mask,
-        logprobs=logprobs,
-        status=status,
-        root_relation=records[path[0][0].trace_id].relation,
-        orphan=records[leaf.trace_id].orphan,
-        metadata=leaf.metadata,
-        reward=reward,
-        rewards=rewards,
-        policy_versions=versions,
-        policy_version=span_version,
-    )
+    return {
+        "session_id": leaf.session_key,
+        "trace_ids": [c.trace_id for c, _ in path],
+        "choices": [i for _, i in path],
+        "spans": spans,
+        "input_ids": input_ids,
+        "loss_mask": mask,
+        "logprobs": logprobs,
+        "status": status,
+        "root_relation": records[path[0][0].trace_id].relation,
+        "orphan": records[leaf.trace_id].orphan,
+        "metadata": leaf.metadata,
+        "reward": reward,
+        "rewards": rewards,
+        "policy_versions": versions,
+        "policy_version": span_version,
+    }
+
+
+def _unpacked(packed: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, array) else v) for k, v in packed.items()}
+
+
+def per_call_rows(calls: list[Call], records: dict[str, Lineage], include_orphans: bool, counts: "Counts") -> Iterator[PerCallRow]:
+    """Rows of one session (calls in session order)."""
+    for packed in per_call_packed(calls, records, include_orphans, counts):
+        yield PerCallRow.model_construct(**_unpacked(packed))
+
+
+def merged_rows(calls: list[Call], records: dict[str, Lineage], include_orphans: bool, counts: "Counts") -> Iterator[MergedRow]:
+    """Rows of one session: see `merged_packed`."""
+    for packed in merged_packed(calls, records, include_orphans, counts):
+        yield MergedRow.model_construct(**_unpacked(packed))
 
 
 class Counts:
@@ -237,10 +278,11 @@ class Trajectories(Iterator[Row]):
         self._counts = Counts()
         self._grouper = SessionGrouper(traces, order)
         self._config = config
-        self._rows = self._generate()
+        self._packed = self._generate()
+        self._model = MergedRow if view == "merged" else PerCallRow
 
-    def _generate(self) -> Iterator[Row]:
-        rows_of = merged_rows if self.view == "merged" else per_call_rows
+    def _generate(self) -> Iterator[dict[str, Any]]:
+        rows_of = merged_packed if self.view == "merged" else per_call_packed
         for _, calls in self._grouper:
             self._counts.sessions += 1
             records = resolve(calls, self._config)
@@ -248,11 +290,17 @@ class Trajectories(Iterator[Row]):
                 self._counts.rows += 1
                 yield row
 
+    def packed(self) -> Iterator[dict[str, Any]]:
+        """The remaining rows as packed dicts (column name -> value; ids, masks and logprobs
+        as native `array`s): what the export writes, without a Python object per token.
+        Shares this iterator's position and counters."""
+        return self._packed
+
     def __iter__(self) -> "Trajectories":
         return self
 
     def __next__(self) -> Row:
-        return next(self._rows)
+        return self._model.model_construct(**_unpacked(next(self._packed)))
 
     @property
     def skipped_orphans(self) -> int:
@@ -297,7 +345,9 @@ __all__ = [
     "Trajectories",
     "VIEWS",
     "View",
+    "merged_packed",
     "merged_rows",
+    "per_call_packed",
     "per_call_rows",
     "trajectories",
 ]
