@@ -55,6 +55,8 @@ O(log n) memcmps. A 50-turn session of 20k-token prompts resolves in tens of mil
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional
 
@@ -132,6 +134,12 @@ def _window(prompt: bytes, completion: Optional[bytes], start: int, end: int) ->
     return out
 
 
+def _digest(data: memoryview) -> bytes:
+    hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(data)
+    return hasher.digest()
+
+
 def _sampled(call: Call) -> list[CallChoice]:
     return [c for c in call.choices if c.ids is not None and c.ids]
 
@@ -145,12 +153,19 @@ class SessionLineage:
     def __init__(self, config: LineageConfig = LineageConfig()) -> None:
         self.config = config
         self._calls: list[Call] = []
-        self._usable: list[Call] = []  # calls with prompt ids and a sampled choice
         self._records: dict[str, Lineage] = {}
         self._root_len: dict[str, int] = {}  # trace id -> length of its conversation's opening
         self._last_by_digest: dict[bytes, Call] = {}
         self._children: set[str] = set()  # trace ids some call names as parent
         self._extended: set[tuple[str, int]] = set()  # (trace id, choice) some call extends
+        # Candidates by conversation opening: every call of a conversation starts with the
+        # first `needed` tokens of its opening (`_needed`), so a call can only be a parent
+        # (any relation) of prompts that start with those. needed -> digest of those tokens
+        # -> calls in session order: one incremental hash of the prompt and a lookup per
+        # distinct `needed`, instead of a scan of every earlier call.
+        self._heads: dict[int, dict[bytes, list[Call]]] = {}
+        self._lengths: list[int] = []  # the keys of _heads, ascending
+        self._position: dict[str, int] = {}
 
     @property
     def records(self) -> dict[str, Lineage]:
@@ -173,16 +188,48 @@ class SessionLineage:
             if record.relation == "extends" and record.choice is not None:
                 self._extended.add((record.parent, record.choice))
         self._records[call.trace_id] = record
+        self._position[call.trace_id] = len(self._calls)
         self._calls.append(call)
         if call.prompt is not None and _sampled(call):
-            self._usable.append(call)
+            needed = self._needed(self._root_len[call.trace_id])
+            if needed not in self._heads:
+                bisect.insort(self._lengths, needed)
+                self._heads[needed] = {}
+            head = _digest(memoryview(call.prompt)[: 4 * needed])
+            self._heads[needed].setdefault(head, []).append(call)
         return record
+
+    def _needed(self, opening: int) -> int:
+        """Tokens of a conversation's opening a prompt must keep to be related to it."""
+        return max(1, opening - min(self.config.edit_slack, opening // 4))
+
+    def _candidates(self, prompt: bytes) -> list[Call]:
+        """Earlier usable calls whose conversation's head this prompt starts with, in
+        session order."""
+        found: list[list[Call]] = []
+        view = memoryview(prompt)
+        hasher = hashlib.blake2b(digest_size=16)
+        at = 0
+        for needed in self._lengths:
+            if 4 * needed > len(prompt):
+                break
+            hasher.update(view[4 * at : 4 * needed])
+            at = needed
+            calls = self._heads[needed].get(hasher.copy().digest())
+            if calls:
+                found.append(calls)
+        if len(found) == 1:
+            return found[0]
+        merged = [c for calls in found for c in calls]
+        merged.sort(key=lambda c: self._position[c.trace_id])
+        return merged
 
     def _relate(self, call: Call) -> Lineage:
         prompt = call.prompt
         assert prompt is not None
+        candidates = self._candidates(prompt)
         # B: usable earlier calls whose prompt is a proper prefix of this one
-        prefixes = [c for c in self._usable if len(c.prompt) < len(prompt) and prompt.startswith(c.prompt)]  # type: ignore[arg-type]
+        prefixes = [c for c in candidates if len(c.prompt) < len(prompt) and prompt.startswith(c.prompt)]  # type: ignore[arg-type]
         if prefixes:
             longest = max(len(c.prompt) for c in prefixes)  # type: ignore[arg-type]
             best: Optional[tuple[int, int, Call, CallChoice]] = None
@@ -199,7 +246,7 @@ class SessionLineage:
             drift = self._drift(call, [c for c in prefixes if len(c.prompt) == longest])  # type: ignore[arg-type]
             if drift is not None:
                 return drift
-        return self._edited(call)
+        return self._edited(call, candidates)
 
     def _drift(self, call: Call, candidates: list[Call]) -> Optional[Lineage]:
         prompt = call.prompt
@@ -229,21 +276,27 @@ class SessionLineage:
             actual=_window(prompt, None, start, min(offset + w, call.prompt_length)),
         )
 
-    def _edited(self, call: Call) -> Lineage:
+    def _edited(self, call: Call, candidates: list[Call]) -> Lineage:
+        """Candidates share their conversation's head with this prompt (rule 4's threshold;
+        checked again here, exactly), so what remains is the longest shared prefix."""
         prompt = call.prompt
         assert prompt is not None
-        best: Optional[tuple[int, int, Call]] = None
-        for order, c in enumerate(self._usable):
+        best: Optional[tuple[int, int, Call, Optional[CallChoice]]] = None
+        for order, c in enumerate(candidates):
             if c.prompt == prompt:
                 continue
             shared = common_prefix(prompt, c.prompt)  # type: ignore[arg-type]
-            opening = self._root_len.get(c.trace_id, c.prompt_length)
-            needed = max(1, opening - min(self.config.edit_slack, opening // 4))
+            choice = None
+            if shared == c.prompt_length:  # all of c's prompt is kept (c's choices were continued before)
+                agree, choice = max(((common_prefix(prompt, ch.ids, len(c.prompt), 0), ch)  # type: ignore[arg-type]
+                                     for ch in _sampled(c)), key=lambda x: x[0])
+                shared += agree
+            needed = self._needed(self._root_len[c.trace_id])
             if shared >= needed and (best is None or (shared, order) > (best[0], best[1])):
-                best = (shared, order, c)
+                best = (shared, order, c, choice)
         if best is None:
             return Lineage(relation="new")
-        offset, _, parent = best
+        offset, _, parent, choice = best
         w = self.config.window
         start = max(0, offset - w)
         return Lineage(
@@ -251,7 +304,7 @@ class SessionLineage:
             relation="edited",
             offset=offset,
             window_start=start,
-            expected=_window(parent.prompt, None, start, min(offset + w, parent.prompt_length)),  # type: ignore[arg-type]
+            expected=_window(parent.prompt, choice.ids if choice else None, start, offset + w),  # type: ignore[arg-type]
             actual=_window(prompt, None, start, min(offset + w, call.prompt_length)),
         )
 
