@@ -41,9 +41,9 @@ PER_CALL_COLUMNS: list[tuple[str, str, str]] = [
     ("response_ids", "list<int32>", "sampled token ids"),
     ("response_logprobs", "list<float32>", "logprob of each sampled id; null where not captured"),
     ("response_mask", "list<int32>", "ones, one per response id"),
-    ("status", "string", "ok | error | incomplete"),
+    ("status", "string", "ok, error or incomplete"),
     ("finish_reason", "string", "the choice's finish reason"),
-    ("relation", "string", "lineage relation: new | extends | drift | edited"),
+    ("relation", "string", "lineage relation: new, extends, drift or edited (null: no prompt ids)"),
     ("parent", "string", "lineage parent's trace id"),
     ("orphan", "bool", "a completion nothing continued because the agent retried (only with include_orphans)"),
     ("metadata", "json", "session metadata from the slug, as JSON text"),
@@ -59,8 +59,8 @@ MERGED_COLUMNS: list[tuple[str, str, str]] = [
     ("input_ids", "list<int32>", "the last call's prompt + completion"),
     ("loss_mask", "list<int32>", "1 exactly on tokens sampled by a call of the chain, else 0"),
     ("logprobs", "list<float32>", "sampled logprob where loss_mask is 1, else 0.0; null where not captured"),
-    ("status", "string", "worst status of the chain: error > incomplete > ok"),
-    ("root_relation", "string", "how the chain's first call relates to earlier calls: new | drift | edited"),
+    ("status", "string", "worst status of the chain (error, then incomplete, then ok)"),
+    ("root_relation", "string", "how the chain's first call relates to earlier calls: new, drift or edited"),
     ("orphan", "bool", "the leaf is an orphan (only with include_orphans)"),
     ("metadata", "json", "the last call's session metadata, as JSON text"),
     ("reward", "float64", "the last reward set along the chain"),
@@ -313,6 +313,13 @@ def _jsonl_into(rows: Iterable[Row], fh: IO[str], report: _Report) -> int:
     return count
 
 
+def _noting_view(rows: Iterable[Row], seen: list[View]) -> Iterator[Row]:
+    for row in rows:
+        if not seen:
+            seen.append(view_of(row))
+        yield row
+
+
 def export(
     rows: Iterable[Row],
     out: Union[str, Path, IO[str]],
@@ -328,6 +335,9 @@ def export(
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}, not {format!r}")
     if view is None and isinstance(rows, Trajectories):
         view = rows.view
+    seen: list[View] = []
+    if view is None:
+        rows = _noting_view(rows, seen)
     groups = 0
     if format == "parquet":
         if not isinstance(out, (str, Path)) or str(out) == "-":
@@ -341,7 +351,7 @@ def export(
     return ExportResult(
         path=str(out) if isinstance(out, (str, Path)) else None,
         format=format,
-        view=view or (source.view if source is not None else "merged"),
+        view=view or (seen[0] if seen else "merged"),
         rows=count,
         row_groups=groups,
         traces=source.traces_read if source is not None else None,

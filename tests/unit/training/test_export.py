@@ -11,7 +11,8 @@ from typing import Iterator
 import pytest
 
 from litellm_rllm.trace import Trace
-from litellm_rllm.training import export_trajectories, parquet_schema, to_record, trajectories
+from litellm_rllm.training import export, export_trajectories, parquet_schema, to_record, trajectories
+from litellm_rllm.training.export import _arrow_type
 
 from tests.unit.training.builders import Conversation, completion, trace
 
@@ -119,3 +120,26 @@ def test_export_memory_does_not_grow_with_the_number_of_sessions(tmp_path: Path)
     _export_peak(tmp_path, 5)  # warm-up: imports, schema caches
     small, large = _export_peak(tmp_path, 20), _export_peak(tmp_path, 200)
     assert large < small * 1.5, (small, large)
+
+
+def test_docs_list_every_parquet_column_with_its_type() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "training.md").read_text(encoding="utf-8")
+    for view in ("per-call", "merged"):
+        section = text.split(f"### Parquet schema: `{view}`", 1)[1].split("###", 1)[0]
+        documented = [
+            (cells[1].strip("` "), cells[2].strip(" ").split("`")[1])
+            for cells in (line.split("|") for line in section.splitlines() if line.startswith("| `"))
+        ]
+        schema = parquet_schema(view)
+        assert [name for name, _ in documented] == schema.names
+        for name, kind in documented:
+            assert schema.field(name).type == _arrow_type(pa, kind), name
+
+
+def test_rows_made_elsewhere_export_the_same(tmp_path: Path) -> None:
+    traces = list(sessions(2))
+    rows = list(trajectories(traces, view="per-call"))
+    out = tmp_path / "rows.parquet"
+    result = export(rows, out)
+    assert result.view == "per-call" and result.rows == len(rows)
+    assert pq.read_table(out).to_pylist() == [to_record(r) for r in rows]
