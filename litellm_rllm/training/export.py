@@ -24,7 +24,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Literal, Optional, Uni
 
 from pydantic import BaseModel
 
-from litellm_rllm.training.views import VIEWS, MergedRow, PerCallRow, Row, Trajectories, View
+from litellm_rllm.training.views import VIEWS, MergedRow, Row, Trajectories, View
 
 ExportFormat = Literal["parquet", "jsonl"]
 FORMATS: tuple[str, ...] = ("parquet", "jsonl")

@@ -6,7 +6,7 @@ import json
 
 from litellm_rllm.training import audit
 
-from tests.unit.training.builders import SYSTEM, Conversation, completion, trace, user, HEADER
+from tests.unit.training.builders import HEADER, SYSTEM, Conversation, completion, trace, user
 
 
 def drifting_session() -> Conversation:

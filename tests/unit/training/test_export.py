@@ -14,7 +14,7 @@ from litellm_rllm.trace import Trace
 from litellm_rllm.training import export, export_trajectories, parquet_schema, to_record, trajectories
 from litellm_rllm.training.export import _arrow_type
 
-from tests.unit.training.builders import Conversation, completion, trace
+from tests.unit.training.builders import Conversation, completion
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

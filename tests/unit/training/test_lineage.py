@@ -194,3 +194,31 @@ def test_common_prefix_counts_equal_leading_tokens() -> None:
 def test_ids_outside_int32_are_a_clear_error() -> None:
     with pytest.raises(ValueError, match="t0: prompt_token_ids"):
         lineage_map([trace("t0", [2**40], [[1]])])
+
+
+def test_session_lineage_gives_the_parent_as_each_call_is_added() -> None:
+    """What a writer needs at write time: the parent from the calls stored before."""
+    from litellm_rllm.training import SessionLineage
+    from litellm_rllm.training.calls import call_of
+
+    conv = Conversation()
+    for turn in range(3):
+        ids = completion(turn)
+        conv.call(f"t{turn}", [ids])
+        conv.follow(ids, turn=turn + 1)
+    session = SessionLineage()
+    parents = [session.add(call_of(t)).parent for t in conv.traces]
+    assert parents == [None, "t0", "t1"]
+
+
+def test_lineage_json_form_always_names_parent_relation_and_orphan() -> None:
+    conv = Conversation()
+    c0 = completion(0, length=5)
+    conv.call("t0", [c0])
+    conv.follow(c0, rendered=c0[:2] + [7777] + c0[3:], turn=1)
+    conv.call("t1", [completion(1)])
+    records = lineage_map(conv.traces)
+    assert records["t0"].to_dict() == {"parent": None, "relation": "new", "orphan": False}
+    drift = records["t1"].to_dict()
+    assert set(drift) == {"parent", "relation", "choice", "offset", "window_start", "expected", "actual", "orphan"}
+    assert lineage_map([trace("x", None, [])])["x"].to_dict() == {"parent": None, "relation": None, "orphan": False}

@@ -6,7 +6,7 @@ import pytest
 
 from litellm_rllm.training import MergedRow, PerCallRow, trajectories
 
-from tests.unit.training.builders import HEADER, SYSTEM, Conversation, completion, logprobs_for, trace, user
+from tests.unit.training.builders import HEADER, Conversation, completion, logprobs_for, trace, user
 
 
 def ten_turns(session: str = "s1", tool_every: int = 0) -> Conversation:
