@@ -2,9 +2,9 @@
 
 A `Call` is what lineage and the views need of a `Trace`, and nothing else: token ids packed
 as int32 bytes (4 bytes a token, compared with C-level `bytes.startswith` instead of Python
-list slicing), logprobs as float32 arrays, a digest of the request for retry detection.
-A session of 50 calls x 20k tokens is ~4 MB here against ~35 MB as `Trace` objects, and the
-`Trace` (messages, top logprobs) is dropped as soon as its call is built.
+list slicing), logprobs as float32 arrays, a digest of the request for retry detection:
+4 bytes a token instead of ~36 in a list of Python ints. The `Trace` (messages, top
+logprobs) is dropped as soon as its call is built.
 """
 
 from __future__ import annotations
