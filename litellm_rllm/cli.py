@@ -3,7 +3,9 @@
     litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
     litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
     litellm-rllm sessions list [--store URL]
+    litellm-rllm sessions check [--session S | --since T] [--json]           the drift audit
     litellm-rllm sessions delete SESSION [--store URL]
+    litellm-rllm export [--session S | --since T] --view merged|per-call --format parquet|jsonl --out PATH
     litellm-rllm prune --before T [--store URL]                            retention by hand
     litellm-rllm slug encode JSON [--secret S]
     litellm-rllm slug decode SLUG
@@ -94,7 +96,16 @@ def cmd_traces_export(args: argparse.Namespace) -> int:
         out = sys.stdout
 
         def export() -> None:
-            for trace in st.iter_traces(session=args.session, since=since, limit=args.limit):
+            # every trace with its `lineage` (computed per session as it is read)
+            if args.session is not None:
+                from .training import attach_lineage
+
+                traces: Any = attach_lineage(st.traces(session=args.session, since=since, limit=args.limit))
+            else:
+                from itertools import islice
+
+                traces = islice(st.traces_with_lineage(since=since), args.limit)
+            for trace in traces:
                 out.write(trace.model_dump_json())
                 out.write("\n")
 
@@ -129,10 +140,67 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(total: Optional[int]) -> Optional[Callable[[Any], None]]:
+    """A one-line progress bar on stderr when it is a terminal (traces read of `total`)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(p: Any) -> None:
+        of = f"/{total}" if total else ""
+        end = "\n" if p.done else ""
+        sys.stderr.write(f"\rexport: {p.traces}{of} traces read, {p.rows} rows written{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Trajectories (merged or per-call) to Parquet or JSON lines, streamed."""
+    since = _since(args)
+    if args.format == "parquet" and args.out == "-":
+        raise CliError("--out: Parquet needs a file path (JSON lines may go to stdout with --out -)")
+    if args.format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise CliError("Parquet export needs pyarrow: pip install 'litellm-rllm[export]' "
+                           "(or --format jsonl)") from None
+    st = _store(args.store)
+    try:
+        total = None if args.session else _read(st.count)
+        out = sys.stdout if args.out == "-" else args.out
+        result = _read(lambda: st.export(out, session=args.session, since=since, view=args.view,
+                                         format=args.format, include_orphans=args.include_orphans,
+                                         progress=_progress_bar(total)))
+    finally:
+        st.close()
+    summary = result.model_dump(mode="json") if hasattr(result, "model_dump") else dict(result)
+    print(json.dumps(summary), file=sys.stderr if args.out == "-" else sys.stdout)
+    return 0
+
+
+def cmd_sessions_check(args: argparse.Namespace) -> int:
+    """The drift audit: extends / drift / edited / new boundaries, retries, orphans, failed
+    completeness checks, per session and in total."""
+    since = _since(args)
+    st = _store(args.store)
+    try:
+        report = _read(lambda: st.audit(session=args.session, since=since))
+    finally:
+        st.close()
+    if args.json:
+        print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else report.model_dump(mode="json")))
+    else:
+        from .training import render_text
+
+        print(render_text(report))
+    return 0
+
+
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
     st = _store(args.store)
     try:
-        deleted = st.delete(session=args.session)
+        deleted = _read(lambda: st.delete(session=args.session))
     finally:
         st.close()
     print(json.dumps({"session": args.session, "deleted": deleted}))
@@ -140,9 +208,11 @@ def cmd_sessions_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    args.since = args.before
+    before = _since(args)
     st = _store(args.store)
     try:
-        deleted = st.delete(before=args.before)
+        deleted = _read(lambda: st.delete(before=before))
     finally:
         st.close()
     print(json.dumps({"before": args.before, "deleted": deleted}))
@@ -389,10 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sessions.add_parser("list")
     store_arg(p)
     p.set_defaults(func=cmd_sessions_list)
+    p = sessions.add_parser("check", help="the drift audit: lineage boundaries, retries, orphans, completeness")
+    store_arg(p)
+    p.add_argument("--session", metavar="S", help=SESSION_HELP)
+    p.add_argument("--since", help="only traces created at or after this ISO 8601 time (UTC if no offset)")
+    p.add_argument("--json", action="store_true", help="one machine-readable JSON object")
+    p.set_defaults(func=cmd_sessions_check)
     p = sessions.add_parser("delete", help="delete a session's traces (nested sessions included)")
     p.add_argument("session")
     p.add_argument("--store")
     p.set_defaults(func=cmd_sessions_delete)
+
+    p = sub.add_parser("export", help="training data: trajectories as Parquet or JSON lines")
+    store_arg(p)
+    p.add_argument("--session", metavar="S", help=SESSION_HELP)
+    p.add_argument("--since", help="only traces created at or after this ISO 8601 time (UTC if no offset)")
+    p.add_argument("--view", choices=("merged", "per-call"), default="merged",
+                   help="merged: one row per chain of calls extending each other, with the loss mask")
+    p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
+    p.add_argument("--out", required=True, help="output file (- for stdout, JSON lines only)")
+    p.add_argument("--include-orphans", action="store_true", help="keep completions a retry left behind")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("prune", help="delete traces created before a time")
     p.add_argument("--before", required=True, help="ISO 8601 time; traces created earlier are deleted")

@@ -139,6 +139,9 @@ class Trace(BaseModel):
     error: Optional[TraceError] = None
     caller: Optional[dict[str, Any]] = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    # How this call relates to the session's earlier calls (`training.lineage`): computed when
+    # a session is read back, never stored (it depends on the calls around it).
+    lineage: Optional[dict[str, Any]] = None
 
     def session_key(self) -> str:
         """The key `seq` counts within: the session id, else the innermost uid, else ''."""

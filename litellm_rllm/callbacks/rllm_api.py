@@ -129,8 +129,10 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         await plugin.writer.aflush(60.0)
 
         def read() -> list[dict[str, Any]]:
+            from ..training import attach_lineage
+
             rows = team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit)
-            return [t.model_dump(mode="json") for t in rows]
+            return [t.model_dump(mode="json") for t in attach_lineage(rows)]
 
         try:
             traces = await asyncio.to_thread(read)
@@ -138,6 +140,32 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
         return {"session": session, "count": len(traces), "traces": traces}
+
+    @router.get("/rllm/sessions/{session}/trajectories", tags=["litellm-rllm"])
+    async def rllm_session_trajectories(session: str, view: str = "merged", since: Optional[str] = None,
+                                        include_orphans: bool = False, user: Any = Depends(_caller)) -> Any:
+        """The session's training rows: `view=merged` (one per chain of calls extending each
+        other: input_ids, loss_mask, logprobs, spans) or `per-call`; orphans left out unless
+        asked, and counted. Same scope as the traces route."""
+        if view not in ("merged", "per-call"):
+            raise HTTPException(status_code=400, detail=f"view: must be merged or per-call, not {view!r}")
+        team = _team_scope(user)
+        await plugin.writer.aflush(60.0)
+
+        def read() -> dict[str, Any]:
+            from .. import training
+
+            traces = team_traces(plugin.reader.iter_traces(session=session, since=since), team, None)
+            rows = training.trajectories(traces, view=view, include_orphans=include_orphans)  # type: ignore[arg-type]
+            out = [row.to_dict() for row in rows]
+            return {"session": session, "view": view, "count": len(out), "rows": out,
+                    "skipped_orphans": rows.skipped_orphans, "skipped_without_ids": rows.skipped_without_ids}
+
+        try:
+            return await asyncio.to_thread(read)
+        except Exception as exc:
+            log.error("litellm-rllm: trajectories of session %s failed: %s", session, type(exc).__name__)
+            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
 
     @router.delete("/rllm/sessions/{session}", tags=["litellm-rllm"])
     async def rllm_delete_session(session: str, user: Any = Depends(_caller)) -> Any:

@@ -219,6 +219,56 @@ class TraceStore(abc.ABC):
         """
         return list(self.iter_traces(session=session, since=since, limit=limit))
 
+    # ---- training data (litellm_rllm.training over this store's reads) -----------------
+
+    def session_batches(self, session: Optional[str] = None, since: Since = None) -> Iterator[list[Trace]]:
+        """The traces of one session key at a time, in ``seq`` order: for a lookup, every
+        session key it finds (its nested sessions too); else every session of the store, one
+        read each, so memory holds one session."""
+        if session is not None:
+            groups: dict[str, list[Trace]] = {}
+            for trace in self.iter_traces(session=session, since=since):
+                groups.setdefault(trace.session_key(), []).append(trace)
+            yield from groups.values()
+            return
+        for summary in self.sessions():
+            key = summary.session_id
+            batch = [t for t in self.iter_traces(session=key, since=since) if t.session_key() == key]
+            if batch:
+                yield batch
+
+    def traces_with_lineage(self, session: Optional[str] = None, since: Since = None) -> Iterator[Trace]:
+        """Like ``iter_traces`` (grouped by session key) with each trace's ``lineage`` set."""
+        from litellm_rllm.training import attach_lineage
+
+        for batch in self.session_batches(session, since):
+            yield from attach_lineage(batch)
+
+    def trajectories(self, session: Optional[str] = None, since: Since = None, view: str = "merged",
+                     include_orphans: bool = False) -> Any:
+        """Training rows (``training.trajectories``): ``merged`` (one per chain of calls that
+        extend each other, with the loss mask) or ``per-call``; an iterator with counters."""
+        from litellm_rllm import training
+
+        batches = self.session_batches(session, since)
+        return training.trajectories((t for batch in batches for t in batch), view=view,  # type: ignore[arg-type]
+                                     include_orphans=include_orphans, order="session")
+
+    def export(self, out: Any, *, session: Optional[str] = None, since: Since = None, view: str = "merged",
+               format: str = "parquet", include_orphans: bool = False, progress: Any = None) -> Any:  # noqa: A002
+        """Stream ``trajectories`` into a Parquet or JSON-lines file (``training.export``)."""
+        from litellm_rllm import training
+
+        rows = self.trajectories(session, since, view, include_orphans)
+        return training.export(rows, out, format, progress=progress)  # type: ignore[arg-type]
+
+    def audit(self, session: Optional[str] = None, since: Since = None) -> Any:
+        """The drift audit (``training.audit``): extends / drift / edited / new boundaries,
+        retries, orphans and failed completeness checks, per session and in total."""
+        from litellm_rllm import training
+
+        return training.audit((t for batch in self.session_batches(session, since) for t in batch), order="session")
+
     @abc.abstractmethod
     def get(self, trace_id: str) -> Optional[Trace]:
         """The stored trace, or None."""

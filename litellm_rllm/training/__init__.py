@@ -39,7 +39,7 @@ from litellm_rllm.training.export import (
     write_jsonl,
     write_parquet,
 )
-from litellm_rllm.training.lineage import Lineage, LineageConfig, SessionLineage, lineage_map
+from litellm_rllm.training.lineage import Lineage, LineageConfig, SessionLineage, attach_lineage, lineage_map
 from litellm_rllm.training.views import VIEWS, MergedRow, PerCallRow, Row, Trajectories, View, trajectories
 
 
@@ -66,6 +66,7 @@ def export_trajectories(
 
 
 __all__ = [
+    "attach_lineage",
     "AuditReport",
     "ExportFormat",
     "ExportProgress",

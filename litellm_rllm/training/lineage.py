@@ -356,7 +356,18 @@ def lineage_map(
     return out
 
 
+def attach_lineage(traces: list[Trace], config: LineageConfig = LineageConfig()) -> list[Trace]:
+    """Set each trace's `lineage` (its JSON form) from the calls of its session among `traces`
+    (read back together: a session, or a lookup with its nested sessions). Returns `traces`."""
+    records = lineage_map(traces, "global", config)
+    for trace in traces:
+        record = records.get(trace.trace_id)
+        trace.lineage = record.to_dict() if record is not None else None
+    return traces
+
+
 __all__ = [
+    "attach_lineage",
     "Lineage",
     "LineageConfig",
     "RELATIONS",
