@@ -20,6 +20,7 @@ from ..capture.stream import StreamAccumulator
 from .calls import CallState
 from .plugin import plugin
 from .request_data import call_id_of, caller_of, error_of, route_of, session_of
+from .stream_ids import ClientTokenIds, asked_for_token_ids
 from .strip import strip_chunk, strip_response
 
 log = logging.getLogger("litellm_rllm")
@@ -153,6 +154,9 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     acc = StreamAccumulator(started=state.started) if tracing and not tapped else None
     # Routes that stream pre-encoded SSE to the client (`/v1/messages`) yield bytes/str chunks.
     sse = SSEParser(acc.add) if acc is not None else None
+    # A client that asked for token ids gets every one the upstream sent (stream_ids.py).
+    ids = (ClientTokenIds(state.tap.acc)
+           if tapped and "return_token_ids" not in strip and asked_for_token_ids(state.client_request) else None)
     status, error = "incomplete", None
     try:
         async for chunk in response:
@@ -171,6 +175,13 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
                     strip_chunk(chunk, strip)
                 except Exception:
                     counters["strip_errors"] += 1
+            if ids is not None:
+                try:
+                    ids.annotate(chunk)
+                except Exception:
+                    counters["capture_errors"] += 1
+                    log.exception("litellm-rllm: could not add token ids to a chunk of call %s", cid)
+                    ids = None
             yield chunk
         status = "ok"
     except Exception as exc:

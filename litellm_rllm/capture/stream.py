@@ -323,6 +323,11 @@ class StreamAccumulator:
                         acc.top_tokens.append(intern[tok])
                         acc.top_lps.append(lp)
 
+    def token_ids_of(self, index: int) -> Optional[array]:
+        """The ids of choice `index` accumulated so far (the array itself: read, don't keep)."""
+        acc = self._choices.get(index)
+        return acc.token_ids if acc is not None else None
+
     # ---- writer thread ------------------------------------------------------------------
 
     def logprob_entries(self) -> int:

@@ -99,3 +99,25 @@ def test_upstream_breaking_mid_stream_is_an_error_trace_with_partial_content(pro
     [trace] = proxy.traces(sid)
     assert trace.status == "error"
     assert trace.choices and trace.choices[0].token_ids  # what arrived before the break
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS], ids=["text", "tool-call"])
+def test_stream_client_that_asked_for_token_ids_gets_every_id_the_upstream_sent(proxy, vllm_upstream, tools):
+    """LiteLLM drops the prompt ids, the `delta: {}` chunks' ids and the EOS id on the way to the
+    client; a client that asked gets all of them, in order, as the upstream sent them."""
+    import json
+
+    sid, slug = new_session()
+    body = {"model": "policy", "stream": True, "return_token_ids": True,
+            "messages": [{"role": "user", "content": "weather in Paris?" if tools else "count please"}]}
+    if tools:
+        body["tools"] = tools
+    with proxy.client.stream("POST", f"/meta/{slug}/v1/chat/completions", json=body) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    got = [i for e in events for c in e.get("choices") or () for i in c.get("token_ids") or ()]
+    prompt = [e["prompt_token_ids"] for e in events if e.get("prompt_token_ids")]
+    [trace] = proxy.traces(sid)
+    assert got == trace.choices[0].token_ids and got[-1] == EOS
+    if tools:
+        assert got == list(tool_generation("get_weather").token_ids)
+    assert prompt == [trace.prompt_token_ids] and trace.prompt_token_ids
