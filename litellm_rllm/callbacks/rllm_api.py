@@ -8,6 +8,7 @@ traces. Reads share the plugin's one read connection and run off the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -94,7 +95,7 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
     `GET /rllm/stats`, the viewer (`GET /rllm/ui`) and `/metrics`; idempotent."""
     try:
         from fastapi import APIRouter, Depends, HTTPException, Query
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse, Response
         from litellm.proxy.proxy_server import app
     except Exception:
         return False
@@ -128,18 +129,21 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         team = _team_scope(user)
         await plugin.writer.aflush(60.0)
 
-        def read() -> list[dict[str, Any]]:
+        def read() -> tuple[int, bytes]:
             from ..training import attach_lineage
 
-            rows = team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit)
-            return [t.model_dump(mode="json") for t in attach_lineage(rows)]
+            rows = attach_lineage(team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit))
+            # each trace straight to JSON bytes (pydantic's serializer): a 32,000-token trace with
+            # top logprobs as a dict through FastAPI's encoder took seconds
+            return len(rows), b",".join(t.model_dump_json().encode() for t in rows)
 
         try:
-            traces = await asyncio.to_thread(read)
+            count, body = await asyncio.to_thread(read)
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        return {"session": session, "count": len(traces), "traces": traces}
+        head = json.dumps({"session": session, "count": count})[:-1].encode()
+        return Response(content=head + b', "traces": [' + body + b"]}", media_type="application/json")
 
     @router.get("/rllm/sessions/{session}/trajectories", tags=["litellm-rllm"])
     async def rllm_session_trajectories(session: str, view: str = "merged", since: Optional[str] = None,
