@@ -140,7 +140,8 @@ class Trace(BaseModel):
     caller: Optional[dict[str, Any]] = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     # How this call relates to the session's earlier calls (`training.lineage`): computed when
-    # a session is read back, never stored (it depends on the calls around it).
+    # a session is read back (over what a writer may have stored: it depends on the calls
+    # around it, which a reader sees whole).
     lineage: Optional[dict[str, Any]] = None
 
     def session_key(self) -> str:

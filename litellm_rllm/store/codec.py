@@ -52,7 +52,6 @@ _CHOICE_KINDS = ("i", "i", "f")
 _DETAIL_FIELDS = ("tokens", "top_logprobs")
 _DOC_EXCLUDE: dict[str, Any] = {
     "seq": True,
-    "lineage": True,
     "prompt_token_ids": True,
     "choices": {"__all__": set(_CHOICE_ARRAYS) | set(_DETAIL_FIELDS)},
 }
