@@ -67,6 +67,9 @@ class Settings(BaseModel):
     # thread, where they cost less. Off: everything in the writer thread.
     writer_build_process: bool = True
     writer_build_process_min_bytes: int = Field(65536, ge=0)
+    # Fault drills and tests: hold every batch this long before writing it, as a lagging writer
+    # would (its commits land late; session order must not depend on commit order). Keep 0.
+    writer_commit_delay_s: float = Field(0.0, ge=0, le=60)
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

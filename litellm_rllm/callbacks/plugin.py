@@ -125,6 +125,7 @@ class Plugin:
             spool=cfg.spool_path(),
             spool_max_bytes=cfg.spool_max_bytes or None,
             close_at_exit=False,  # the plugin's close() is the one shutdown path
+            commit_delay=cfg.writer_commit_delay_s,
         )
 
     @property
