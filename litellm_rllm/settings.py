@@ -70,6 +70,11 @@ class Settings(BaseModel):
     # Fault drills and tests: hold every batch this long before writing it, as a lagging writer
     # would (its commits land late; session order must not depend on commit order). Keep 0.
     writer_commit_delay_s: float = Field(0.0, ge=0, le=60)
+    # The stateless session pin (`litellm_rllm.callbacks.affinity`): a session's first call skips
+    # replicas with more than this factor x the group's average calls in flight (and at least
+    # `session_pin_min_load`) through this proxy.
+    session_pin_load_factor: float = Field(1.5, ge=1.0, le=100.0)
+    session_pin_min_load: int = Field(8, ge=1)
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

@@ -58,6 +58,7 @@ class Plugin:
         # not be hidden; policy_errors: a policy decision failed (the request went unchanged).
         self.counters: Counter[str] = Counter(capture_errors=0, strip_errors=0, policy_errors=0, submitted=0)
         self.entries: dict[str, Any] = {}  # the YAML entries' callback instances, by name
+        self.affinity: Any = None  # the session pinner, when the affinity entry is registered
         self._lock = threading.Lock()
         self._writer: Optional[TraceWriter] = None
         self._reader: Optional[TraceStore] = None
@@ -156,7 +157,10 @@ class Plugin:
             return self._policies
 
     def stats(self) -> dict[str, Any]:
-        return {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls)}
+        out = {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls)}
+        if self.affinity is not None:
+            out["affinity"] = {"in_flight": dict(self.affinity.in_flight), "diverted": self.affinity.diverted}
+        return out
 
     # ---- shutdown ------------------------------------------------------------------------
 
