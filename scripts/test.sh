@@ -38,6 +38,20 @@ if ! have_pg; then
   fi
 fi
 
+# Redis server: the fleet tests (tests/system/test_fleet.py) start a private redis-server on
+# 127.0.0.1 for LiteLLM's Redis-backed session affinity. Installed like PostgreSQL, when missing.
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing the Redis server (apt-get install redis-server)" >&2
+    export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  else
+    echo "test.sh: redis-server not found and cannot be installed here (needs root and apt-get);" \
+         "without it the Redis fleet tests are skipped, and fail in CI." >&2
+  fi
+fi
+
 # the property tests run 10,000 examples here (a plain `pytest tests/unit` runs a few hundred)
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-thorough}"
 exec .venv/bin/python -m pytest "$@"
