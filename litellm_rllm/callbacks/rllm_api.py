@@ -136,7 +136,8 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        return {"session": session, "count": len(traces), "traces": traces}
+        cached = sum(t.get("cached_tokens") or 0 for t in traces)  # prefix-cache hits, summed
+        return {"session": session, "count": len(traces), "cached_tokens": cached, "traces": traces}
 
     @router.get("/rllm/stats", tags=["litellm-rllm"])
     async def rllm_stats(user: Any = Depends(_caller)) -> Any:

@@ -135,7 +135,9 @@ async def _run_sessions(bases: list[str], sessions: range, turns: int, concurren
     user message; call k goes to proxy k % 2 (a round-robin balancer). Returns the statuses."""
     statuses: dict[str, list[int]] = {}
     sem = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    # Idle connections expire before uvicorn's 5 s keep-alive does: no request on a closed socket.
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2,
+                          keepalive_expiry=1.0)
     async with httpx.AsyncClient(timeout=120, limits=limits, headers=harness.auth()) as client:
 
         async def session(s: int) -> None:
@@ -284,6 +286,8 @@ def test_stateless_pin_keeps_each_session_on_one_replica_without_redis(replicas:
         calls = _check_pins(replicas, store_url, sessions)
         _assert_balanced(calls, "stateless pin")
         cached = _cached_per_turn(store_url, sessions)
+        body = httpx.get(f"{procs[1].base_url}/rllm/sessions/fleet-0/traces", headers=harness.auth(), timeout=60).json()
+        assert body["cached_tokens"] == sum(t["cached_tokens"] or 0 for t in body["traces"]) > 0
         print(f"[stateless pin] {SESSIONS} x {TURNS} calls in {elapsed:.0f}s; diverted by the load bound:"
               f" {[s['affinity']['diverted'] for s in stats]}; mean cached prompt tokens per turn:"
               f" {[round(c) for c in cached]}")

@@ -215,3 +215,15 @@ def test_closed_store_refuses_work_and_close_is_idempotent(db: str) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         store.count()
     assert store.flush() is True
+
+
+def test_sessions_list_shows_each_sessions_cached_prompt_tokens(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from litellm_rllm import cli
+
+    with SqliteStore(db) as st:
+        st.write([make("a", "s1", cached_tokens=96), make("b", "s1", cached_tokens=160), make("c", "s2")])
+    assert cli.main(["sessions", "list", "--store", f"sqlite:///{db}"]) == 0
+    rows = {r["session_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert (rows["s1"]["cached_tokens"], rows["s2"]["cached_tokens"]) == (256, 0)
