@@ -6,11 +6,13 @@ Why it is shaped this way:
   deployment already has (LiteLLM's Prisma tables are in ``public``).
 * Schema creation and upgrades run on open, under a transaction-scoped advisory lock, so proxies
   starting together migrate once; a current schema is only read (no lock).
-* ``seq``: a ``session_seq(session_key PRIMARY KEY, next_seq)`` counter row per session,
+* ``seq``: a ``session_seq(session_key PRIMARY KEY, next_seq, max_order_us)`` row per session,
   upserted at the start of the write transaction (keys in sorted order, so two writers never
   deadlock). The row lock serialises the writers of one session across every proxy until
-  COMMIT: ``seq`` is gap-free and in commit order, and each trace row is inserted after its
-  session's lock is held, so within a session the global ``id`` order is the ``seq`` order.
+  COMMIT: ``seq`` is gap-free, the rank in session order (``session_order.py``: call start,
+  causal prefix order first); ``max_order_us`` tells whether any stored trace reaches into a
+  new one's window, so the common write reads nothing more. A late commit of an earlier call
+  shifts the later rows' seq in the same transaction.
 * Exactly once: ``trace_id`` is UNIQUE. Known ids are filtered out under the session locks
   before any seq is handed out, so a duplicate uses no seq; the INSERT still says ``ON CONFLICT
   DO NOTHING`` and, if another writer inserted one of the ids under a different session key in
@@ -37,6 +39,10 @@ Layout (schema version 1), in schema S::
     S.trace_uids(uid text, trace_row bigint, PRIMARY KEY(uid, trace_row))
     S.session_seq(session_key text PRIMARY KEY, next_seq bigint)
     S.schema_version(version integer, applied_at timestamptz)
+
+Version 2 adds ``traces.order_us / prompt_len / ctx_len / ctx_hash`` (session order and the
+call's context), ``traces.cached_tokens``, ``session_seq.max_order_us`` and the index
+``(session_key, order_us, trace_id COLLATE "C")`` that session reads walk.
 
 Reading with several writers active: ``id`` is taken at INSERT, rows become visible at
 COMMIT, so a reader walking ``id`` order may see row N+1 before row N commits; the flush

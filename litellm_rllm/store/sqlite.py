@@ -4,6 +4,8 @@ Why it is shaped this way:
 
 * ``BEGIN IMMEDIATE`` takes the write lock before ``seq`` is read, so two processes writing the
   same session serialise and ``seq`` stays gap-free; ``busy_timeout`` makes them wait, not fail.
+  ``seq`` is the rank in session order (``session_order.py``): a late commit of an earlier
+  call shifts the later rows' seq in the same transaction.
 * ``journal_mode=WAL`` + ``synchronous=NORMAL``: a commit survives a crash of the process (the
   WAL is in the OS page cache) but the last commits may be lost on power loss or an OS crash
   (never corrupting the file); the fsync happens at checkpoints. The right trade for
@@ -25,6 +27,10 @@ Layout (schema version 1)::
            doc TEXT, arrays BLOB, detail BLOB)                     -- see codec.py
     trace_uids(uid TEXT, trace_row INTEGER, PRIMARY KEY(uid, trace_row)) WITHOUT ROWID
     schema_version(version INTEGER)
+
+Version 2 adds to ``traces`` the session order key and the call's context (``order_us``,
+``prompt_len``, ``ctx_len``, ``ctx_hash``: see session_order.py), ``cached_tokens``, and the
+index ``(session_key, order_us, trace_id)`` that session reads walk.
 """
 
 from __future__ import annotations
