@@ -226,7 +226,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         problems.append(f"{path}: litellm_settings.callbacks is a string; use a list (a string replaces the list)")
         entries = [entries]
     ours = [e for e in entries if isinstance(e, str) and e.startswith("litellm_rllm.")]
-    known = {"litellm_rllm.callbacks.metadata", "litellm_rllm.callbacks.sampling", "litellm_rllm.callbacks.tracer"}
+    from .callbacks import __all__ as entry_names  # the package's lazy names: no LiteLLM import
+
+    known = {f"litellm_rllm.callbacks.{name}" for name in entry_names}
     for e in ours:
         if e not in known:
             problems.append(f"{path}: litellm_settings.callbacks: unknown entry {e!r}; expected one of {sorted(known)}")
