@@ -519,7 +519,7 @@ class PostgresStore(TraceStore):
             if fresh:
                 items = {k: OrderItem.new(k, encoded[k].trace_id, encoded[k].created_us, encoded[k].arrays)
                          for k in fresh}
-                placed, moved = self._place(cur, encoded, items, counters)
+                placed, moved, top = self._place(cur, encoded, items, counters)
                 if moved:  # shifted rows go negative first: UNIQUE(session_key, seq) holds at every row
                     cur.execute(self._sql_move, ([r for r, _, _ in moved], [-1 - q for _, q, _ in moved],
                                                  [o for _, _, o in moved]))
@@ -543,10 +543,6 @@ class PostgresStore(TraceStore):
                     cur.execute(self._sql_unmove, ([r for r, _, _ in moved],))
                 touched = sorted({encoded[k].session_key for k in fresh})
                 count = Counter(encoded[k].session_key for k in fresh)
-                top: dict[str, int] = {}
-                for k in fresh:
-                    key = encoded[k].session_key
-                    top[key] = max(top.get(key, placed[k][1]), placed[k][1])
                 cur.execute(self._sql_next, (touched, [counters[key][0] + count[key] for key in touched],
                                              [top[key] for key in touched]))
                 uid_col: list[str] = []
@@ -566,10 +562,11 @@ class PostgresStore(TraceStore):
         encoded: list[EncodedTrace],
         items: dict[int, OrderItem],
         counters: dict[str, tuple[int, Optional[int]]],
-    ) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int, int]]]:
+    ) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int, int]], dict[str, int]]:
         """Session order for the new traces (``session_order.place``), per session: one query
         fetches the windows of the sessions whose stored traces reach into them (none in the
-        common case: the new call started after the session's last one)."""
+        common case: the new call started after the session's last one). Returns the new
+        traces' (seq, order key), the moved rows, and each session's largest new order key."""
         groups: dict[str, list[OrderItem]] = {}
         for k, item in items.items():
             groups.setdefault(encoded[k].session_key, []).append(item)
@@ -592,12 +589,14 @@ class PostgresStore(TraceStore):
 
         placed: dict[int, tuple[int, int]] = {}
         moved: list[tuple[int, int, int]] = []
+        top: dict[str, int] = {}
         for key, group in groups.items():
             window = windows[key]
             placement = place(counters[key][0] - len(window), window, group, load)
             placed.update(placement.fresh)
             moved.extend(placement.moved)
-        return placed, moved
+            top[key] = max([o for _, o in placement.fresh.values()] + [o for _, _, o in placement.moved])
+        return placed, moved, top
 
     # ------------------------------------------------------------------------- read
 

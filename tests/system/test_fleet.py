@@ -12,14 +12,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import httpx
 import pytest
-import yaml
 
-from litellm_rllm import slug as slugs
 from tests.support import harness
+from tests.support.fleet import fleet_config, run_sessions
 from tests.system.test_durability import answers, check_answers_have_traces, flush_proxy, pg_config, start_load
 
 
@@ -99,69 +98,6 @@ def replicas() -> Iterator[list[Any]]:
             r.stop()
 
 
-def fleet_config(folder: Path, replicas: list[Any], store_url: str, *, redis_port: Optional[int]) -> Path:
-    """The fleet's proxy config: one model group over the replicas; with Redis, LiteLLM's own
-    session affinity with the router cache in Redis (configs/rllm.yaml's fleet block); without,
-    the stateless pin entry."""
-    folder.mkdir(parents=True, exist_ok=True)
-    router: dict[str, Any] = {"disable_cooldowns": True}
-    callbacks = list(harness.RLLM_CALLBACKS)
-    if redis_port is not None:
-        router.update({"optional_pre_call_checks": ["session_affinity"], "redis_host": "127.0.0.1",
-                       "redis_port": redis_port})
-    else:
-        callbacks.append("litellm_rllm.callbacks.affinity")
-    config = {
-        "model_list": [
-            {"model_name": "policy", "litellm_params": {"model": "hosted_vllm/policy", "api_base": r.api_base,
-                                                         "api_key": "fake-vllm-key"},
-             "model_info": {"id": f"replica-{i}"}}
-            for i, r in enumerate(replicas)
-        ],
-        "litellm_settings": {"callbacks": callbacks, "num_retries": 0},
-        "callback_settings": {"litellm_rllm": {"store": store_url, "policies_file": "policies.yaml"}},
-        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
-        "router_settings": router,
-    }
-    (folder / "policies.yaml").write_text(yaml.safe_dump(harness.TEST_POLICIES))
-    path = folder / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-async def _run_sessions(bases: list[str], sessions: range, turns: int, concurrency: int,
-                        on_done: Any = None) -> dict[str, list[int]]:
-    """Each session: `turns` sequential chat calls whose history grows by the reply and a new
-    user message; call k goes to proxy k % 2 (a round-robin balancer). Returns the statuses."""
-    statuses: dict[str, list[int]] = {}
-    sem = asyncio.Semaphore(concurrency)
-    # Idle connections expire before uvicorn's 5 s keep-alive does: no request on a closed socket.
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2,
-                          keepalive_expiry=1.0)
-    async with httpx.AsyncClient(timeout=120, limits=limits, headers=harness.auth()) as client:
-
-        async def session(s: int) -> None:
-            sid = f"fleet-{s}"
-            slug = slugs.encode({"session_id": sid})
-            messages = [{"role": "system", "content": "You are an agent in a long episode. " * 4}]
-            got = statuses[sid] = []
-            async with sem:
-                for turn in range(turns):
-                    messages.append({"role": "user", "content": f"{sid} turn {turn}: go on"})
-                    base = bases[turn % len(bases)]
-                    r = await client.post(f"{base}/meta/{slug}/v1/chat/completions",
-                                          json={"model": "policy", "messages": messages})
-                    got.append(r.status_code)
-                    if r.status_code != 200:
-                        continue
-                    messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
-            if on_done is not None:
-                on_done(sid)
-
-        await asyncio.gather(*(session(s) for s in sessions))
-    return statuses
-
-
 def _replica_of_calls(replicas: list[Any]) -> dict[str, set[int]]:
     """session -> the replicas its calls reached, from the replicas' own request logs."""
     seen: dict[str, set[int]] = {}
@@ -219,14 +155,15 @@ def test_redis_session_affinity_keeps_each_session_on_one_replica_and_survives_r
     round-robin client: 200 sessions x 10 turns each on one replica, replicas within 25% of
     the mean; then Redis is stopped mid-run and no call fails."""
     store_url = f"sqlite:///{tmp_path / 'traces.db'}"
-    config = fleet_config(tmp_path / "proxy", replicas, store_url, redis_port=redis_server.port)
+    config = fleet_config(tmp_path / "proxy", [r.api_base for r in replicas], store_url, mode="redis",
+                          redis_port=redis_server.port)
     procs = [harness.ProxyProcess(config) for _ in range(2)]
     try:
         for p in procs:
             p.wait_ready()
         bases = [p.base_url for p in procs]
         started = time.monotonic()
-        statuses = asyncio.run(_run_sessions(bases, range(SESSIONS), TURNS, concurrency=16))
+        statuses = asyncio.run(run_sessions(bases, range(SESSIONS), TURNS, concurrency=16))
         elapsed = time.monotonic() - started
         assert all(s == [200] * TURNS for s in statuses.values())
         assert any(k.startswith("deployment_affinity:v1:session:") for k in redis_server.keys()), "no pin in Redis"
@@ -252,7 +189,7 @@ def test_redis_session_affinity_keeps_each_session_on_one_replica_and_survives_r
                 stopped.set()
                 redis_server.stop()
 
-        statuses = asyncio.run(_run_sessions(bases, range(SESSIONS, SESSIONS + 60), TURNS, concurrency=16,
+        statuses = asyncio.run(run_sessions(bases, range(SESSIONS, SESSIONS + 60), TURNS, concurrency=16,
                                              on_done=on_done))
         assert stopped.is_set() and not redis_server.ping()
         failed = {sid: s for sid, s in statuses.items() if s != [200] * TURNS}
@@ -269,13 +206,13 @@ def test_stateless_pin_keeps_each_session_on_one_replica_without_redis(replicas:
     """The same fleet without Redis, with `litellm_rllm.callbacks.affinity`: every proxy
     computes the same replica for a session."""
     store_url = f"sqlite:///{tmp_path / 'traces.db'}"
-    config = fleet_config(tmp_path / "proxy", replicas, store_url, redis_port=None)
+    config = fleet_config(tmp_path / "proxy", [r.api_base for r in replicas], store_url, mode="stateless")
     procs = [harness.ProxyProcess(config) for _ in range(2)]
     try:
         for p in procs:
             p.wait_ready()
         started = time.monotonic()
-        statuses = asyncio.run(_run_sessions([p.base_url for p in procs], range(SESSIONS), TURNS, concurrency=16))
+        statuses = asyncio.run(run_sessions([p.base_url for p in procs], range(SESSIONS), TURNS, concurrency=16))
         elapsed = time.monotonic() - started
         assert all(s == [200] * TURNS for s in statuses.values())
         for p in procs:
