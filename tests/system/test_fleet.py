@@ -217,8 +217,13 @@ def test_stateless_pin_keeps_each_session_on_one_replica_without_redis(replicas:
         assert all(s == [200] * TURNS for s in statuses.values())
         for p in procs:
             flush_proxy(p.base_url)
-        stats = [httpx.get(p.base_url + "/rllm/stats", headers=harness.auth(), timeout=30).json() for p in procs]
-        assert all("affinity" in s for s in stats)
+        def stats_now() -> list[dict[str, Any]]:
+            return [httpx.get(p.base_url + "/rllm/stats", headers=harness.auth(), timeout=30).json() for p in procs]
+
+        # every call's end was seen: nothing counts as in flight any more (the load bound's input)
+        stats = harness.wait_for(lambda: (lambda st: st if all(not s["affinity"]["in_flight"] for s in st) else None)(
+            stats_now()), timeout=20) or stats_now()
+        assert all(s["affinity"]["in_flight"] == {} for s in stats), [s["affinity"] for s in stats]
         sessions = sorted(statuses)
         calls = _check_pins(replicas, store_url, sessions)
         _assert_balanced(calls, "stateless pin")
