@@ -389,7 +389,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
                             f"expected one of {list(OUR_CALLBACKS)}")
     if not ours:
         problems.append(f"{path}: no litellm_rllm callbacks in litellm_settings.callbacks, so this proxy captures "
-                        f"nothing; add {', '.join(OUR_CALLBACKS)}")
+                        f"nothing; add {', '.join(OUR_CALLBACKS[:3])}")
     elif "litellm_rllm.callbacks.tracer" not in ours:
         warnings.append(f"{path}: litellm_settings.callbacks has no litellm_rllm.callbacks.tracer: no trace is stored")
     try:

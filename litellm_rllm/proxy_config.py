@@ -14,6 +14,7 @@ OUR_CALLBACKS = (
     "litellm_rllm.callbacks.metadata",
     "litellm_rllm.callbacks.sampling",
     "litellm_rllm.callbacks.tracer",
+    "litellm_rllm.callbacks.affinity",
 )
 ENV_PREFIX = "os.environ/"
 

@@ -72,6 +72,14 @@ class Settings(BaseModel):
     # by a background thread once an hour (None: kept forever; `litellm-rllm prune` by hand).
     metrics: bool = True
     retention_days: Optional[float] = Field(None, gt=0)
+    # Fault drills and tests: hold every batch this long before writing it, as a lagging writer
+    # would (its commits land late; session order must not depend on commit order). Keep 0.
+    writer_commit_delay_s: float = Field(0.0, ge=0, le=60)
+    # The stateless session pin (`litellm_rllm.callbacks.affinity`): a session's first call skips
+    # replicas with more than this factor x the group's average calls in flight (and at least
+    # `session_pin_min_load`) through this proxy.
+    session_pin_load_factor: float = Field(1.5, ge=1.0, le=100.0)
+    session_pin_min_load: int = Field(8, ge=1)
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

@@ -131,6 +131,9 @@ class Trace(BaseModel):
     prompt_token_ids: Optional[list[int]] = None
     choices: list[TraceChoice] = Field(default_factory=list)
     usage: Optional[dict[str, Any]] = None
+    # usage.prompt_tokens_details.cached_tokens: prompt tokens the upstream served from its
+    # prefix cache (None where it does not say); summed per session in the read-back.
+    cached_tokens: Optional[int] = None
     cost_usd: Optional[float] = None
     stream: bool = False
     latency_ms: Optional[float] = None

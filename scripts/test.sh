@@ -38,32 +38,24 @@ if ! have_pg; then
   fi
 fi
 
-# Chromium from the system's packages: tests/system/test_viewer.py drives it headless through
-# Playwright's Python package (executable_path; Playwright's own browser download is never used).
-have_chromium() {
-  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
-}
-if ! have_chromium; then
+# The other servers and tools the tests start, from the system's packages, when missing:
+# redis-server (tests/system/test_fleet.py: LiteLLM's Redis-backed session affinity), chromium
+# (tests/system/test_viewer.py drives it headless through Playwright's Python package with
+# executable_path: Playwright's own browser download is never used), curl (the README's quick
+# start, run by tests/system/test_quick_start.py).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } || missing+=(chromium)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing Chromium (apt-get install chromium) for the viewer's browser tests" >&2
-    export DEBIAN_FRONTEND=noninteractive
+    echo "test.sh: installing ${missing[*]} (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "test.sh: no chromium found and it cannot be installed here (needs root and apt-get);" \
-         "the viewer's browser tests are skipped (sudo apt-get install chromium)." >&2
-  fi
-fi
-
-# curl: tests/system/test_quick_start.py runs the README's quick start, which uses it.
-if ! command -v curl >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing curl (apt-get install curl)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
-  else
-    echo "test.sh: curl not found and cannot be installed here; the quick start test will fail" >&2
+    echo "test.sh: ${missing[*]} not found and cannot be installed here (needs root and apt-get);" \
+         "the tests that need them are skipped here, and fail in CI." >&2
   fi
 fi
 

@@ -24,7 +24,7 @@ from tests.upstreams.fixtures import *  # noqa: E402,F401,F403
 
 # Provider cassettes (tests/proxy/test_cassettes.py): the --record-cassettes option and the
 # `cassette_use` fixture come from this plugin module.
-pytest_plugins = ["tests.support.cassette_support", "tests.support.pg"]
+pytest_plugins = ["tests.support.cassette_support", "tests.support.pg", "tests.support.redis_server"]
 
 
 class InProcessProxy:

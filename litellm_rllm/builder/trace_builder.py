@@ -65,6 +65,7 @@ def build_trace(record: Union[PreparedCall, CallRecord]) -> Trace:
         prompt_token_ids=prompt_ids,
         choices=choices,
         usage=usage,
+        cached_tokens=cached_tokens_of(usage),
         cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
         stream=record.stream,
         latency_ms=record.latency_ms,
@@ -74,6 +75,18 @@ def build_trace(record: Union[PreparedCall, CallRecord]) -> Trace:
         caller=record.caller,
         created_at=datetime.fromtimestamp(record.started_wall, tz=timezone.utc),
     )
+
+
+def cached_tokens_of(usage: Optional[Mapping[str, Any]]) -> Optional[int]:
+    """``usage.prompt_tokens_details.cached_tokens`` (OpenAI, vLLM with prefix caching) or
+    Anthropic's ``cache_read_input_tokens``; None where the upstream reports neither."""
+    if not isinstance(usage, Mapping):
+        return None
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    if value is None:
+        value = usage.get("cache_read_input_tokens")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _deployment_model(upstream: Mapping[str, Any], hidden: Mapping[str, Any]) -> Optional[str]:

@@ -1,4 +1,5 @@
-"""The YAML entries: `litellm_rllm.callbacks.metadata`, `.sampling`, `.tracer`.
+"""The YAML entries: `litellm_rllm.callbacks.metadata`, `.sampling`, `.tracer`, and `.affinity`
+(the stateless session pin for fleets without Redis, docs/fleet.md).
 
 LiteLLM resolves `a.b.c` as attribute `c` of module `a.b` and wants a `CustomLogger` instance.
 The instances are created on first access (PEP 562), once per process (held by the plugin),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["metadata", "sampling", "tracer"]
+__all__ = ["metadata", "sampling", "tracer", "affinity"]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +32,8 @@ def __getattr__(name: str) -> Any:
             from .session_metadata import SessionMetadataCallback as cls
         elif name == "sampling":
             from .sampling_policy import SamplingPolicyCallback as cls
+        elif name == "affinity":
+            from .session_affinity import SessionAffinityCallback as cls
         else:
             from .trace_capture import TraceCaptureCallback as cls
         entries[name] = cls()

@@ -63,6 +63,7 @@ class Plugin:
         self.route_counts: Counter[tuple[Optional[str], str]] = Counter()  # (route, status) -> calls
         self.entries: dict[str, Any] = {}  # the YAML entries' callback instances, by name
         self._metrics_collector: Any = None
+        self.affinity: Any = None  # the session pinner, when the affinity entry is registered
         self._lock = threading.Lock()
         self._writer: Optional[TraceWriter] = None
         self._reader: Optional[TraceStore] = None
@@ -145,6 +146,7 @@ class Plugin:
             spool=cfg.spool_path(),
             spool_max_bytes=cfg.spool_max_bytes or None,
             close_at_exit=False,  # the plugin's close() is the one shutdown path
+            commit_delay=cfg.writer_commit_delay_s,
         )
 
     @property
@@ -179,8 +181,11 @@ class Plugin:
         return self._writer.stats() if self._writer is not None else {}
 
     def stats(self) -> dict[str, Any]:
-        return {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls),
-                "calls": [{"route": r, "status": st, "count": n} for (r, st), n in self.route_counts.items()]}
+        out = {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls),
+               "calls": [{"route": r, "status": st, "count": n} for (r, st), n in self.route_counts.items()]}
+        if self.affinity is not None:
+            out["affinity"] = {"in_flight": dict(self.affinity.in_flight), "diverted": self.affinity.diverted}
+        return out
 
     # ---- retention ----------------------------------------------------------------------
 

@@ -129,20 +129,21 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         team = _team_scope(user)
         await plugin.writer.aflush(60.0)
 
-        def read() -> tuple[int, bytes]:
+        def read() -> tuple[int, int, bytes]:
             from ..training import attach_lineage
 
             rows = attach_lineage(team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit))
             # each trace straight to JSON bytes (pydantic's serializer): a 32,000-token trace with
             # top logprobs as a dict through FastAPI's encoder took seconds
-            return len(rows), b",".join(t.model_dump_json().encode() for t in rows)
+            cached = sum(t.cached_tokens or 0 for t in rows)  # prefix-cache hits, summed
+            return len(rows), cached, b",".join(t.model_dump_json().encode() for t in rows)
 
         try:
-            count, body = await asyncio.to_thread(read)
+            count, cached, body = await asyncio.to_thread(read)
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        head = json.dumps({"session": session, "count": count})[:-1].encode()
+        head = json.dumps({"session": session, "count": count, "cached_tokens": cached})[:-1].encode()
         return Response(content=head + b', "traces": [' + body + b"]}", media_type="application/json")
 
     @router.get("/rllm/sessions/{session}/trajectories", tags=["litellm-rllm"])

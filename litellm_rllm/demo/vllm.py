@@ -342,12 +342,34 @@ class FakeVLLM(FakeUpstream):
     """The fake vLLM server (an ASGI app). Serve it with ``litellm_rllm.demo.server.start``.
 
     ``model_name`` is what ``/v1/models`` lists; ``reply``, ``tokens``, ``tokens_per_step``,
-    ``step_delay``, ``max_recorded`` as for ``FakeUpstream``.
+    ``step_delay``, ``max_recorded`` as for ``FakeUpstream``. ``prefix_cache_block`` > 0 acts
+    like vLLM's automatic prefix caching with ``--enable-prompt-tokens-details``: chat prompts
+    are cached in blocks of that many tokens (per server), and usage reports
+    ``prompt_tokens_details.cached_tokens``, the full blocks of the prompt seen before.
     """
 
-    def __init__(self, model_name: str = "fake-vllm", max_model_len: int = 32768, **reply: Any) -> None:
+    def __init__(self, model_name: str = "fake-vllm", max_model_len: int = 32768, prefix_cache_block: int = 0,
+                 **reply: Any) -> None:
         self.model_name, self.max_model_len = model_name, max_model_len
+        self.prefix_cache_block = prefix_cache_block
+        self._cached_blocks: set[int] = set()
         super().__init__(**reply)
+
+    def cached_tokens(self, prompt_ids: list[int]) -> Optional[int]:
+        """Tokens of ``prompt_ids`` in cached full blocks (then caches its own blocks); None when
+        caching is off."""
+        block = self.prefix_cache_block
+        if block <= 0:
+            return None
+        hit, chain, counting = 0, 0, True
+        for end in range(block, len(prompt_ids) + 1, block):
+            chain = hash((chain, tuple(prompt_ids[end - block:end])))
+            if counting and chain in self._cached_blocks:
+                hit = end
+            else:
+                counting = False
+                self._cached_blocks.add(chain)
+        return hit
 
     def routes(self) -> Iterable[tuple[str, str, Handler]]:
         return [
@@ -415,6 +437,7 @@ class FakeVLLM(FakeUpstream):
             return f'{{"id":"{rid}","object":"{obj}","created":{created},"model":{dumps(model)},"choices":['
 
         usage = (len(prompt_ids), sum(len(g.tokens) for g in gens))
+        cached = self.cached_tokens(prompt_ids)
 
         if body.get("stream"):
             chunk_head, prompt_json = head("chat.completion.chunk"), dumps(prompt_ids) if rti else "null"
@@ -427,7 +450,7 @@ class FakeVLLM(FakeUpstream):
             per_choice = [chat_stream_fragments(g, i, logprobs, top, rti, per_step) for i, g in enumerate(gens)]
             tool_ids = [f"chatcmpl-tool-{uuid.uuid4().hex[:16]}" for _ in gens]
             return self._stream(chunk_head, roles, per_choice, lambda i, frag: frag.replace(TOOL_ID_MARK, tool_ids[i]),
-                                _include_usage(body), usage, triggers)
+                                _include_usage(body), usage, triggers, cached)
 
         choices = []
         for i, g in enumerate(gens):
@@ -448,21 +471,22 @@ class FakeVLLM(FakeUpstream):
         prompt_lps = dumps(prompt_logprobs_value(prompt_ids)) if body.get("prompt_logprobs") is not None else "null"
         text = (
             head("chat.completion") + ",".join(choices) + '],"service_tier":null,"system_fingerprint":null,'
-            + _usage_json(*usage, nulls=True)
+            + _usage_json(*usage, nulls=True, cached=cached)
             + f',"prompt_logprobs":{prompt_lps},"prompt_token_ids":{dumps(prompt_ids) if rti else "null"},'
             '"prompt_text":null,"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}'
         )
         return self._body(text, triggers)
 
     def _stream(self, head: str, lead: list[str], per_choice: list[tuple[str, ...]], fix: Callable[[int, str], str],
-                include_usage: bool, usage: tuple[int, int], triggers: Triggers) -> StreamingResponse:
+                include_usage: bool, usage: tuple[int, int], triggers: Triggers,
+                cached: Optional[int] = None) -> StreamingResponse:
         """SSE response: ``lead`` events, then step k of every choice in index order (one choice
         per chunk), then step k+1, ..., then the usage chunk and ``[DONE]``."""
         rounds = [lead] if lead else []
         for k in range(max((len(f) for f in per_choice), default=0)):
             rounds.append([sse(head + fix(i, frags[k]) + "]}") for i, frags in enumerate(per_choice) if k < len(frags)])
         if include_usage:
-            rounds.append([sse(head + "]," + _usage_json(*usage, nulls=False) + "}")])
+            rounds.append([sse(head + "]," + _usage_json(*usage, nulls=False, cached=cached) + "}")])
         rounds.append([sse("[DONE]")])
         err = error_body(500, "Injected in-stream failure (model name contains 'stream-error')", "InternalServerError")
         events = paced_rounds(rounds, triggers, self.step_delay, sse(dumps(err)) + sse("[DONE]"))
@@ -760,8 +784,10 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return opts is not None and opts.get("include_usage", True) is not False
 
 
-def _usage_json(prompt: int, completion: int, nulls: bool) -> str:
+def _usage_json(prompt: int, completion: int, nulls: bool, cached: Optional[int] = None) -> str:
     tail = ',"prompt_tokens_details":null,"completion_tokens_details":null' if nulls else ""
+    if cached is not None:
+        tail = f',"prompt_tokens_details":{{"cached_tokens":{cached}}}' + (',"completion_tokens_details":null' if nulls else "")
     return f'"usage":{{"prompt_tokens":{prompt},"total_tokens":{prompt + completion},"completion_tokens":{completion}{tail}}}'
 
 

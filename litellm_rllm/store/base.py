@@ -3,10 +3,12 @@
 Guarantees a backend must give (SPEC "Read-back"):
 
 * exactly once: ``trace_id`` is unique; writing an existing id changes nothing and uses no seq;
-* ``seq`` per session key (``Trace.session_key()``) is 0, 1, 2, ... in write order, assigned in
-  the write transaction, so it is gap-free and monotonic with several writers;
+* ``seq`` per session key (``Trace.session_key()``) is 0, 1, 2, ... in *session order* (call
+  start, causal prefix order first; ``store/session_order.py``), assigned in the write
+  transaction, gap-free with several writers; a late commit of an earlier call shifts the later
+  traces' seq (docs/sessions-order.md);
 * ``traces(session=S)`` matches ``session_id == S`` or ``S in session_uids`` (so an outer uid
-  also returns its nested sessions' traces), in global write order.
+  also returns its nested sessions' traces), in session order; ``traces()`` in write order.
 """
 
 from __future__ import annotations
@@ -37,19 +39,21 @@ class SessionSummary(BaseModel):
     first_at: datetime
     last_at: datetime
     statuses: dict[str, int] = Field(default_factory=dict)
+    cached_tokens: int = 0  # prompt tokens the upstreams served from their prefix cache, summed
 
 
 def sessions_from_rows(rows: Sequence[Sequence[Any]]) -> list[SessionSummary]:
     """`SessionSummary`s from `(session_key, status, count, min seq, max seq, min created_us,
-    max created_us, min id)` rows grouped by session and status (the same query in every
-    store), in order of each session's first trace."""
+    max created_us, min id, sum cached_tokens)` rows grouped by session and status (the same
+    query in every store), in order of each session's first trace."""
     acc: dict[str, list[Any]] = {}
-    for key, status, n, lo_seq, hi_seq, lo_us, hi_us, first_id in rows:
+    for key, status, n, lo_seq, hi_seq, lo_us, hi_us, first_id, cached in rows:
         n, lo_seq, hi_seq, lo_us, hi_us = int(n), int(lo_seq), int(hi_seq), int(lo_us), int(hi_us)
         cur = acc.get(key)
         if cur is None:
-            acc[key] = [n, lo_seq, hi_seq, lo_us, hi_us, first_id, {status: n}]
+            acc[key] = [n, lo_seq, hi_seq, lo_us, hi_us, first_id, {status: n}, int(cached or 0)]
             continue
+        cur[7] += int(cached or 0)
         cur[0] += n
         cur[1], cur[2] = min(cur[1], lo_seq), max(cur[2], hi_seq)
         cur[3], cur[4] = min(cur[3], lo_us), max(cur[4], hi_us)
@@ -58,7 +62,8 @@ def sessions_from_rows(rows: Sequence[Sequence[Any]]) -> list[SessionSummary]:
     ordered = sorted(acc.items(), key=lambda item: item[1][5])
     return [
         SessionSummary(session_id=key, traces=v[0], first_seq=v[1], last_seq=v[2],
-                       first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]), statuses=v[6])
+                       first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]), statuses=v[6],
+                       cached_tokens=v[7])
         for key, v in ordered
     ]
 
@@ -118,11 +123,12 @@ def keyset_rows(
 ) -> Iterator[Sequence[Any]]:
     """Rows of a keyset-paginated query, page by page, up to `limit`.
 
-    `fetch(key, n)` returns at most n rows whose key (their first column) is greater than
-    `key`, in key order; every store pages its reads through this one loop."""
+    `fetch(key, n)` returns at most n rows whose key (a tuple: the columns before a row's last
+    four, see `decode_row`) is greater than `key`, in key order; every store pages its reads
+    through this one loop. A scalar `start` is a one-column key."""
     if limit is not None and limit <= 0:
         return
-    key, remaining = start, limit
+    key, remaining = (start if isinstance(start, tuple) else (start,)), limit
     while True:
         page = page_size if remaining is None else min(page_size, remaining)
         rows = fetch(key, page)
@@ -133,15 +139,17 @@ def keyset_rows(
                 return
         if len(rows) < page:
             return
-        key = rows[-1][0]
+        key = tuple(rows[-1][:-4])
 
 
 READ_PAGE = 256  # rows per read query
+# The key a session read starts after: (order key, trace id), before any real one.
+SESSION_START = (-(1 << 62), "")
 
 
 def decode_row(row: Sequence[Any]) -> Trace:
-    """A ``(key, seq, doc, arrays, detail)`` row of any backend -> its ``Trace``."""
-    _key, seq, doc, arrays, detail = row
+    """A ``(key..., seq, doc, arrays, detail)`` row of any backend -> its ``Trace``."""
+    seq, doc, arrays, detail = row[-4:]
     return decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
 
 
@@ -212,7 +220,7 @@ class TraceStore(abc.ABC):
         since: Since = None,
         limit: Optional[int] = None,
     ) -> list[Trace]:
-        """Traces in global write order (= ``seq`` order within a session).
+        """A session's traces in session order (= ``seq`` order), else all in write order.
 
         ``session`` matches the session id or any of the session uids; ``""`` selects the
         traces without a session. ``since`` keeps ``created_at >= since``.
@@ -320,4 +328,4 @@ class TraceStore(abc.ABC):
         return {}
 
 
-__all__ = ["READ_PAGE", "EncodedWriteResult", "SessionSummary", "decode_row", "sessions_from_rows", "Since", "TraceStore", "WriteResult", "parse_since"]
+__all__ = ["READ_PAGE", "SESSION_START", "EncodedWriteResult", "SessionSummary", "decode_row", "sessions_from_rows", "Since", "TraceStore", "WriteResult", "parse_since"]

@@ -93,6 +93,7 @@ class EncodedTrace:
     arrays: Optional[bytes]
     detail: Optional[bytes]
     uids: tuple[str, ...]
+    cached_tokens: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -155,6 +156,7 @@ def encode(trace: Trace) -> EncodedTrace:
         arrays=encode_arrays(trace),
         detail=encode_detail(trace),
         uids=trace_uids(trace),
+        cached_tokens=trace.cached_tokens,
     )
 
 
@@ -167,6 +169,7 @@ class _DocIndex(BaseModel):
     status: str = "ok"
     model: Optional[str] = None
     created_at: datetime
+    cached_tokens: Optional[int] = None
 
 
 def from_stored(doc: Union[str, bytes], arrays: Optional[bytes], detail: Optional[bytes]) -> EncodedTrace:
@@ -183,6 +186,7 @@ def from_stored(doc: Union[str, bytes], arrays: Optional[bytes], detail: Optiona
         arrays=arrays,
         detail=detail,
         uids=uids_of(head.session_id, head.session_uids),
+        cached_tokens=head.cached_tokens,
     )
 
 

@@ -6,11 +6,13 @@ Why it is shaped this way:
   deployment already has (LiteLLM's Prisma tables are in ``public``).
 * Schema creation and upgrades run on open, under a transaction-scoped advisory lock, so proxies
   starting together migrate once; a current schema is only read (no lock).
-* ``seq``: a ``session_seq(session_key PRIMARY KEY, next_seq)`` counter row per session,
+* ``seq``: a ``session_seq(session_key PRIMARY KEY, next_seq, max_order_us)`` row per session,
   upserted at the start of the write transaction (keys in sorted order, so two writers never
   deadlock). The row lock serialises the writers of one session across every proxy until
-  COMMIT: ``seq`` is gap-free and in commit order, and each trace row is inserted after its
-  session's lock is held, so within a session the global ``id`` order is the ``seq`` order.
+  COMMIT: ``seq`` is gap-free, the rank in session order (``session_order.py``: call start,
+  causal prefix order first); ``max_order_us`` tells whether any stored trace reaches into a
+  new one's window, so the common write reads nothing more. A late commit of an earlier call
+  shifts the later rows' seq in the same transaction.
 * Exactly once: ``trace_id`` is UNIQUE. Known ids are filtered out under the session locks
   before any seq is handed out, so a duplicate uses no seq; the INSERT still says ``ON CONFLICT
   DO NOTHING`` and, if another writer inserted one of the ids under a different session key in
@@ -38,6 +40,10 @@ Layout (schema version 1), in schema S::
     S.session_seq(session_key text PRIMARY KEY, next_seq bigint)
     S.schema_version(version integer, applied_at timestamptz)
 
+Version 2 adds ``traces.order_us / prompt_len / ctx_len / ctx_hash`` (session order and the
+call's context), ``traces.cached_tokens``, ``session_seq.max_order_us`` and the index
+``(session_key, order_us, trace_id COLLATE "C")`` that session reads walk.
+
 Reading with several writers active: ``id`` is taken at INSERT, rows become visible at
 COMMIT, so a reader walking ``id`` order may see row N+1 before row N commits; the flush
 barrier (``/rllm/flush``) is what makes a read complete.
@@ -51,11 +57,15 @@ import json
 import logging
 import re
 import threading
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
+from litellm_rllm.store.base import (
+    SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, _as_bytes, decode_row, sessions_from_rows,
+)
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
+from litellm_rllm.store.session_order import OrderItem, call_context, place, window_start
 from litellm_rllm.trace import Trace
 
 try:  # the `postgres` extra; only the URLs that need it need it
@@ -65,7 +75,7 @@ except ImportError:  # pragma: no cover - exercised by the "missing driver" test
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "rllm"
 INSTALL_HINT = "pip install 'litellm-rllm[postgres]' (or: pip install 'psycopg[binary]')"
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -134,9 +144,37 @@ def _migrate_v1(conn: "psycopg.Connection[Any]", s: str) -> None:
         conn.execute(f"ALTER TABLE {s}.traces ALTER COLUMN doc SET COMPRESSION lz4")
 
 
+def _migrate_v2(conn: "psycopg.Connection[Any]", s: str) -> None:
+    """Session order by call start (``store/session_order.py``): the order key and the call's
+    context columns, the index a session is read on (trace ids in code-point order, as SQLite
+    and Python compare them), existing seqs renumbered as ranks in that order, and each
+    session's largest order key next to its counter. ``cached_tokens`` for the session sums."""
+    conn.execute(
+        f"ALTER TABLE {s}.traces ADD COLUMN IF NOT EXISTS order_us bigint,"
+        " ADD COLUMN IF NOT EXISTS prompt_len integer, ADD COLUMN IF NOT EXISTS ctx_len integer,"
+        " ADD COLUMN IF NOT EXISTS ctx_hash bigint, ADD COLUMN IF NOT EXISTS cached_tokens bigint"
+    )
+    conn.execute(f"ALTER TABLE {s}.session_seq ADD COLUMN IF NOT EXISTS max_order_us bigint")
+    conn.execute(f"UPDATE {s}.traces SET order_us = created_us WHERE order_us IS NULL")
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS traces_session_order ON {s}.traces"
+        ' (session_key, order_us, trace_id COLLATE "C")'
+    )
+    conn.execute(f"UPDATE {s}.traces SET seq = -1 - seq")  # UNIQUE(session_key, seq) holds throughout
+    conn.execute(
+        f"UPDATE {s}.traces t SET seq = r.rank FROM (SELECT id, row_number() OVER (PARTITION BY"
+        f' session_key ORDER BY order_us, trace_id COLLATE "C") - 1 AS rank FROM {s}.traces) r'
+        " WHERE t.id = r.id"
+    )
+    conn.execute(
+        f"UPDATE {s}.session_seq c SET max_order_us = m.hi FROM (SELECT session_key,"
+        f" MAX(order_us) AS hi FROM {s}.traces GROUP BY session_key) m WHERE c.session_key = m.session_key"
+    )
+
+
 # version -> step (connection, quoted schema) that brings a store from version-1 to version.
 # Each step must be idempotent (IF NOT EXISTS, ...); they run under the advisory lock.
-MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1}
+MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1, 2: _migrate_v2}
 
 
 # Index columns hold a form of the value PostgreSQL always accepts: no NUL character (text
@@ -307,23 +345,38 @@ class PostgresStore(TraceStore):
             f"INSERT INTO {s}.session_seq AS c (session_key, next_seq)"
             " SELECT k, 0 FROM unnest(%b::text[]) AS k ORDER BY k"
             " ON CONFLICT (session_key) DO UPDATE SET next_seq = c.next_seq"
-            " RETURNING session_key, next_seq"
+            " RETURNING session_key, next_seq, max_order_us"
         )
+        self._sql_window = (
+            "SELECT t.session_key, t.id, t.trace_id, t.order_us, t.seq, t.prompt_len, t.ctx_len, t.ctx_hash"
+            f" FROM unnest(%b::text[], %b::bigint[]) AS v(k, lo) JOIN {s}.traces t"
+            ' ON t.session_key = v.k AND t.order_us >= v.lo ORDER BY t.order_us, t.trace_id COLLATE "C"'
+        )
+        self._sql_arrays = f"SELECT id, arrays FROM {s}.traces WHERE id = ANY(%b::bigint[])"
+        self._sql_move = (
+            f"UPDATE {s}.traces t SET seq = v.seq, order_us = v.o"
+            " FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS v(id, seq, o) WHERE t.id = v.id"
+        )
+        self._sql_unmove = f"UPDATE {s}.traces SET seq = -1 - seq WHERE id = ANY(%b::bigint[])"
         self._sql_existing = f"SELECT trace_id FROM {s}.traces WHERE trace_id = ANY(%b::text[])"
         self._sql_insert = (
             f"INSERT INTO {s}.traces"
-            " (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail)"
-            " SELECT trace_id, session_key, seq, created_us, status, model, doc, arrays, detail"
+            " (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
+            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens)"
+            " SELECT trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
+            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens"
             " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
-            " %b::text[], %b::text[], %b::bytea[], %b::bytea[]) WITH ORDINALITY"
-            " AS r(trace_id, session_key, seq, created_us, status, model, doc, arrays, detail, ord)"
+            " %b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::bigint[], %b::integer[],"
+            " %b::integer[], %b::bigint[], %b::bigint[]) WITH ORDINALITY"
+            " AS r(trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
+            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, ord)"
             " ORDER BY ord"
             " ON CONFLICT (trace_id) DO NOTHING"
             " RETURNING id, trace_id"
         )
         self._sql_next = (
-            f"UPDATE {s}.session_seq c SET next_seq = v.n"
-            " FROM unnest(%b::text[], %b::bigint[]) AS v(k, n) WHERE c.session_key = v.k"
+            f"UPDATE {s}.session_seq c SET next_seq = v.n, max_order_us = GREATEST(c.max_order_us, v.hi)"
+            " FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) AS v(k, n, hi) WHERE c.session_key = v.k"
         )
         self._sql_uids = (
             f"INSERT INTO {s}.trace_uids (uid, trace_row)"
@@ -488,29 +541,39 @@ class PostgresStore(TraceStore):
         with conn.transaction(), conn.cursor(binary=True) as cur:
             keys = sorted({encoded[k].session_key for k in first.values()})
             cur.execute(self._sql_lock_sessions, (keys,))
-            next_seq = {key: int(n) for key, n in cur.fetchall()}
+            counters = {key: (int(n), hi) for key, n, hi in cur.fetchall()}
             cur.execute(self._sql_existing, (list(first),))
             existing = {row[0] for row in cur.fetchall()}
             fresh = [k for tid, k in first.items() if tid not in existing]
             if fresh:
-                cols: list[list[Any]] = [[] for _ in range(9)]
+                items = {k: OrderItem.new(k, encoded[k].trace_id, encoded[k].created_us, encoded[k].arrays)
+                         for k in fresh}
+                placed, moved, top = self._place(cur, encoded, items, counters)
+                if moved:  # shifted rows go negative first: UNIQUE(session_key, seq) holds at every row
+                    cur.execute(self._sql_move, ([r for r, _, _ in moved], [-1 - q for _, q, _ in moved],
+                                                 [o for _, _, o in moved]))
+                cols: list[list[Any]] = [[] for _ in range(14)]
                 for k in fresh:
                     enc = encoded[k]
-                    seq = next_seq[enc.session_key]
-                    next_seq[enc.session_key] = seq + 1
+                    seq, order_us = placed[k]
                     seqs[k] = seq
                     for col, value in zip(
                         cols,
                         (enc.trace_id, enc.session_key, seq, enc.created_us, enc.status,
-                         enc.model, enc.doc, enc.arrays, enc.detail),
+                         enc.model, enc.doc, enc.arrays, enc.detail, order_us, *items[k].columns(),
+                         enc.cached_tokens),
                     ):
                         col.append(value)
                 cur.execute(self._sql_insert, cols)
                 row_of = {trace_id: int(row_id) for row_id, trace_id in cur.fetchall()}
                 if len(row_of) != len(fresh):
                     raise _Conflict()  # leaves the transaction block: ROLLBACK
-                touched = {encoded[k].session_key for k in fresh}
-                cur.execute(self._sql_next, (sorted(touched), [next_seq[k] for k in sorted(touched)]))
+                if moved:
+                    cur.execute(self._sql_unmove, ([r for r, _, _ in moved],))
+                touched = sorted({encoded[k].session_key for k in fresh})
+                count = Counter(encoded[k].session_key for k in fresh)
+                cur.execute(self._sql_next, (touched, [counters[key][0] + count[key] for key in touched],
+                                             [top[key] for key in touched]))
                 uid_col: list[str] = []
                 row_col: list[int] = []
                 for k in fresh:
@@ -522,30 +585,76 @@ class PostgresStore(TraceStore):
                 if uid_col:
                     cur.execute(self._sql_uids, (uid_col, row_col))
 
+    def _place(
+        self,
+        cur: "psycopg.Cursor[Any]",
+        encoded: list[EncodedTrace],
+        items: dict[int, OrderItem],
+        counters: dict[str, tuple[int, Optional[int]]],
+    ) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int, int]], dict[str, int]]:
+        """Session order for the new traces (``session_order.place``), per session: one query
+        fetches the windows of the sessions whose stored traces reach into them (none in the
+        common case: the new call started after the session's last one). Returns the new
+        traces' (seq, order key), the moved rows, and each session's largest new order key."""
+        groups: dict[str, list[OrderItem]] = {}
+        for k, item in items.items():
+            groups.setdefault(encoded[k].session_key, []).append(item)
+        los = {key: window_start(group) for key, group in groups.items()}
+        hot = sorted(key for key in groups if counters[key][1] is None and counters[key][0] > 0
+                     or counters[key][1] is not None and counters[key][1] >= los[key])
+        windows: dict[str, list[OrderItem]] = {key: [] for key in groups}
+        if hot:
+            cur.execute(self._sql_window, (hot, [los[key] for key in hot]))
+            for key, row, trace_id, order_us, seq, plen, clen, chash in cur.fetchall():
+                windows[key].append(OrderItem(trace_id, int(order_us), seq=int(seq), row=int(row),
+                                              prompt_len=plen, ctx_len=clen, ctx_hash=chash))
+
+        def load(rows: list[OrderItem]) -> None:
+            cur.execute(self._sql_arrays, ([item.row for item in rows],))
+            blobs = {int(row): blob for row, blob in cur.fetchall()}
+            for item in rows:
+                ctx = call_context(_as_bytes(blobs.get(item.row)))
+                item.prompt = None if ctx is None else ctx.prompt
+
+        placed: dict[int, tuple[int, int]] = {}
+        moved: list[tuple[int, int, int]] = []
+        top: dict[str, int] = {}
+        for key, group in groups.items():
+            window = windows[key]
+            placement = place(counters[key][0] - len(window), window, group, load)
+            placed.update(placement.fresh)
+            moved.extend(placement.moved)
+            top[key] = max([o for _, o in placement.fresh.values()] + [o for _, _, o in placement.moved])
+        return placed, moved, top
+
     # ------------------------------------------------------------------------- read
 
     def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> list[Any]:
         def run(conn: "psycopg.Connection[Any]") -> list[Any]:
             with conn.cursor(binary=True) as cur:
-                cur.execute(query, (*params, int(key), n))
+                cur.execute(query, (*params, *key, n))
                 return cur.fetchall()
 
         return self._read(run)
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
-    ) -> Optional[tuple[str, tuple[Any, ...], int]]:
-        """Keyset-paginated query (last two parameters: ``key > %s`` and ``LIMIT %s``, the key
-        being the first column), its leading parameters, and the key to start after."""
+    ) -> Optional[tuple[str, tuple[Any, ...], Any]]:
+        """Keyset-paginated query (last parameters: the key to start after and ``LIMIT %s``,
+        the key being the columns before the last four), its leading parameters, and the key
+        to start after."""
         s, cols = self._s, self._cols
         time_sql = "" if since_us is None else " AND t.created_us >= %s"
         time_params: tuple[Any, ...] = () if since_us is None else (since_us,)
         if session:
+            # Session order (call start, trace id in code-point order): paged on that pair.
             query = (
-                f"SELECT {cols} FROM {s}.trace_uids u JOIN {s}.traces t ON t.id = u.trace_row"
-                f" WHERE u.uid = %s{time_sql} AND u.trace_row > %s ORDER BY u.trace_row LIMIT %s"
+                f"SELECT t.order_us, t.trace_id, t.seq, t.doc, t.arrays, t.detail FROM {s}.trace_uids u"
+                f" JOIN {s}.traces t ON t.id = u.trace_row WHERE u.uid = %s{time_sql}"
+                ' AND (t.order_us, t.trace_id COLLATE "C") > (%s::bigint, %s::text COLLATE "C")'
+                ' ORDER BY t.order_us, t.trace_id COLLATE "C" LIMIT %s'
             )
-            return query, (index_key(session), *time_params), 0
+            return query, (index_key(session), *time_params), SESSION_START
         if session == "":
             query = (
                 f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail FROM {s}.traces t"
@@ -584,7 +693,8 @@ class PostgresStore(TraceStore):
         rows = self._read(
             lambda conn: conn.execute(
                 "SELECT session_key, status, COUNT(*), MIN(seq), MAX(seq), MIN(created_us),"
-                f" MAX(created_us), MIN(id) FROM {self._s}.traces GROUP BY session_key, status"
+                f" MAX(created_us), MIN(id), SUM(cached_tokens) FROM {self._s}.traces"
+                " GROUP BY session_key, status"
             ).fetchall()
         )
         return sessions_from_rows(rows)

@@ -4,6 +4,8 @@ Why it is shaped this way:
 
 * ``BEGIN IMMEDIATE`` takes the write lock before ``seq`` is read, so two processes writing the
   same session serialise and ``seq`` stays gap-free; ``busy_timeout`` makes them wait, not fail.
+  ``seq`` is the rank in session order (``session_order.py``): a late commit of an earlier
+  call shifts the later rows' seq in the same transaction.
 * ``journal_mode=WAL`` + ``synchronous=NORMAL``: a commit survives a crash of the process (the
   WAL is in the OS page cache) but the last commits may be lost on power loss or an OS crash
   (never corrupting the file); the fsync happens at checkpoints. The right trade for
@@ -25,6 +27,10 @@ Layout (schema version 1)::
            doc TEXT, arrays BLOB, detail BLOB)                     -- see codec.py
     trace_uids(uid TEXT, trace_row INTEGER, PRIMARY KEY(uid, trace_row)) WITHOUT ROWID
     schema_version(version INTEGER)
+
+Version 2 adds to ``traces`` the session order key and the call's context (``order_us``,
+``prompt_len``, ``ctx_len``, ``ctx_hash``: see session_order.py), ``cached_tokens``, and the
+index ``(session_key, order_us, trace_id)`` that session reads walk.
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
+from litellm_rllm.store.base import (
+    SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows,
+)
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
+from litellm_rllm.store.session_order import OrderItem, Placement, call_context, place, window_start
 from litellm_rllm.trace import Trace
 
 if TYPE_CHECKING:
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_SIZE = 16384  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
@@ -83,14 +92,42 @@ _V1 = (
     ) WITHOUT ROWID""",
 )
 
-# version -> statements that bring a store from version-1 to version. Each step must be
-# idempotent (IF NOT EXISTS, ...) so re-running a half-known state is harmless.
-MIGRATIONS: dict[int, Sequence[str]] = {1: _V1}
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Session order by call start (``store/session_order.py``): the order key and the call's
+    context columns, the index a session is read on, and the seqs of existing traces renumbered
+    as ranks in that order. ``cached_tokens`` for the session sums."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(traces)")}
+    for column in ("order_us", "prompt_len", "ctx_len", "ctx_hash", "cached_tokens"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE traces ADD COLUMN {column} INTEGER")
+    conn.execute("UPDATE traces SET order_us = created_us WHERE order_us IS NULL")
+    conn.execute("CREATE INDEX IF NOT EXISTS traces_session_order ON traces(session_key, order_us, trace_id)")
+    conn.execute("UPDATE traces SET seq = -1 - seq")  # two steps: UNIQUE(session_key, seq) holds throughout
+    conn.execute(
+        "UPDATE traces SET seq = r.rank FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY session_key"
+        " ORDER BY order_us, trace_id) - 1 AS rank FROM traces) AS r WHERE traces.id = r.id"
+    )
+
+
+# version -> statements (or a function of the connection) that bring a store from version-1 to
+# version. Each step must be idempotent (IF NOT EXISTS, ...) so re-running a half-known state
+# is harmless.
+MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2}
 
 _COLS = "t.id, t.seq, t.doc, t.arrays, t.detail"
 _INSERT_TRACE = (
     "INSERT INTO traces (id, trace_id, session_key, seq, created_us, status, model, doc, arrays,"
-    " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " detail, order_us, prompt_len, ctx_len, ctx_hash, cached_tokens)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SESSION_LAST = (
+    "SELECT seq, order_us FROM traces WHERE session_key = ? ORDER BY order_us DESC, trace_id DESC LIMIT 1"
+)
+_SESSION_WINDOW = (
+    "SELECT id, trace_id, order_us, seq, prompt_len, ctx_len, ctx_hash FROM traces"
+    " WHERE session_key = ? AND order_us >= ? ORDER BY order_us, trace_id"
 )
 _INSERT_UID = "INSERT OR IGNORE INTO trace_uids (uid, trace_row) VALUES (?, ?)"
 
@@ -118,7 +155,11 @@ def migrate(conn: sqlite3.Connection) -> int:
                 f"supports ({SCHEMA_VERSION}); upgrade litellm-rllm"
             )
         for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version]:
+            step = MIGRATIONS[version]
+            if callable(step):
+                step(conn)
+                continue
+            for statement in step:
                 conn.execute(statement)
         if found < SCHEMA_VERSION:
             conn.execute("DELETE FROM schema_version")
@@ -263,22 +304,36 @@ class SqliteStore(TraceStore):
         positions: list[int],
         seqs: dict[int, int],
     ) -> None:
-        """Insert new traces (we hold the write lock): row ids and seqs continue the maxima."""
+        """Insert new traces (we hold the write lock): row ids continue the maximum, each session's
+        seqs are ranks in session order (``session_order.place``; later rows may shift)."""
         row_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM traces").fetchone()[0]
-        next_seq = _next_seqs(conn, list({enc.session_key: None for enc in fresh}))
+        items = [OrderItem.new(k, enc.trace_id, enc.created_us, enc.arrays) for k, enc in enumerate(fresh)]
+        by_key: dict[str, list[OrderItem]] = {}
+        for enc, item in zip(fresh, items):
+            by_key.setdefault(enc.session_key, []).append(item)
+        placed: dict[int, tuple[int, int]] = {}
+        moved: list[tuple[int, int, int]] = []
+        for key, group in by_key.items():
+            placement = _place(conn, key, group)
+            placed.update(placement.fresh)
+            moved.extend(placement.moved)
+        # Shifted rows go to negative seqs first: UNIQUE(session_key, seq) holds at every row.
+        conn.executemany("UPDATE traces SET seq = ?, order_us = ? WHERE id = ?",
+                         [(-1 - seq, key, row) for row, seq, key in moved])
         rows: list[tuple[Any, ...]] = []
         uid_rows: list[tuple[str, int]] = []
-        for k, enc in zip(positions, fresh):
-            seq = next_seq[enc.session_key]
-            next_seq[enc.session_key] = seq + 1
+        for k, (enc, item) in enumerate(zip(fresh, items)):
+            seq, order_us = placed[k]
             row_id += 1
-            seqs[k] = seq
+            seqs[positions[k]] = seq
             rows.append(
                 (row_id, enc.trace_id, enc.session_key, seq, enc.created_us, enc.status,
-                 enc.model, enc.doc, enc.arrays, enc.detail)
+                 enc.model, enc.doc, enc.arrays, enc.detail, order_us, *item.columns(), enc.cached_tokens)
             )
             uid_rows.extend((uid, row_id) for uid in enc.uids)
         conn.executemany(_INSERT_TRACE, rows)
+        if moved:
+            conn.executemany("UPDATE traces SET seq = -1 - seq WHERE id = ?", [(row,) for row, _, _ in moved])
         if uid_rows:
             conn.executemany(_INSERT_UID, uid_rows)
 
@@ -309,23 +364,25 @@ class SqliteStore(TraceStore):
     def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> list[Any]:
         with self._lock:
             self._check_open()
-            return self._conn.execute(query, (*params, key, n)).fetchall()
+            return self._conn.execute(query, (*params, *key, n)).fetchall()
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
-    ) -> Optional[tuple[str, tuple[Any, ...], int]]:
-        """A keyset-paginated query (its last two parameters are ``key > ?`` and ``LIMIT ?``,
-        the key being the first column it selects), its leading parameters, and the key to
-        start after; None when nothing can match."""
+    ) -> Optional[tuple[str, tuple[Any, ...], Any]]:
+        """A keyset-paginated query (its last parameters are the key to start after and
+        ``LIMIT ?``, the key being the columns before the last four it selects), its leading
+        parameters, and the key to start after; None when nothing can match."""
         # The unary + keeps SQLite walking the write-order index instead of created_us.
         time_sql = "" if since_us is None else " AND +t.created_us >= ?"
         time_params: tuple[Any, ...] = () if since_us is None else (since_us,)
         if session:
+            # Session order (call start, trace id): paged on that pair.
             query = (
-                f"SELECT {_COLS} FROM trace_uids u JOIN traces t ON t.id = u.trace_row"
-                f" WHERE u.uid = ?{time_sql} AND u.trace_row > ? ORDER BY u.trace_row LIMIT ?"
+                f"SELECT t.order_us, t.trace_id, {_COLS[len('t.id, '):]} FROM trace_uids u"
+                f" JOIN traces t ON t.id = u.trace_row WHERE u.uid = ?{time_sql}"
+                " AND (t.order_us, t.trace_id) > (?, ?) ORDER BY t.order_us, t.trace_id LIMIT ?"
             )
-            return query, (session, *time_params), 0
+            return query, (session, *time_params), SESSION_START
         if session == "":
             # Within one session seq order is write order: page on the (session_key, seq) index.
             query = (
@@ -361,7 +418,7 @@ class SqliteStore(TraceStore):
             self._check_open()
             rows = self._conn.execute(
                 "SELECT session_key, status, COUNT(*), MIN(seq), MAX(seq), MIN(created_us),"
-                " MAX(created_us), MIN(id) FROM traces GROUP BY session_key, status"
+                " MAX(created_us), MIN(id), SUM(cached_tokens) FROM traces GROUP BY session_key, status"
             ).fetchall()
         return sessions_from_rows(rows)
 
@@ -612,17 +669,26 @@ def _existing_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     return found
 
 
-def _next_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
-    """Next seq per session key (0 for a new session), read on the (session_key, seq) index."""
-    out = dict.fromkeys(keys, 0)
-    for chunk, marks in _chunks(keys):
-        query = (
-            f"SELECT session_key, MAX(seq) FROM traces WHERE session_key IN ({marks})"
-            " GROUP BY session_key"
-        )
-        for key, top in conn.execute(query, chunk):
-            out[key] = int(top) + 1
-    return out
+def _place(conn: sqlite3.Connection, key: str, fresh: list[OrderItem]) -> Placement:
+    """Where the new traces of one session go: its last trace tells the count (seqs are ranks)
+    and whether any stored trace is in the window (``session_order``)."""
+    last = conn.execute(_SESSION_LAST, (key,)).fetchone()
+    count = 0 if last is None else int(last[0]) + 1
+    lo = window_start(fresh)
+    window: list[OrderItem] = []
+    if last is not None and last[1] >= lo:
+        window = [
+            OrderItem(trace_id, order_us, seq=seq, row=row, prompt_len=plen, ctx_len=clen, ctx_hash=chash)
+            for row, trace_id, order_us, seq, plen, clen, chash in conn.execute(_SESSION_WINDOW, (key, lo))
+        ]
+
+    def load(rows: list[OrderItem]) -> None:
+        for item in rows:
+            blob = conn.execute("SELECT arrays FROM traces WHERE id = ?", (item.row,)).fetchone()[0]
+            ctx = call_context(blob)
+            item.prompt = None if ctx is None else ctx.prompt
+
+    return place(count - len(window), window, fresh, load)
 
 
 def _row_bytes(enc: EncodedTrace) -> int:

@@ -115,6 +115,7 @@ class TraceWriter:
         drain_budget: float = 1.0,
         linger: float = 0.005,
         encoder: Optional[Encoder] = None,
+        commit_delay: float = 0.0,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -133,6 +134,7 @@ class TraceWriter:
         self._retry_delays = tuple(retry_delays)
         self._poll = poll_interval
         self._linger = linger
+        self._commit_delay = commit_delay  # fault drills: a writer whose commits land late
         self._exit_timeout = exit_timeout
 
         self._queue: deque[Any] = deque()
@@ -456,6 +458,8 @@ class TraceWriter:
                 return
         pending = traces
         attempt = 0
+        if self._commit_delay:
+            time.sleep(self._commit_delay)
         started = time.monotonic()
         while pending:
             try:

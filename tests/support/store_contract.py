@@ -205,13 +205,10 @@ class StoreContract:
     # ---------------------------------------------------------------------------- read-back
 
     def test_lookup_by_outer_uid_returns_the_nested_sessions_traces(self, store: TraceStore) -> None:
-        store.write([
-            make("o1", None, uids=["outer"]),
-            make("i1", "inner-a", uids=["outer", "inner-a"]),
-            make("other", "elsewhere"),
-            make("i2", None, uids=["outer", "inner-b"]),
-            make("i3", "inner-a", uids=["outer", "inner-a"]),
-        ])
+        calls = [("o1", None, ["outer"]), ("i1", "inner-a", ["outer", "inner-a"]), ("other", "elsewhere", None),
+                 ("i2", None, ["outer", "inner-b"]), ("i3", "inner-a", ["outer", "inner-a"])]
+        store.write([make(tid, sid, uids=uids, created_at=T0 + timedelta(seconds=k))
+                     for k, (tid, sid, uids) in enumerate(calls)])
         assert [t.trace_id for t in store.traces(session="outer")] == ["o1", "i1", "i2", "i3"]
         assert [t.trace_id for t in store.traces(session="inner-a")] == ["i1", "i3"]
         assert [t.trace_id for t in store.traces(session="inner-b")] == ["i2"]
@@ -233,7 +230,9 @@ class StoreContract:
         assert [t.trace_id for t in store.traces(since=naive)] == ["t1", "t3"]
         paris = timezone(timedelta(hours=1))
         assert [t.trace_id for t in store.traces(since=datetime(2025, 3, 1, 13, 20, tzinfo=paris))] == ["t3"]
-        assert [t.trace_id for t in store.traces(session="s", since=cut)] == ["t1", "t2", "t3"]
+        assert [t.trace_id for t in store.traces(since=cut)] == ["t1", "t2", "t3"]  # write order
+        assert [t.trace_id for t in store.traces(session="s", since=cut)] == ["t2", "t1", "t3"]  # call order
+        assert [t.seq for t in store.traces(session="s", since=cut)] == [1, 2, 3]
         assert store.traces(since=T0 + timedelta(days=1)) == []
         with pytest.raises(ValueError, match="ISO 8601"):
             store.traces(since="yesterday")
@@ -290,6 +289,71 @@ class StoreContract:
         assert [t.seq for t in store.traces(session="other")] == [0, 1]
         with pytest.raises(ValueError, match="session"):
             store.delete()
+
+    def test_sessions_sum_the_cached_prompt_tokens(self, store: TraceStore) -> None:
+        store.write([make("a", "s1", cached_tokens=30), make("b", "s1", cached_tokens=12),
+                     make("c", "s1", status="error"), make("d", "s2")])
+        sums = {s.session_id: s.cached_tokens for s in store.sessions()}
+        assert sums == {"s1": 42, "s2": 0}
+        got = store.get("a")
+        assert got is not None and got.cached_tokens == 30
+
+    # ---------------------------------------------------------------------------- session order
+
+    def test_session_reads_in_call_order_whatever_the_commit_order(self, store: TraceStore) -> None:
+        calls = [make(f"c{k}", "s", created_at=T0 + timedelta(milliseconds=250 * k)) for k in range(10)]
+        for batch in ([calls[1], calls[0]], [calls[3]], [calls[2], calls[5]], [calls[4]], calls[6:][::-1]):
+            store.write(batch)
+        got = store.traces(session="s")
+        assert [t.trace_id for t in got] == [f"c{k}" for k in range(10)]
+        assert [t.seq for t in got] == list(range(10))
+        assert {t.trace_id: t.seq for t in store.traces()} == {f"c{k}": k for k in range(10)}
+        assert [s.last_seq for s in store.sessions()] == [9]
+
+    def test_late_commit_of_an_earlier_call_takes_its_rank_and_shifts_the_later_ones(self, store: TraceStore) -> None:
+        first = store.write([make("a", created_at=T0), make("c", created_at=T0 + timedelta(seconds=2))])
+        assert [t.seq for t in first] == [0, 1]
+        late = store.write([make("b", created_at=T0 + timedelta(seconds=1))])
+        assert late[0].seq == 1
+        assert [(t.trace_id, t.seq) for t in store.traces(session="s")] == [("a", 0), ("b", 1), ("c", 2)]
+        moved = store.get("c")
+        assert moved is not None and moved.seq == 2
+        store.write([make("d", created_at=T0 + timedelta(seconds=3))])  # after the shift: the next rank
+        assert [t.seq for t in store.traces(session="s")] == [0, 1, 2, 3]
+
+    def test_calls_that_start_together_are_ordered_by_trace_id(self, store: TraceStore) -> None:
+        store.write([make("b"), make("c")])
+        store.write([make("a")])
+        assert [(t.trace_id, t.seq) for t in store.traces(session="s")] == [("a", 0), ("b", 1), ("c", 2)]
+
+    def test_a_call_that_extends_another_goes_after_it_whatever_the_clocks(self, store: TraceStore) -> None:
+        """Prompt + completion of one call begin the next one's prompt: causal order wins over a
+        proxy clock that is 60 ms behind, in every commit order."""
+        def calls(session: str) -> list[Trace]:
+            turn = lambda tid, ms, prompt, out: make(  # noqa: E731
+                f"{session}-{tid}", session, created_at=T0 + timedelta(milliseconds=ms), prompt_token_ids=prompt,
+                choices=[TraceChoice(index=0, token_ids=out)])
+            return [
+                turn("p-first", 100, [1, 2, 3], [4, 5]),
+                turn("q-second", 40, [1, 2, 3, 4, 5, 6], [7]),  # its proxy's clock is behind
+                turn("r-third", 60, [1, 2, 3, 4, 5, 6, 7, 8], [9]),
+                turn("u-unrelated", 70, [42], [43]),
+            ]
+
+        import itertools
+
+        for n, perm in enumerate(itertools.permutations(range(4))):
+            session = f"perm{n}"
+            made = calls(session)
+            for k in perm:
+                store.write([made[k]])
+            got = store.traces(session=session)
+            assert [t.trace_id[len(session) + 1:] for t in got] == ["u-unrelated", "p-first", "q-second", "r-third"], perm
+            assert [t.seq for t in got] == [0, 1, 2, 3]
+        together = calls("one-batch")
+        store.write(together[::-1])
+        assert [t.trace_id for t in store.traces(session="one-batch")] == [
+            "one-batch-u-unrelated", "one-batch-p-first", "one-batch-q-second", "one-batch-r-third"]
 
     def test_closed_store_refuses_work_and_close_is_idempotent(self, store_url: str) -> None:
         st = store_mod.open(store_url)

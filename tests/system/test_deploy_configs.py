@@ -361,7 +361,7 @@ def test_compose_matches_the_compose_spec() -> None:
 
     schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
     raw = _load_yaml(COMPOSE)
-    assert isinstance(raw, dict) and set(raw["services"]) == {"postgres", "litellm"}
+    assert isinstance(raw, dict) and set(raw["services"]) == {"postgres", "redis", "litellm"}
     jsonschema.validate(_compose_interpolated(), schema, cls=jsonschema.Draft7Validator)
     # `compose config` requires the secrets: without them interpolation must stop.
     env = _env_example()
@@ -400,6 +400,11 @@ def test_compose_images_and_command() -> None:
     assert f"http://127.0.0.1:4000{LIVENESS}" in hc
     assert litellm["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "pg_isready" in " ".join(compose["services"]["postgres"]["healthcheck"]["test"])
+    # Redis holds only the router's session pins: the proxy must not wait for it to be healthy.
+    redis = compose["services"]["redis"]
+    assert re.fullmatch(r"redis:\d+(\.\d+)?(-[a-z0-9]+)?", redis["image"]), redis["image"]
+    assert litellm["depends_on"]["redis"]["condition"] == "service_started"
+    assert (litellm["environment"]["REDIS_HOST"], str(litellm["environment"]["REDIS_PORT"])) == ("redis", "6379")
 
 
 def test_compose_env_vars_are_real_and_documented() -> None:
@@ -593,9 +598,12 @@ def rendered() -> dict[tuple[str, str], dict]:
     return _by_id(kustomize_build(FULL))
 
 
+PROXY = "litellm-rllm"
+REDIS = "litellm-rllm-redis"  # the router cache: session -> replica pins (docs/fleet.md)
+
+
 def _deployment(rendered: dict[tuple[str, str], dict]) -> dict:
-    (dep,) = [o for (kind, _), o in rendered.items() if kind == "Deployment"]
-    return dep
+    return rendered[("Deployment", PROXY)]
 
 
 def _container(dep: dict) -> dict:
@@ -726,9 +734,11 @@ def test_selectors_match_pods(rendered: dict) -> None:
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     services = {name: obj for (kind, name), obj in rendered.items() if kind == "Service"}
-    assert set(services) == {"litellm-rllm", "litellm-rllm-pods"}
+    assert set(services) == {"litellm-rllm", "litellm-rllm-pods", REDIS}
     assert services["litellm-rllm-pods"]["spec"]["clusterIP"] == "None", "per-pod service must be headless"
-    for (kind, _), obj in rendered.items():
+    for (kind, name), obj in rendered.items():
+        if name == REDIS:
+            continue  # test_redis_serves_the_proxies_router_cache
         if kind == "Service":
             assert obj["spec"]["selector"].items() <= labels.items()
             (port,) = obj["spec"]["ports"]
@@ -738,6 +748,26 @@ def test_selectors_match_pods(rendered: dict) -> None:
             budget = obj["spec"].get("maxUnavailable", 0)
             assert isinstance(budget, int) and 0 < budget < dep["spec"]["replicas"]
     assert {k for k, _ in rendered} == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+
+
+def test_redis_serves_the_proxies_router_cache(rendered: dict) -> None:
+    """The proxies' REDIS_HOST/REDIS_PORT name the Redis Service, whose selector matches the
+    Redis pods only; rllm.yaml reads both for LiteLLM's session affinity."""
+    redis, service = rendered[("Deployment", REDIS)], rendered[("Service", REDIS)]
+    labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert redis["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    proxy_labels = _deployment(rendered)["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= proxy_labels.items(), "the Redis Service would select proxies"
+    (port,) = service["spec"]["ports"]
+    (c,) = redis["spec"]["template"]["spec"]["containers"]
+    assert port["targetPort"] in {p["name"] for p in c["ports"]} and port["port"] == 6379
+    assert re.fullmatch(r"redis:\d+(\.\d+)?(-[a-z0-9]+)?", c["image"]), c["image"]
+    env = {e["name"]: e.get("value") for e in _container(_deployment(rendered))["env"]}
+    assert (env["REDIS_HOST"], env["REDIS_PORT"]) == (REDIS, "6379")
+    router = _load_yaml(CONFIGS / "rllm.yaml")["router_settings"]
+    assert "session_affinity" in router["optional_pre_call_checks"]
+    assert (router["redis_host"], router["redis_port"]) == ("os.environ/REDIS_HOST", "os.environ/REDIS_PORT")
 
 
 def test_workload_only_build_expects_the_plain_configmap_name() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
+from datetime import timedelta
 from typing import Any, Iterator, Optional
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 import litellm_rllm.store as store_mod
 from litellm_rllm.store import TraceEncodeError
 from litellm_rllm.writer import TraceWriter
-from tests.support.store_contract import StoreContract, make
+from tests.support.store_contract import T0, StoreContract, make
 from tests.support.pg import PgServer, unique_schema, with_schema
 
 psycopg = pytest.importorskip("psycopg")
@@ -111,7 +112,7 @@ def test_four_processes_creating_and_writing_one_schema_at_once(url: str) -> Non
         assert store.schema_version() == SCHEMA_VERSION
     with raw(url) as conn:
         versions = conn.execute(f'SELECT version FROM "{parse_url(url)[1]}".schema_version').fetchall()
-    assert versions == [(SCHEMA_VERSION,)]
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each step ran once
 
 
 def test_values_postgres_cannot_index_are_stored_and_found(store: PostgresStore) -> None:
@@ -122,8 +123,8 @@ def test_values_postgres_cannot_index_are_stored_and_found(store: PostgresStore)
     long_id = "id-" + "x" * 4000
     result = store.write([
         make("n1", nul_sid, uids=["outer", nul_sid]),
-        make("l1", long_sid, uids=["outer", long_sid]),
-        make(long_id, long_sid),
+        make("l1", long_sid, uids=["outer", long_sid], created_at=T0 + timedelta(seconds=0.5)),
+        make(long_id, long_sid, created_at=T0 + timedelta(seconds=1)),  # called after l1
         make("ok", "plain"),
     ])
     assert [t.seq for t in result] == [0, 0, 1, 0]
@@ -247,13 +248,14 @@ def test_store_reconnects_after_a_server_restart_and_writer_spools_meanwhile(
     store = store_mod.open(url)
     writer = TraceWriter(store, retry_delays=(0.05, 0.05), spool=str(tmp_path / "spool"),
                          probe_interval=0.2, close_at_exit=False)
+    clock = iter(T0 + timedelta(seconds=k) for k in range(100))  # the calls, one after another
     try:
         for i in range(10):
-            writer.submit(make(f"before-{i}", "r"))
+            writer.submit(make(f"before-{i}", "r", created_at=next(clock)))
         assert writer.flush(10)
         own_server.stop()
         for i in range(10):
-            writer.submit(make(f"during-{i}", "r"))
+            writer.submit(make(f"during-{i}", "r", created_at=next(clock)))
         assert writer.flush(10)  # durable: in the spool
         stats = writer.stats()
         assert stats["spool_pending"] == 10 and stats["failed"] == 0
@@ -261,7 +263,7 @@ def test_store_reconnects_after_a_server_restart_and_writer_spools_meanwhile(
             store.count()
         own_server.start()
         assert store.count() in (10, 20)  # reads reconnect by themselves
-        writer.submit(make("after-0", "r"))
+        writer.submit(make("after-0", "r", created_at=next(clock)))
         assert writer.flush(10)
         stats = writer.stats()
         assert stats["spool_pending"] == 0 and stats["written"] == 21, stats

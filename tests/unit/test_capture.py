@@ -70,3 +70,12 @@ def test_stream_accumulator_merges_tool_call_fragments_by_index():
                                              "function": {"name": "f", "arguments": '{"x": 1}'}}]
     assert choice.token_ids == [1, 2, 3] and choice.logprobs == [-0.5, -0.25, -1.0]
     assert choice.finish_reason == "tool_calls" and choice.completeness.ok
+
+
+def test_cached_tokens_come_from_the_usage_the_upstream_reports() -> None:
+    from litellm_rllm.builder.trace_builder import cached_tokens_of
+
+    assert cached_tokens_of({"prompt_tokens": 90, "prompt_tokens_details": {"cached_tokens": 64}}) == 64
+    assert cached_tokens_of({"prompt_tokens": 90, "prompt_tokens_details": None}) is None
+    assert cached_tokens_of({"input_tokens": 9, "cache_read_input_tokens": 7}) == 7  # Anthropic's name
+    assert cached_tokens_of(None) is None and cached_tokens_of({"prompt_tokens_details": {"cached_tokens": True}}) is None

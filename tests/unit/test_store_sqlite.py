@@ -17,7 +17,9 @@ from litellm_rllm.store import SqliteStore
 from litellm_rllm.store.codec import encode
 from litellm_rllm.store.sqlite import SCHEMA_VERSION, migrate
 from litellm_rllm.trace import TraceChoice, pack_floats, pack_ids
-from tests.support.store_contract import StoreContract, make
+from datetime import timedelta
+
+from tests.support.store_contract import T0, StoreContract, make
 
 @pytest.fixture()
 def db(tmp_path: Path) -> str:
@@ -177,6 +179,27 @@ def test_migration_is_idempotent_and_refuses_a_newer_schema(db: str) -> None:
         SqliteStore(db)
 
 
+def test_a_version_1_file_is_upgraded_to_session_order(db: str) -> None:
+    """Traces stored in commit order by an older version get their seq re-ranked by call start."""
+    from litellm_rllm.store.sqlite import _V1
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in _V1:
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    for row_id, (tid, seq, start) in enumerate([("late", 0, 2), ("early", 1, 1), ("last", 2, 3)], 1):
+        enc = encode(make(tid, created_at=T0 + timedelta(seconds=start)))
+        conn.execute("INSERT INTO traces (id, trace_id, session_key, seq, created_us, status, model, doc)"
+                     " VALUES (?, ?, 's', ?, ?, 'ok', NULL, ?)", (row_id, tid, seq, enc.created_us, enc.doc))
+        conn.execute("INSERT INTO trace_uids VALUES ('s', ?)", (row_id,))
+    conn.close()
+    with SqliteStore(db) as store:
+        assert [(t.trace_id, t.seq) for t in store.traces(session="s")] == [("early", 0), ("late", 1), ("last", 2)]
+        store.write([make("next", created_at=T0 + timedelta(seconds=4))])
+        assert [t.seq for t in store.traces(session="s")] == [0, 1, 2, 3]
+
+
 def test_closed_store_refuses_work_and_close_is_idempotent(db: str) -> None:
     store = SqliteStore(db)
     def checkpointers() -> int:
@@ -192,3 +215,15 @@ def test_closed_store_refuses_work_and_close_is_idempotent(db: str) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         store.count()
     assert store.flush() is True
+
+
+def test_sessions_list_shows_each_sessions_cached_prompt_tokens(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from litellm_rllm import cli
+
+    with SqliteStore(db) as st:
+        st.write([make("a", "s1", cached_tokens=96), make("b", "s1", cached_tokens=160), make("c", "s2")])
+    assert cli.main(["sessions", "list", "--store", f"sqlite:///{db}"]) == 0
+    rows = {r["session_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert (rows["s1"]["cached_tokens"], rows["s2"]["cached_tokens"]) == (256, 0)
