@@ -152,19 +152,15 @@ instance = CustomLogger()
 """
 
 
+DRIFT_OFFSET: dict[str, int] = {}
+
+
 def write_trainer_session(store_url: str, folder: Path, session: str) -> list[str]:
-    """A session carrying the training fields (lineage, policy versions, a reward) the way the
-    trainer-side issues put them in a trace's JSON, and its merged trajectory for the stub:
-    #0 new, #1 extends #0, #2 extends #1 but is an orphan (#3 retried it), #3 extends #1 and
-    straddles a weight update, #4 drifts from #3 at token 4."""
+    """A session carrying the training fields (policy versions, a reward) and token ids whose
+    lineage (computed by the read-back) is: #0 new, #1 extends #0, #2 extends #1 but is an
+    orphan (#3 retried the same request), #3 extends #1 and straddles a weight update, #4 drifts
+    from #3 (its prompt re-tokenized #3's reply at the reply's second token, DRIFT_OFFSET)."""
     ids = [f"{session}-c{k}" for k in range(5)]
-    lineage = [
-        {"parent": None, "relation": "new"},
-        {"parent": ids[0], "relation": "extends"},
-        {"parent": ids[1], "relation": "extends", "orphan": True},
-        {"parent": ids[1], "relation": "extends", "retry_of": ids[2]},
-        {"parent": ids[3], "relation": "drift", "offset": 4},
-    ]
     versions = [{"start": 3, "end": 3}] * 3 + [{"start": 3, "end": 4}, {"start": 4, "end": 4}]
     prompt: list[int] = [151644, 882, 198, 1000, 151645, 198, 151644, 77091, 198]
     traces = []
@@ -173,14 +169,18 @@ def write_trainer_session(store_url: str, folder: Path, session: str) -> list[st
         traces.append(Trace(
             trace_id=ids[k], session_id=session, model="policy", provider="hosted_vllm",
             deployment_model="hosted_vllm/policy", status="ok", metadata={"task": "rl"},
-            request={"messages": [{"role": "user", "content": f"turn {k}"}]}, prompt_token_ids=list(prompt),
+            request={"messages": [{"role": "user", "content": f"turn {2 if k == 3 else k}"}]},
+            prompt_token_ids=list(prompt),
             usage={"prompt_tokens": len(prompt), "completion_tokens": 5, "total_tokens": len(prompt) + 5},
             latency_ms=50.0 + 10 * k, created_at=datetime.now(timezone.utc) + timedelta(milliseconds=200 * k),
             choices=[TraceChoice(index=0, message={"role": "assistant", "content": f"answer {k}"}, token_ids=completion,
                                  logprobs=[-0.05 * (j + 1) for j in range(5)],
                                  tokens=[f" w{j}" for j in range(4)] + ["<|im_end|>"])],
-            lineage=lineage[k], policy_version=versions[k], **({"reward": 1.0} if k == 4 else {})))
-        if k < 4 and k != 2:  # the orphan #2 is not continued
+            policy_version=versions[k], **({"reward": 1.0} if k == 4 else {})))
+        if k == 3:  # #4's template re-tokenized #3's reply: [a, b, ...] became [a, 9999, ...]
+            DRIFT_OFFSET[session] = len(prompt) + 1
+            prompt = prompt + [completion[0], 9999] + completion[2:] + [151644, 882, 198, 1004, 151645, 198]
+        elif k < 3 and k != 2:  # the orphan #2 is not continued; its retry #3 has its prompt
             prompt = prompt + completion + [151644, 882, 198, 1001 + k, 151645, 198, 151644, 77091, 198]
     st = store.open(store_url)
     try:
@@ -614,7 +614,8 @@ def test_session_view_shows_lineage_policy_versions_reward_and_the_merged_loss_m
     assert lineage[1].startswith("extends↳ #0") and "2 branches" in lineage[1]
     assert lineage[2].startswith("extends↳ #1") and "orphan" in lineage[2]
     assert "retry of #2" in lineage[3] and lineage[4].startswith("drift↳ #3")
-    assert rows.nth(4).locator("td .rel-drift").get_attribute("title") == "drift: first differing token at 4"
+    offset = DRIFT_OFFSET[recorded.trainer]
+    assert rows.nth(4).locator("td .rel-drift").get_attribute("title") == f"drift: first differing token at {offset}"
     assert [rows.nth(i).locator("td").nth(8).text_content() for i in range(5)] == ["3", "3", "3", "3 → 4", "4"]
     assert "reward 1" in rows.nth(4).locator("td").nth(10).text_content()
     assert "orphan" in (rows.nth(2).get_attribute("class") or "")
