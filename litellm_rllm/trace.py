@@ -111,6 +111,15 @@ class TraceError(BaseModel):
     status_code: Optional[int] = None
 
 
+class PolicyVersion(BaseModel):
+    """The model group's announced weights version when the call was sent upstream (`start`)
+    and when it finished (`end`); a call that straddles a weight update has start < end.
+    Versions are integers (`POST /rllm/policy-version`); None where none was announced."""
+
+    start: Optional[int] = None
+    end: Optional[int] = None
+
+
 class Trace(BaseModel):
     """One captured LLM call. Field names are public interface (SPEC: "The trace")."""
 
@@ -138,6 +147,7 @@ class Trace(BaseModel):
     status: TraceStatus = "ok"
     error: Optional[TraceError] = None
     caller: Optional[dict[str, Any]] = None
+    policy_version: Optional[PolicyVersion] = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     def session_key(self) -> str:
@@ -202,6 +212,7 @@ def unpack_floats(blob: Optional[bytes]) -> Optional[list[float]]:
 
 __all__ = [
     "Completeness",
+    "PolicyVersion",
     "TopColumns",
     "TopLogprob",
     "Trace",

@@ -25,6 +25,9 @@ Layout (schema version 1)::
            doc TEXT, arrays BLOB, detail BLOB)                     -- see codec.py
     trace_uids(uid TEXT, trace_row INTEGER, PRIMARY KEY(uid, trace_row)) WITHOUT ROWID
     schema_version(version INTEGER)
+
+Schema version 2 adds the trainer's tables (feed, rewards, finishes, policy_versions, pauses,
+proxies: ``trainer_sqlite.py``); every trace insert also appends its feed row.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from typing import Any, Iterator, Optional, Sequence
 
 from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
 from litellm_rllm.store.codec import EncodedTrace
+from litellm_rllm.store.trainer_sqlite import SQLITE_V2, SqliteTrainerMixin, feed_append
 from litellm_rllm.trace import Trace
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_SIZE = 16384  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
@@ -79,7 +83,7 @@ _V1 = (
 
 # version -> statements that bring a store from version-1 to version. Each step must be
 # idempotent (IF NOT EXISTS, ...) so re-running a half-known state is harmless.
-MIGRATIONS: dict[int, Sequence[str]] = {1: _V1}
+MIGRATIONS: dict[int, Sequence[str]] = {1: _V1, 2: SQLITE_V2}
 
 _COLS = "t.id, t.seq, t.doc, t.arrays, t.detail"
 _INSERT_TRACE = (
@@ -156,7 +160,7 @@ def path_from_url(url: str) -> str:
     return path if path == ":memory:" else os.path.expanduser(path)
 
 
-class SqliteStore(TraceStore):
+class SqliteStore(SqliteTrainerMixin, TraceStore):
     """One connection guarded by a lock: safe to share between the writer thread and readers."""
 
     def __init__(
@@ -210,6 +214,8 @@ class SqliteStore(TraceStore):
                 fresh = [k for tid, k in first.items() if tid not in existing]
                 if fresh:
                     self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
+        if seqs:
+            self._committed()
         if seqs and self._background_checkpoint:
             self._poke_checkpointer(sum(_row_bytes(encoded[k]) for k in seqs))
         return EncodedWriteResult(
@@ -242,6 +248,7 @@ class SqliteStore(TraceStore):
         conn.executemany(_INSERT_TRACE, rows)
         if uid_rows:
             conn.executemany(_INSERT_UID, uid_rows)
+        feed_append(conn, [("trace", r[0], r[2], r[6]) for r in rows])
 
     def _transaction(self) -> "_Transaction":
         self._check_open()
