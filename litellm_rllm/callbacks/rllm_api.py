@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from starlette.requests import Request
 
+from ..trainer.schema import TrainerInputError
 from .slug_route import SlugRoute
+from .trainer_api import bad_request, install_trainer_routes, read_filters, session_extras
 
 if TYPE_CHECKING:
     from ..trace import Trace
@@ -122,27 +124,35 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
 
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
+                                  min_policy_version: Optional[str] = None, max_staleness: Optional[str] = None,
                                   user: Any = Depends(_caller)) -> Any:
-        """The session's traces (nested sessions included) in `seq` order, after a flush."""
+        """The session's traces (nested sessions included) in `seq` order, after a flush, with
+        its `rewards` and `finished`; `min_policy_version` / `max_staleness` filter by version."""
         team = _team_scope(user)
+        try:
+            lo, stale = read_filters(min_policy_version, max_staleness)
+        except TrainerInputError as exc:
+            return bad_request(exc)
         await plugin.writer.aflush(60.0)
 
-        def read() -> list[dict[str, Any]]:
-            rows = team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit)
-            return [t.model_dump(mode="json") for t in rows]
+        def read() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            rows = team_traces(plugin.reader.iter_traces(session=session, since=since, min_policy_version=lo,
+                                                         max_staleness=stale), team, limit)
+            return [t.model_dump(mode="json") for t in rows], session_extras(plugin, session, team)
 
         try:
-            traces = await asyncio.to_thread(read)
+            traces, extras = await asyncio.to_thread(read)
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        return {"session": session, "count": len(traces), "traces": traces}
+        return {"session": session, "count": len(traces), "traces": traces, **extras}
 
     @router.get("/rllm/stats", tags=["litellm-rllm"])
     async def rllm_stats(user: Any = Depends(_caller)) -> Any:
         _require_admin(user)
         return plugin.stats()
 
+    install_trainer_routes(router, plugin, _caller, _team_scope, _require_admin)
     position = 1 if app.router.routes and isinstance(app.router.routes[0], SlugRoute) else 0
     for route in router.routes:
         app.router.routes.insert(position, route)
