@@ -29,7 +29,7 @@ from tests.support.pg import unique_schema, with_schema
 
 KEY = harness.MASTER_KEY
 # Served names the fake vLLM reads: `slow-S` answers after S seconds.
-SLOW_MODELS = {"policy-wait": "slow-3", "policy-hold": "slow-1"}
+SLOW_MODELS = {"policy-wait": "slow-5", "policy-hold": "slow-1"}
 
 
 class Fleet:
@@ -226,9 +226,9 @@ def test_version_bump_with_50_calls_in_flight_stamps_every_trace_with_both_versi
         t.join(60)
     straddlers = burst("straddle", 50)
     assert harness.wait_for(lambda: upstream_calls(vllm_upstream, served) == 54, timeout=20)  # all 50 upstream
-    assert len(results["straddle"]) == 0  # none finished yet (3 s upstream)
     fleet.post(fleet.b, "/rllm/policy-version", {"model": model, "version": 101})
     assert harness.wait_for(lambda: fleet.get(fleet.a, "/rllm/policy-version").json()["versions"].get(model) == 101, 1)
+    assert len(results["straddle"]) == 0  # both proxies have the new version; none finished yet (5 s upstream)
     after = burst("after", 6)
     for t in straddlers + after:
         t.join(60)
