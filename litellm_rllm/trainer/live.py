@@ -60,6 +60,7 @@ class LiveState:
         self.last_ok: Optional[float] = None  # monotonic time of the last good poll
         self.head = 0
         self.followers = 0  # feed requests waiting on this proxy (the head is polled meanwhile)
+        self._local_changes = 0  # bumped by apply_*: a poll that read before one must not undo it
         self._store: Any = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -91,11 +92,13 @@ class LiveState:
     # ---- changes made through this proxy -------------------------------------------------
 
     def apply_version(self, model: str, version: int) -> None:
+        self._local_changes += 1
         if self.versions.get(model) != version:
             self.versions = {**self.versions, model: version}
             self.control.fire()
 
     def apply_pauses(self, pauses: Mapping[str, PauseState]) -> None:
+        self._local_changes += 1
         if dict(pauses) != self.pauses:
             self.pauses = dict(pauses)
             self.control.fire()
@@ -162,12 +165,18 @@ class LiveState:
 
     def poll_once(self) -> bool:
         """Read versions, pauses and the feed head; heartbeat when due. False on a store error."""
+        local = self._local_changes
         try:
             versions, pauses, head = self._get_store().control_state()
         except Exception as exc:  # noqa: BLE001 - keep serving with the last known state
             self._poll_failed(exc)
             return False
         self.last_ok = time.monotonic()
+        if local != self._local_changes:  # a change posted here meanwhile: this read may predate it
+            self._see_head(head)
+            self._poll_now = True
+            self._wake.set()
+            return True
         if versions != self.versions:
             self.versions = versions
             self.control.fire()

@@ -15,7 +15,6 @@ the store, so a store error cannot fail a request (stale state is ignored: `live
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter

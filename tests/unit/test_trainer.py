@@ -144,6 +144,23 @@ def test_live_state_reads_versions_and_pauses_from_the_store_and_survives_its_fa
     assert counters["live_poll_errors"] == 2 and live.version_for("x") == 3  # last known state kept
 
 
+def test_a_poll_that_read_the_store_before_a_pause_was_posted_here_does_not_undo_it() -> None:
+    class Racing:
+        """The poller's read returns the state from before the pause; the pause is posted to
+        this proxy (stored, then applied to the cache) while the read is under way."""
+
+        def control_state(self) -> Any:
+            live.apply_pauses(paused("policy"))
+            return {}, {}, 0
+
+        def heartbeat(self, *args: Any) -> None:
+            pass
+
+    live = LiveState(lambda: Racing())
+    assert live.poll_once()
+    assert live.pause_for("policy") is not None
+
+
 def test_live_state_thread_sees_a_change_within_its_poll_interval(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'traces.db'}"
     live = LiveState(lambda: store_mod.open(url), poll_s=0.1).start()
