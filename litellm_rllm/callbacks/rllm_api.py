@@ -1,5 +1,6 @@
-"""`/rllm/*`: the trainer's HTTP side (flush barrier, read-back, stats), on LiteLLM's own app
-and behind its own key check.
+"""`/rllm/*`: the trainer's HTTP side (flush barrier, read-back, stats; rewards, finishes, the
+change feed, policy versions and pauses in `trainer_api.py`), on LiteLLM's own app and behind
+its own key check.
 
 Admins (the master key, proxy-admin keys) see everything; a team key reads only its own team's
 traces. Reads share the plugin's one read connection and run off the event loop.

@@ -41,7 +41,6 @@ from ..trainer.schema import (
     PauseMode,
     PauseState,
     Reward,
-    RewardValue,
     SessionRewards,
     body_hash,
     parse_idempotency_key,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
 log = logging.getLogger("litellm_rllm")

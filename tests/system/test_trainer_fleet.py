@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
