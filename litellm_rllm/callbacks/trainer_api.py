@@ -339,11 +339,12 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
     async def rllm_pause_status(user: Any = Depends(caller)) -> Any:
         """Pauses, calls in flight and held per model group across the live proxies, and
         `drained` per paused group (every proxy applied the pause, none has a call in flight)."""
+        from ..trainer.live import live_window_s
         from ..trainer.pause import drain_report
 
         require_admin(user)
         live, gate = plugin.live, plugin.gate
-        max_age = max(2.0, 4 * live.poll_s)
+        max_age = live_window_s(live.poll_s)
 
         def read() -> Any:
             return plugin.reader.pauses(), plugin.reader.heartbeats(max_age)

@@ -31,7 +31,15 @@ from .versions import ALL_MODELS, version_for
 
 log = logging.getLogger("litellm_rllm")
 
-HEARTBEAT_IDLE_S = 5.0  # heartbeat pace while nothing is paused (every poll while something is)
+# Heartbeat pace while nothing is paused (every poll while something is). A proxy counts as live
+# for `live_window_s`: an idle one must beat well within it, or a pause posted just then would
+# be reported drained without it.
+HEARTBEAT_IDLE_S = 1.0
+
+
+def live_window_s(poll_s: float) -> float:
+    """How recent a proxy's heartbeat must be for it to count in a drain report."""
+    return max(3.0, 4 * poll_s, 2 * HEARTBEAT_IDLE_S)
 
 
 class LiveState:
@@ -221,4 +229,4 @@ class LiveState:
                 pass
 
 
-__all__ = ["HEARTBEAT_IDLE_S", "LiveState"]
+__all__ = ["HEARTBEAT_IDLE_S", "LiveState", "live_window_s"]

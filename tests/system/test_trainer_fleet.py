@@ -53,7 +53,7 @@ class Fleet:
     def applied_everywhere(self, model: str, paused: bool = True) -> bool:
         """Every proxy's heartbeat shows the pause of `model` applied (or lifted)."""
         report = self.get(self.a, "/rllm/pause").json()
-        proxies = [p for p in report["proxies"] if p["age_s"] < 2]
+        proxies = [p for p in report["proxies"] if p["age_s"] < 3]
         return len(proxies) >= 2 and all((model in (p.get("applied") or {})) == paused for p in proxies)
 
 
