@@ -2,6 +2,8 @@
 
     litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
     litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
+    litellm-rllm traces tail   [--store URL | --proxy URL [--key K]] [--session S] [--finished]
+                               [--model M] [--after CURSOR|now] [--idle-exit SECONDS]
     litellm-rllm sessions list [--store URL]
     litellm-rllm sessions check [--session S | --since T] [--json]           the drift audit
     litellm-rllm sessions delete SESSION [--store URL]
@@ -128,6 +130,12 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
     finally:
         st.close()
     return 0
+
+
+def cmd_traces_tail(args: argparse.Namespace) -> int:
+    from .trainer.tail import run_tail
+
+    return run_tail(args)
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
@@ -454,6 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = traces.add_parser("list", help="one line per trace")
     store_args(p)
     p.set_defaults(func=cmd_traces_list)
+    p = traces.add_parser("tail", help="follow the change feed (traces, rewards, finishes) as JSON lines")
+    p.add_argument("--store", help="read this store directly (default: $RLLM_STORE_URL or sqlite:///rllm_traces.db)")
+    p.add_argument("--proxy", help="follow through a proxy instead, e.g. http://localhost:4000")
+    p.add_argument("--key", help="the proxy key (default: $RLLM_API_KEY or $LITELLM_MASTER_KEY)")
+    p.add_argument("--session", help="only this session's items (nested sessions included)")
+    p.add_argument("--finished", action="store_true", help="only ended episodes, each with its traces and rewards")
+    p.add_argument("--model", help="only this model group's traces and their sessions' rewards and finishes")
+    p.add_argument("--after", default="now", help="start after this cursor (0: the beginning; default: now)")
+    p.add_argument("--limit", type=int, help="items per read (1..1000, default 100)")
+    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a new item")
+    p.set_defaults(func=cmd_traces_tail)
 
     sessions = sub.add_parser("sessions", help="list sessions").add_subparsers(dest="verb", required=True)
     p = sessions.add_parser("list")

@@ -23,18 +23,38 @@ from typing import Any, Optional, TypeVar
 
 from litellm_rllm import slug as _slug
 from litellm_rllm.slug import HEADER, Secret
+from litellm_rllm.trainer.remote import (  # the trainer's side: docs/trainer.md
+    Follower,
+    finish,
+    follow,
+    pause,
+    pause_status,
+    resume,
+    reward,
+    set_policy_version,
+    wait_drained,
+)
 
 __all__ = [
     "HEADER",
+    "Follower",
     "Session",
     "current_metadata",
     "current_session",
     "current_slug",
     "fetch_traces",
+    "finish",
     "flush",
+    "follow",
+    "pause",
+    "pause_status",
     "proxied_base_url",
+    "resume",
+    "reward",
     "session",
+    "set_policy_version",
     "unwrap",
+    "wait_drained",
     "wrap",
 ]
 

@@ -80,6 +80,15 @@ class Settings(BaseModel):
     # `session_pin_min_load`) through this proxy.
     session_pin_load_factor: float = Field(1.5, ge=1.0, le=100.0)
     session_pin_min_load: int = Field(8, ge=1)
+    # The trainer's live interface (docs/trainer.md): how often each proxy reads policy versions
+    # and pauses from the store; how often it looks for feed items of other proxies while a
+    # follower waits on it; how long a call of a paused group is held (then 503); the
+    # Retry-After of refused calls; how old the pause state may get before it is ignored.
+    live_poll_interval_s: float = Field(0.5, gt=0, le=60)
+    feed_poll_interval_s: float = Field(0.05, gt=0, le=10)
+    pause_hold_timeout_s: float = Field(60.0, ge=0, le=3600)
+    pause_retry_after_s: float = Field(1.0, gt=0, le=60)
+    live_stale_after_s: float = Field(10.0, gt=0, le=3600)
 
     # Where the settings came from, for error messages and relative paths. Not a YAML key.
     config_file: Optional[str] = Field(None, exclude=True)

@@ -111,6 +111,15 @@ class TraceError(BaseModel):
     status_code: Optional[int] = None
 
 
+class PolicyVersion(BaseModel):
+    """The model group's announced weights version when the call was sent upstream (`start`)
+    and when it finished (`end`); a call that straddles a weight update has start < end.
+    Versions are integers (`POST /rllm/policy-version`); None where none was announced."""
+
+    start: Optional[int] = None
+    end: Optional[int] = None
+
+
 class Trace(BaseModel):
     """One captured LLM call. Field names are public interface (SPEC: "The trace")."""
 
@@ -141,6 +150,7 @@ class Trace(BaseModel):
     status: TraceStatus = "ok"
     error: Optional[TraceError] = None
     caller: Optional[dict[str, Any]] = None
+    policy_version: Optional[PolicyVersion] = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     # How this call relates to the session's earlier calls (`training.lineage`): computed when
     # a session is read back (over what a writer may have stored: it depends on the calls
@@ -209,6 +219,7 @@ def unpack_floats(blob: Optional[bytes]) -> Optional[list[float]]:
 
 __all__ = [
     "Completeness",
+    "PolicyVersion",
     "TopColumns",
     "TopLogprob",
     "Trace",

@@ -61,6 +61,7 @@ def prepare(record: Union[CallRecord, PreparedCall]) -> PreparedCall:
         # the body's reads as buffers: pickled for the build process, they travel out of band
         raw_body=[PickleBuffer(part) for part in record.raw_body] if record.raw_body is not None else None,
         stream_result=record.stream_result,
+        policy_version=record.policy_version,
     )
 
 

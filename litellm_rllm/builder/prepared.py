@@ -32,3 +32,4 @@ class PreparedCall:
     response: Optional[dict[str, Any]] = None  # LiteLLM's response, snapshot (untapped calls)
     raw_body: Optional[list[Any]] = None  # the upstream's JSON body as buffers (tapped calls)
     stream_result: Any = None  # capture.stream.StreamAccumulator, for streams
+    policy_version: Optional[dict[str, Any]] = None  # {"start", "end"}

@@ -73,6 +73,7 @@ def build_trace(record: Union[PreparedCall, CallRecord]) -> Trace:
         status=record.status,  # type: ignore[arg-type]
         error=error,
         caller=record.caller,
+        policy_version=record.policy_version,
         created_at=datetime.fromtimestamp(record.started_wall, tz=timezone.utc),
     )
 

@@ -22,6 +22,8 @@ class CallState:
     strip: tuple[str, ...] = ()  # injected fields the client did not ask for: hide them from it
     stream_wrapped: bool = False
     tap: Any = None  # upstream_tap.UpstreamTap: the stream as the upstream sent it
+    ticket: Any = None  # trainer.pause.Ticket: counts the call in flight until it ends
+    policy_start: Optional[int] = None  # the model group's policy version when sent upstream
 
 
 class CallRegistry:
@@ -64,7 +66,10 @@ class CallRegistry:
         self._ended[call_id] = None
         if len(self._ended) > self._remember:
             self._ended.pop(next(iter(self._ended)))
-        return self._calls.pop(call_id, None)
+        state = self._calls.pop(call_id, None)
+        if state is not None and state.ticket is not None:
+            state.ticket.release()
+        return state
 
     def ended(self, call_id: Optional[str]) -> bool:
         return bool(call_id) and call_id in self._ended
@@ -75,4 +80,6 @@ class CallRegistry:
     def _sweep(self) -> None:
         cutoff = time.perf_counter() - self._ttl_s
         for key in [k for k, s in self._calls.items() if s.started < cutoff]:
-            self._calls.pop(key, None)
+            state = self._calls.pop(key, None)
+            if state is not None and state.ticket is not None:
+                state.ticket.release()

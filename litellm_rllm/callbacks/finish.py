@@ -17,6 +17,7 @@ from ..capture.fields import fields_of
 from ..capture.record import CallRecord
 from ..capture.sse import SSEParser
 from ..capture.stream import StreamAccumulator
+from ..trainer.versions import call_span, slug_version
 from .calls import CallState
 from .plugin import plugin
 from .request_data import call_id_of, caller_of, error_of, route_of, session_of
@@ -44,6 +45,7 @@ def begin(data: dict[str, Any], user_api_key_dict: Any) -> Optional[CallState]:
 def _record(state: CallState, data: Mapping[str, Any], status: str) -> CallRecord:
     end = time.perf_counter()
     client = state.client_request or dict(data)
+    session = call_session(data)
     return CallRecord(
         call_id=state.call_id,
         started_wall=state.started_wall,
@@ -52,12 +54,20 @@ def _record(state: CallState, data: Mapping[str, Any], status: str) -> CallRecor
         model=client.get("model") if isinstance(client.get("model"), str) else None,
         stream=bool(client.get("stream")),
         latency_ms=(end - state.started) * 1000.0,
-        session=call_session(data),
+        session=session,
         caller=state.caller,
         client_request=client,
         upstream=dict(state.upstream) if state.upstream is not None else None,
         injected=dict(state.injected),
+        policy_version=_policy_version(state, client.get("model"), session),
     )
+
+
+def _policy_version(state: CallState, model: Any, session: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """`{start, end}`: the group's version when the call went upstream and now (trainer/versions.py)."""
+    span = call_span(state.policy_start, plugin().live.version_for(model if isinstance(model, str) else None),
+                     slug_version(session))
+    return None if span is None else {"start": span.start, "end": span.end}
 
 
 def call_session(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from .calls import CallRegistry
 
 if TYPE_CHECKING:
     from ..policy import PolicyFile
+    from ..trainer.live import LiveState
+    from ..trainer.pause import PauseGate
     from ..store.base import TraceStore
     from ..writer import TraceWriter
 
@@ -68,6 +70,8 @@ class Plugin:
         self._writer: Optional[TraceWriter] = None
         self._reader: Optional[TraceStore] = None
         self._policies: Optional[PolicyFile] = None
+        self._live: Optional[LiveState] = None
+        self._gate: Optional[PauseGate] = None
         self._closed = False
         self._stop = threading.Event()
         self._retention: Optional[threading.Thread] = None
@@ -139,7 +143,7 @@ class Plugin:
             encoder = InlineEncoder(build_trace)
         url = cfg.store
         return TraceWriter(
-            lambda: store.open(url, create=True),
+            lambda: self._feeding(store.open(url, create=True)),
             encoder=encoder,
             batch_size=cfg.writer_batch_size,
             max_queue=cfg.writer_max_queue,
@@ -154,12 +158,46 @@ class Plugin:
         """One store connection for the read routes, opened on first read, shared by them."""
         if self._reader is not None:
             return self._reader
+        self.live  # created outside the lock (it takes it)
         with self._lock:
             if self._reader is None:
                 from .. import store
 
-                self._reader = store.open(self.settings.store, create=True)
+                self._reader = self._feeding(store.open(self.settings.store, create=True))
             return self._reader
+
+    def _feeding(self, st: "TraceStore") -> "TraceStore":
+        """A store whose commits wake this proxy's feed followers at once."""
+        st.add_commit_listener(self.live.feed.fire)
+        return st
+
+    @property
+    def live(self) -> "LiveState":
+        """Policy versions and pauses as the store has them (polled; started by the tracer)."""
+        if self._live is None:
+            with self._lock:
+                if self._live is None:
+                    from .. import store
+                    from ..trainer.live import LiveState
+
+                    cfg, url = self.settings, self.settings.store
+                    self._live = LiveState(lambda: store.open(url), poll_s=cfg.live_poll_interval_s,
+                                           feed_poll_s=cfg.feed_poll_interval_s, stale_after_s=cfg.live_stale_after_s,
+                                           counters=self.counters, heartbeat_state=lambda: self.gate.snapshot())
+        return self._live
+
+    @property
+    def gate(self) -> "PauseGate":
+        """The pause gate of the tracer's pre-call hook (and the in-flight counts)."""
+        if self._gate is None:
+            from ..trainer.pause import PauseGate
+
+            live, cfg = self.live, self.settings
+            with self._lock:
+                if self._gate is None:
+                    self._gate = PauseGate(live, hold_timeout_s=cfg.pause_hold_timeout_s,
+                                           retry_after_s=cfg.pause_retry_after_s, counters=self.counters)
+        return self._gate
 
     @property
     def policies(self) -> "PolicyFile":
@@ -185,6 +223,7 @@ class Plugin:
                "calls": [{"route": r, "status": st, "count": n} for (r, st), n in self.route_counts.items()]}
         if self.affinity is not None:
             out["affinity"] = {"in_flight": dict(self.affinity.in_flight), "diverted": self.affinity.diverted}
+        out["trainer"] = {**self.live.stats(), **self.gate.snapshot()}
         return out
 
     # ---- retention ----------------------------------------------------------------------
@@ -240,8 +279,10 @@ class Plugin:
                 return True
             self._closed = True
             self._stop.set()
-            writer, reader, policies = self._writer, self._reader, self._policies
+            writer, reader, policies, live = self._writer, self._reader, self._policies, self._live
         ok = True
+        if live is not None:
+            live.stop()
         if writer is not None:
             ok = writer.close(timeout)
             if not ok:

@@ -1,5 +1,6 @@
-"""`/rllm/*`: the trainer's HTTP side (flush barrier, read-back, stats), on LiteLLM's own app
-and behind its own key check.
+"""`/rllm/*`: the trainer's HTTP side (flush barrier, read-back, stats; rewards, finishes, the
+change feed, policy versions and pauses in `trainer_api.py`), on LiteLLM's own app and behind
+its own key check.
 
 Admins (the master key, proxy-admin keys) see everything; a team key reads only its own team's
 traces. Reads share the plugin's one read connection and run off the event loop.
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from starlette.requests import Request
 
+from ..trainer.schema import TrainerInputError
 from .slug_route import SlugRoute
+from .trainer_api import bad_request, install_trainer_routes, read_filters, session_extras
 
 if TYPE_CHECKING:
     from ..trace import Trace
@@ -124,26 +127,34 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
 
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
+                                  min_policy_version: Optional[str] = None, max_staleness: Optional[str] = None,
                                   user: Any = Depends(_caller)) -> Any:
-        """The session's traces (nested sessions included) in `seq` order, after a flush."""
+        """The session's traces (nested sessions included) in `seq` order, after a flush, with
+        its `rewards` and `finished`; `min_policy_version` / `max_staleness` filter by version."""
         team = _team_scope(user)
+        try:
+            lo, stale = read_filters(min_policy_version, max_staleness)
+        except TrainerInputError as exc:
+            return bad_request(exc)
         await plugin.writer.aflush(60.0)
 
-        def read() -> tuple[int, int, bytes]:
+        def read() -> tuple[int, int, bytes, dict[str, Any]]:
             from ..training import attach_lineage
 
-            rows = attach_lineage(team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit))
+            rows = attach_lineage(team_traces(plugin.reader.iter_traces(
+                session=session, since=since, min_policy_version=lo, max_staleness=stale), team, limit))
             # each trace straight to JSON bytes (pydantic's serializer): a 32,000-token trace with
             # top logprobs as a dict through FastAPI's encoder took seconds
             cached = sum(t.cached_tokens or 0 for t in rows)  # prefix-cache hits, summed
-            return len(rows), cached, b",".join(t.model_dump_json().encode() for t in rows)
+            body = b",".join(t.model_dump_json().encode() for t in rows)
+            return len(rows), cached, body, session_extras(plugin, session, team)
 
         try:
-            count, cached, body = await asyncio.to_thread(read)
+            count, cached, body, extras = await asyncio.to_thread(read)
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        head = json.dumps({"session": session, "count": count, "cached_tokens": cached})[:-1].encode()
+        head = json.dumps({"session": session, "count": count, "cached_tokens": cached, **extras})[:-1].encode()
         return Response(content=head + b', "traces": [' + body + b"]}", media_type="application/json")
 
     @router.get("/rllm/sessions/{session}/trajectories", tags=["litellm-rllm"])
@@ -234,6 +245,7 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
 
     router.include_router(ui_router())
 
+    install_trainer_routes(router, plugin, _caller, _team_scope, _require_admin)
     position = 1 if app.router.routes and isinstance(app.router.routes[0], SlugRoute) else 0
     for route in router.routes:
         app.router.routes.insert(position, route)

@@ -14,6 +14,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from . import upstream_tap
 from .deployment import provider_of
 from .finish import TRACER, begin, with_final_hooks
+from .pause_gate import admit_call
 from .plugin import plugin
 from .request_data import call_id_of
 from .rllm_api import install_rllm_routes
@@ -33,9 +34,10 @@ class TraceCaptureCallback(CustomLogger):
         install_slug_route(self.plugin.settings.slug_header, self.plugin.check_slug)
         install_rllm_routes(self.plugin)
         self.plugin.start_retention()
+        self.plugin.live.start()  # policy versions and pauses from the store, every proxy alike
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
-        begin(data, user_api_key_dict)
+        await admit_call(begin(data, user_api_key_dict), data)  # waits / refuses while the group is paused
         return data
 
     async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> Optional[dict]:
@@ -43,6 +45,8 @@ class TraceCaptureCallback(CustomLogger):
         if state is None:
             return None
         state.upstream = kwargs  # a reference: later hooks' edits are what went upstream
+        model = (state.client_request or {}).get("model")
+        state.policy_start = self.plugin.live.version_for(model if isinstance(model, str) else None)
         if self.plugin.settings.raw_capture:
             try:
                 upstream_tap.install(kwargs, provider_of(kwargs), call_type)

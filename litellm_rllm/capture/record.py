@@ -33,3 +33,4 @@ class CallRecord:
     stream_result: Any = None  # stream.StreamAccumulator, for streams
     error: Optional[dict[str, Any]] = None
     usage: Any = None  # LiteLLM's parsed usage of a tapped body: prices it when LiteLLM did not
+    policy_version: Optional[dict[str, Any]] = None  # {"start", "end"}: trainer/versions.py

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 from pydantic import BaseModel, Field
 
 from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
+from litellm_rllm.store.trainer_store import TrainerStore
+from litellm_rllm.trainer.versions import parse_filters, policy_filter
 from litellm_rllm.trace import Trace
 
 if TYPE_CHECKING:
@@ -159,8 +161,11 @@ def _as_bytes(value: Any) -> Optional[bytes]:
     return bytes(value)  # memoryview / bytearray from some drivers
 
 
-class TraceStore(abc.ABC):
-    """A durable, ordered trace store. Implementations must be safe to share between threads."""
+class TraceStore(TrainerStore, abc.ABC):
+    """A durable, ordered trace store. Implementations must be safe to share between threads.
+
+    The trainer's side (rewards, finishes, policy versions, pauses, the change feed) is
+    ``TrainerStore``'s, on the same connection."""
 
     @abc.abstractmethod
     def write_encoded(self, encoded: Sequence[EncodedTrace]) -> EncodedWriteResult:
@@ -193,16 +198,29 @@ class TraceStore(abc.ABC):
         session: Optional[str] = None,
         since: Since = None,
         limit: Optional[int] = None,
+        *,
+        min_policy_version: Optional[int] = None,
+        max_staleness: Optional[int] = None,
     ) -> Iterator[Trace]:
         """Like ``traces`` but streamed page by page, for exports larger than memory: the
         backend's keyset query (``_read_plan``), paged through ``keyset_rows``."""
+        keep = policy_filter(*parse_filters(min_policy_version, max_staleness), self.policy_versions)
         since_dt = parse_since(since)
         plan = self._read_plan(session, None if since_dt is None else to_utc_micros(since_dt))
-        if plan is None:
+        if plan is None or (limit is not None and limit <= 0):
             return
         query, params, start = plan
-        for row in keyset_rows(lambda key, n: self._fetch_page(query, params, key, n), start, limit, READ_PAGE):
-            yield decode_row(row)
+        rows = keyset_rows(lambda key, n: self._fetch_page(query, params, key, n), start,
+                           limit if keep is None else None, READ_PAGE)
+        kept = 0
+        for row in rows:
+            trace = decode_row(row)
+            if keep is not None and not keep(trace):
+                continue
+            yield trace
+            kept += 1
+            if limit is not None and kept >= limit:
+                return
 
     @abc.abstractmethod
     def _read_plan(self, session: Optional[str], since_us: Optional[int]) -> Optional[tuple[str, tuple[Any, ...], Any]]:
@@ -219,13 +237,20 @@ class TraceStore(abc.ABC):
         session: Optional[str] = None,
         since: Since = None,
         limit: Optional[int] = None,
+        *,
+        min_policy_version: Optional[int] = None,
+        max_staleness: Optional[int] = None,
     ) -> list[Trace]:
         """A session's traces in session order (= ``seq`` order), else all in write order.
 
         ``session`` matches the session id or any of the session uids; ``""`` selects the
         traces without a session. ``since`` keeps ``created_at >= since``.
+        ``min_policy_version`` keeps calls sent under that version or a later one;
+        ``max_staleness=k`` those sent at most k versions behind their model group's newest
+        announced version (``trainer/versions.py``); both drop traces without a version.
         """
-        return list(self.iter_traces(session=session, since=since, limit=limit))
+        return list(self.iter_traces(session=session, since=since, limit=limit,
+                                     min_policy_version=min_policy_version, max_staleness=max_staleness))
 
     # ---- training data (litellm_rllm.training over this store's reads) -----------------
 

@@ -43,6 +43,9 @@ Layout (schema version 1), in schema S::
 Version 2 adds ``traces.order_us / prompt_len / ctx_len / ctx_hash`` (session order and the
 call's context), ``traces.cached_tokens``, ``session_seq.max_order_us`` and the index
 ``(session_key, order_us, trace_id COLLATE "C")`` that session reads walk.
+Version 3 adds the trainer's tables (``trainer_postgres.py``: feed, rewards, finishes,
+policy_versions, pauses, proxies); every trace write appends its feed rows as its last step,
+under the feed's advisory lock, so feed positions are committed in order.
 
 Reading with several writers active: ``id`` is taken at INSERT, rows become visible at
 COMMIT, so a reader walking ``id`` order may see row N+1 before row N commits; the flush
@@ -66,6 +69,7 @@ from litellm_rllm.store.base import (
 )
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
 from litellm_rllm.store.session_order import OrderItem, call_context, place, window_start
+from litellm_rllm.store.trainer_postgres import PostgresTrainerMixin, migrate_v2 as migrate_trainer
 from litellm_rllm.trace import Trace
 
 try:  # the `postgres` extra; only the URLs that need it need it
@@ -75,7 +79,7 @@ except ImportError:  # pragma: no cover - exercised by the "missing driver" test
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_SCHEMA = "rllm"
 INSTALL_HINT = "pip install 'litellm-rllm[postgres]' (or: pip install 'psycopg[binary]')"
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -174,7 +178,7 @@ def _migrate_v2(conn: "psycopg.Connection[Any]", s: str) -> None:
 
 # version -> step (connection, quoted schema) that brings a store from version-1 to version.
 # Each step must be idempotent (IF NOT EXISTS, ...); they run under the advisory lock.
-MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1, 2: _migrate_v2}
+MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1, 2: _migrate_v2, 3: migrate_trainer}
 
 
 # Index columns hold a form of the value PostgreSQL always accepts: no NUL character (text
@@ -329,7 +333,7 @@ def _quote(schema: str) -> str:
     return '"' + schema + '"'  # validated by _SCHEMA_RE: no quotes inside
 
 
-class PostgresStore(TraceStore):
+class PostgresStore(PostgresTrainerMixin, TraceStore):
     """See the module docstring. Thread-safe: one connection behind a lock."""
 
     def __init__(self, url: str, *, connect: bool = True) -> None:
@@ -458,6 +462,8 @@ class PostgresStore(TraceStore):
                     seqs.clear()
                     try:
                         self._write_tx(conn, safe, first, seqs)
+                        if seqs:
+                            self._committed()
                         break
                     except _Conflict:
                         if attempt == _CONFLICT_RETRIES:
@@ -584,6 +590,9 @@ class PostgresStore(TraceStore):
                         row_col.append(row_id)
                 if uid_col:
                     cur.execute(self._sql_uids, (uid_col, row_col))
+                # last: it takes the feed lock, held until COMMIT (trainer_postgres.py)
+                self._feed_append(cur, [("trace", row_of[encoded[k].trace_id], encoded[k].session_key,
+                                         encoded[k].model) for k in fresh])
 
     def _place(
         self,

@@ -31,6 +31,8 @@ Layout (schema version 1)::
 Version 2 adds to ``traces`` the session order key and the call's context (``order_us``,
 ``prompt_len``, ``ctx_len``, ``ctx_hash``: see session_order.py), ``cached_tokens``, and the
 index ``(session_key, order_us, trace_id)`` that session reads walk.
+Version 3 adds the trainer's tables (feed, rewards, finishes, policy_versions, pauses,
+proxies: ``trainer_sqlite.py``); every trace insert also appends its feed row.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from litellm_rllm.store.base import (
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
 from litellm_rllm.store.session_order import OrderItem, Placement, call_context, place, window_start
+from litellm_rllm.store.trainer_sqlite import SQLITE_V2, SqliteTrainerMixin, feed_append
 from litellm_rllm.trace import Trace
 
 if TYPE_CHECKING:
@@ -57,7 +60,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 16384  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
@@ -114,7 +117,7 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
 # version -> statements (or a function of the connection) that bring a store from version-1 to
 # version. Each step must be idempotent (IF NOT EXISTS, ...) so re-running a half-known state
 # is harmless.
-MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2}
+MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2, 3: SQLITE_V2}
 
 _COLS = "t.id, t.seq, t.doc, t.arrays, t.detail"
 _INSERT_TRACE = (
@@ -234,7 +237,7 @@ def missing_store_message(path: str) -> str:
     return message
 
 
-class SqliteStore(TraceStore):
+class SqliteStore(SqliteTrainerMixin, TraceStore):
     """One connection guarded by a lock: safe to share between the writer thread and readers."""
 
     def __init__(
@@ -290,6 +293,8 @@ class SqliteStore(TraceStore):
                 fresh = [k for tid, k in first.items() if tid not in existing]
                 if fresh:
                     self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
+        if seqs:
+            self._committed()
         if seqs and self._background_checkpoint:
             self._poke_checkpointer(sum(_row_bytes(encoded[k]) for k in seqs))
         return EncodedWriteResult(
@@ -336,6 +341,7 @@ class SqliteStore(TraceStore):
             conn.executemany("UPDATE traces SET seq = -1 - seq WHERE id = ?", [(row,) for row, _, _ in moved])
         if uid_rows:
             conn.executemany(_INSERT_UID, uid_rows)
+        feed_append(conn, [("trace", r[0], r[2], r[6]) for r in rows])
 
     def _delete(self, session: Optional[str], before_us: Optional[int]) -> int:
         where, params = [], []

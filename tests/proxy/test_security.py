@@ -100,7 +100,7 @@ def test_planted_credentials_appear_nowhere_in_store_export_or_logs(proxy, vllm_
     # the database, its WAL and any spool files next to it
     files = [p for p in db.parent.glob(db.name + "*") if p.is_file()]
     files += [p for d in db.parent.glob(db.name + "*") if d.is_dir() for p in d.rglob("*") if p.is_file()]
-    blobs = {str(p.relative_to(db.parent)): p.read_bytes() for p in files}
+    blobs = {str(p.relative_to(db.parent)): read_elsewhere(p) for p in files}
     export = subprocess.run([sys.executable, "-m", "litellm_rllm.cli", "traces", "export", "--store",
                              proxy.store_url, "--session", sid], capture_output=True, text=True, check=True).stdout
     assert len(export.splitlines()) == 5
@@ -109,6 +109,15 @@ def test_planted_credentials_appear_nowhere_in_store_export_or_logs(proxy, vllm_
             assert secret.encode() not in blob, f"{secret!r} in {name}"
         assert secret not in export
         assert secret not in caplog.text
+
+
+def read_elsewhere(path: Path) -> bytes:
+    """A file's bytes, read by a child process. Not `path.read_bytes()` here: closing any file
+    descriptor of the database drops every POSIX lock this process holds on it, including the
+    in-process proxy's SQLite locks; another process (the CLI below) then takes itself for the
+    last connection, checkpoints and removes the WAL under the proxy's feet (corruption)."""
+    return subprocess.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())",
+                           str(path)], capture_output=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")

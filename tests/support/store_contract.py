@@ -14,6 +14,7 @@ import pytest
 import litellm_rllm.store as store_mod
 from litellm_rllm.store import CorruptTraceError, TraceEncodeError, TraceStore
 from litellm_rllm.trace import TopLogprob, Trace, TraceChoice, TraceError
+from tests.support.trainer_contract import TrainerStoreContract
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -86,8 +87,8 @@ def full_trace() -> Trace:
     )
 
 
-class StoreContract:
-    """Every backend passes these, unchanged."""
+class StoreContract(TrainerStoreContract):
+    """Every backend passes these, unchanged (the trainer's tables: `trainer_contract.py`)."""
 
     # ---------------------------------------------------------------------------- round trip
 
