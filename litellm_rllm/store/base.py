@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 from pydantic import BaseModel, Field
 
 from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
+from litellm_rllm.store.compact import Compactor, Plan, Rebuilder
 from litellm_rllm.trace import Trace
 
 if TYPE_CHECKING:
@@ -140,8 +141,9 @@ READ_PAGE = 256  # rows per read query
 
 
 def decode_row(row: Sequence[Any]) -> Trace:
-    """A ``(key, seq, doc, arrays, detail)`` row of any backend -> its ``Trace``."""
-    _key, seq, doc, arrays, detail = row
+    """A ``(key, seq, doc, arrays, detail)`` row of any backend -> its ``Trace`` (a whole row;
+    the stores read through ``TraceStore._rebuilder`` instead, which also takes compacted ones)."""
+    _key, seq, doc, arrays, detail = row[:5]
     return decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
 
 
@@ -153,6 +155,9 @@ def _as_bytes(value: Any) -> Optional[bytes]:
 
 class TraceStore(abc.ABC):
     """A durable, ordered trace store. Implementations must be safe to share between threads."""
+
+    # Store a call that extends an earlier call of its session as what it adds (store/compact.py).
+    compact_sessions: bool = True
 
     @abc.abstractmethod
     def write_encoded(self, encoded: Sequence[EncodedTrace]) -> EncodedWriteResult:
@@ -193,8 +198,9 @@ class TraceStore(abc.ABC):
         if plan is None:
             return
         query, params, start = plan
+        rebuild = self._rebuilder()
         for row in keyset_rows(lambda key, n: self._fetch_page(query, params, key, n), start, limit, READ_PAGE):
-            yield decode_row(row)
+            yield rebuild.decode(row)
 
     @abc.abstractmethod
     def _read_plan(self, session: Optional[str], since_us: Optional[int]) -> Optional[tuple[str, tuple[Any, ...], Any]]:
@@ -205,6 +211,41 @@ class TraceStore(abc.ABC):
     @abc.abstractmethod
     def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> Sequence[Sequence[Any]]:
         """Run one page of a ``_read_plan`` query."""
+
+    # ---- compacted sessions (store/compact.py): the backends call these ------------------
+
+    @abc.abstractmethod
+    def _rows_by_id(self, trace_ids: list[str]) -> Sequence[Sequence[Any]]:
+        """Rows ``(key, seq, doc, arrays, detail, base_id, trace_id)`` by stored ``trace_id``:
+        how a read finds the base of a compacted row."""
+
+    def _rebuilder(self) -> Rebuilder:
+        """Decodes rows, putting compacted ones back whole; one per read."""
+        return Rebuilder(self._rows_by_id)
+
+    def _compaction_plans(self, encoded: Sequence[EncodedTrace]) -> Optional[list[Plan]]:
+        """Whole and compacted forms of the rows to write (None: compaction is off); the
+        backend picks with ``Compactor.choose`` in its transaction, then ``remember``s."""
+        if not self.compact_sessions:
+            return None
+        return self.compactor.plan(encoded)
+
+    @property
+    def compactor(self) -> Compactor:
+        found = self.__dict__.get("_compactor")
+        if found is None:
+            found = self.__dict__["_compactor"] = Compactor()
+        return found
+
+    def _relinked(self, children: Sequence[Sequence[Any]]) -> list[tuple[str, str, Optional[bytes]]]:
+        """``(trace_id, doc, arrays)`` of compacted rows made whole: what a delete writes over
+        the children that survive it before it removes their base (read in its transaction)."""
+        rebuild = self._rebuilder()
+        out = []
+        for row in children:
+            doc, arrays = rebuild.whole(row[6], row[2], _as_bytes(row[3]), row[5])
+            out.append((row[6], doc.decode("utf-8"), arrays))
+        return out
 
     def traces(
         self,

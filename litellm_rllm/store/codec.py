@@ -94,6 +94,7 @@ class EncodedTrace:
     arrays: Optional[bytes]
     detail: Optional[bytes]
     uids: tuple[str, ...]
+    base_id: Optional[str] = None  # compacted against this trace id (store/compact.py); None: whole
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -28,12 +28,13 @@ Why it is shaped this way:
   a broken connection (server restart) is replaced on the next call. Reads retry once on a
   fresh connection; writes are retried (then spooled) by ``TraceWriter``.
 
-Layout (schema version 1), in schema S::
+Layout (schema version 2), in schema S::
 
     S.traces(id bigint identity PRIMARY KEY,                  -- global write order
              trace_id text UNIQUE, session_key text, seq bigint, -- UNIQUE(session_key, seq)
              created_us bigint, status text, model text,        -- indexed
-             doc text, arrays bytea, detail bytea)              -- see codec.py
+             doc text, arrays bytea, detail bytea,              -- see codec.py
+             base_id text)                      -- v2, indexed: stored relative to (compact.py)
     S.trace_uids(uid text, trace_row bigint, PRIMARY KEY(uid, trace_row))
     S.session_seq(session_key text PRIMARY KEY, next_seq bigint)
     S.schema_version(version integer, applied_at timestamptz)
@@ -54,7 +55,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows
+from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceStore, sessions_from_rows
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
 from litellm_rllm.trace import Trace
 
@@ -65,7 +66,7 @@ except ImportError:  # pragma: no cover - exercised by the "missing driver" test
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "rllm"
 INSTALL_HINT = "pip install 'litellm-rllm[postgres]' (or: pip install 'psycopg[binary]')"
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -134,9 +135,15 @@ def _migrate_v1(conn: "psycopg.Connection[Any]", s: str) -> None:
         conn.execute(f"ALTER TABLE {s}.traces ALTER COLUMN doc SET COMPRESSION lz4")
 
 
+def _migrate_v2(conn: "psycopg.Connection[Any]", s: str) -> None:
+    """Compacted sessions (store/compact.py): the trace id a row is stored relative to."""
+    conn.execute(f"ALTER TABLE {s}.traces ADD COLUMN IF NOT EXISTS base_id text")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS traces_base ON {s}.traces (base_id) WHERE base_id IS NOT NULL")
+
+
 # version -> step (connection, quoted schema) that brings a store from version-1 to version.
 # Each step must be idempotent (IF NOT EXISTS, ...); they run under the advisory lock.
-MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1}
+MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1, 2: _migrate_v2}
 
 
 # Index columns hold a form of the value PostgreSQL always accepts: no NUL character (text
@@ -302,7 +309,7 @@ class PostgresStore(TraceStore):
         self._lock = threading.RLock()
         self._closed = False
         self._conn: Optional["psycopg.Connection[Any]"] = None
-        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail"
+        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"
         self._sql_lock_sessions = (
             f"INSERT INTO {s}.session_seq AS c (session_key, next_seq)"
             " SELECT k, 0 FROM unnest(%b::text[]) AS k ORDER BY k"
@@ -312,11 +319,11 @@ class PostgresStore(TraceStore):
         self._sql_existing = f"SELECT trace_id FROM {s}.traces WHERE trace_id = ANY(%b::text[])"
         self._sql_insert = (
             f"INSERT INTO {s}.traces"
-            " (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail)"
-            " SELECT trace_id, session_key, seq, created_us, status, model, doc, arrays, detail"
+            " (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail, base_id)"
+            " SELECT trace_id, session_key, seq, created_us, status, model, doc, arrays, detail, base_id"
             " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
-            " %b::text[], %b::text[], %b::bytea[], %b::bytea[]) WITH ORDINALITY"
-            " AS r(trace_id, session_key, seq, created_us, status, model, doc, arrays, detail, ord)"
+            " %b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::text[]) WITH ORDINALITY"
+            " AS r(trace_id, session_key, seq, created_us, status, model, doc, arrays, detail, base_id, ord)"
             " ORDER BY ord"
             " ON CONFLICT (trace_id) DO NOTHING"
             " RETURNING id, trace_id"
@@ -325,6 +332,9 @@ class PostgresStore(TraceStore):
             f"UPDATE {s}.session_seq c SET next_seq = v.n"
             " FROM unnest(%b::text[], %b::bigint[]) AS v(k, n) WHERE c.session_key = v.k"
         )
+        # a compacted row's base must exist when it commits: the lock makes a delete of the base
+        # wait for this write (or this write wait for the delete, then find the base gone)
+        self._sql_bases = f"SELECT trace_id FROM {s}.traces WHERE trace_id = ANY(%b::text[]) FOR KEY SHARE"
         self._sql_uids = (
             f"INSERT INTO {s}.trace_uids (uid, trace_row)"
             " SELECT * FROM unnest(%b::text[], %b::bigint[]) ON CONFLICT DO NOTHING"
@@ -398,13 +408,14 @@ class PostgresStore(TraceStore):
         for k, enc in enumerate(safe):
             first.setdefault(enc.trace_id, k)
         seqs: dict[int, int] = {}
+        plans = self._compaction_plans(safe) if safe else None
         if safe:
             with self._lock:
                 for attempt in range(_CONFLICT_RETRIES + 1):
                     conn = self._connection()
                     seqs.clear()
                     try:
-                        self._write_tx(conn, safe, first, seqs)
+                        self._write_tx(conn, safe, first, seqs, plans)
                         break
                     except _Conflict:
                         if attempt == _CONFLICT_RETRIES:
@@ -422,6 +433,8 @@ class PostgresStore(TraceStore):
                     except BaseException as exc:
                         self._on_error(exc)
                         raise
+            if plans is not None:
+                self.compactor.remember(plans, seqs)
         return EncodedWriteResult(
             [seqs.get(k) for k in range(len(safe))],
             [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
@@ -443,14 +456,27 @@ class PostgresStore(TraceStore):
             conn = self._connection()
             try:
                 with conn.transaction():
-                    deleted = conn.execute(f"DELETE FROM {s}.traces t WHERE {cond} RETURNING t.id", params)
-                    ids = [row[0] for row in deleted.fetchall()]
-                    if ids:
-                        conn.execute(f"DELETE FROM {s}.trace_uids WHERE trace_row = ANY(%s)", (ids,))
-                    return len(ids)
+                    # lock first (a write compacting against one of these holds FOR KEY SHARE:
+                    # wait for it), then make the surviving children of these rows whole
+                    doomed = conn.execute(f"SELECT t.id FROM {s}.traces t WHERE {cond} FOR UPDATE", params)
+                    ids = [row[0] for row in doomed.fetchall()]
+                    if not ids:
+                        return 0
+                    with conn.cursor(binary=True) as cur:
+                        cur.execute(
+                            f"SELECT {self._cols} FROM {s}.traces p JOIN {s}.traces t ON t.base_id = p.trace_id"
+                            " WHERE p.id = ANY(%s) AND NOT (t.id = ANY(%s))", (ids, ids))
+                        children = cur.fetchall()
+                    for trace_id, doc, arrays in self._relinked(children):
+                        conn.execute(f"UPDATE {s}.traces SET doc = %s, arrays = %s, base_id = NULL"
+                                     " WHERE trace_id = %s", (doc, arrays, trace_id))
+                    conn.execute(f"DELETE FROM {s}.trace_uids WHERE trace_row = ANY(%s)", (ids,))
+                    conn.execute(f"DELETE FROM {s}.traces WHERE id = ANY(%s)", (ids,))
             except BaseException as exc:
                 self._on_error(exc)
                 raise
+        self.compactor.forget()
+        return len(ids)
 
     def _find_bad(
         self,
@@ -482,9 +508,10 @@ class PostgresStore(TraceStore):
         encoded: list[EncodedTrace],
         first: dict[str, int],
         seqs: dict[int, int],
+        plans: Optional[list[Any]] = None,
     ) -> None:
         """One transaction; fills ``seqs`` (input index -> seq). Raises ``_Conflict`` (rolled
-        back) when an id was taken concurrently."""
+        back) when an id was taken concurrently. ``plans``: compacted forms (compact.py)."""
         with conn.transaction(), conn.cursor(binary=True) as cur:
             keys = sorted({encoded[k].session_key for k in first.values()})
             cur.execute(self._sql_lock_sessions, (keys,))
@@ -493,16 +520,20 @@ class PostgresStore(TraceStore):
             existing = {row[0] for row in cur.fetchall()}
             fresh = [k for tid, k in first.items() if tid not in existing]
             if fresh:
-                cols: list[list[Any]] = [[] for _ in range(9)]
-                for k in fresh:
-                    enc = encoded[k]
+                def bases(ids: list[str]) -> set[str]:
+                    cur.execute(self._sql_bases, (ids,))
+                    return {row[0] for row in cur.fetchall()}
+
+                rows = [encoded[k] for k in fresh] if plans is None else self.compactor.choose(plans, fresh, bases)
+                cols: list[list[Any]] = [[] for _ in range(10)]
+                for k, enc in zip(fresh, rows):
                     seq = next_seq[enc.session_key]
                     next_seq[enc.session_key] = seq + 1
                     seqs[k] = seq
                     for col, value in zip(
                         cols,
                         (enc.trace_id, enc.session_key, seq, enc.created_us, enc.status,
-                         enc.model, enc.doc, enc.arrays, enc.detail),
+                         enc.model, enc.doc, enc.arrays, enc.detail, enc.base_id),
                     ):
                         col.append(value)
                 cur.execute(self._sql_insert, cols)
@@ -548,7 +579,7 @@ class PostgresStore(TraceStore):
             return query, (index_key(session), *time_params), 0
         if session == "":
             query = (
-                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail FROM {s}.traces t"
+                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {s}.traces t"
                 f" WHERE t.session_key = ''{time_sql} AND t.seq > %s ORDER BY t.seq LIMIT %s"
             )
             return query, time_params, -1
@@ -569,16 +600,17 @@ class PostgresStore(TraceStore):
         return query, time_params, start
 
     def get(self, trace_id: str) -> Optional[Trace]:
+        rows = self._rows_by_id([index_key(trace_id)])
+        return self._rebuilder().decode(rows[0]) if rows else None
+
+    def _rows_by_id(self, trace_ids: list[str]) -> list[Any]:
+        """By the stored (index-safe) trace id."""
         def fetch(conn: "psycopg.Connection[Any]") -> Any:
             with conn.cursor(binary=True) as cur:
-                cur.execute(
-                    f"SELECT {self._cols} FROM {self._s}.traces t WHERE t.trace_id = %s",
-                    (index_key(trace_id),),
-                )
-                return cur.fetchone()
+                cur.execute(f"SELECT {self._cols} FROM {self._s}.traces t WHERE t.trace_id = ANY(%s)", (trace_ids,))
+                return cur.fetchall()
 
-        row = self._read(fetch)
-        return None if row is None else decode_row(row)
+        return self._read(fetch)
 
     def sessions(self) -> list[SessionSummary]:
         rows = self._read(
