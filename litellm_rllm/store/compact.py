@@ -9,11 +9,15 @@ puts them back, exactly. Used by both backends, at the store's write level
 
 Stored form of a compacted row (the ``base_id`` column names its base's ``trace_id``):
 
-* ``doc`` carries ``"_compact": {"base": B, "prompt_tokens": T, "choice": k, "messages": M}``
-  (each of the last three only where used): the prompt ids are the first ``T`` ids of
-  ``B.prompt_token_ids + B.choices[k].token_ids`` followed by the stored ones; the request's
-  ``messages`` are ``B``'s first ``M`` messages followed by the stored ones. ``T`` is the
-  common prefix of the two (an exact extension, or the kept part before a drift or an edit).
+* ``doc`` carries ``"_compact": {"base": B, "prompt_tokens": T, "choice": k, "messages": M,
+  "reply": j, "request": [keys]}`` (each but ``base`` only where used): the prompt ids are the first ``T``
+  ids of ``B.prompt_token_ids + B.choices[k].token_ids`` followed by the stored ones; the
+  request's ``messages`` are ``B``'s first ``M`` messages followed by the stored ones (with
+  ``"reply": j``, the first stored one is a null standing for ``B.choices[j].message``: the
+  base's answer as the client sent it back); each
+  request field in ``keys`` (stored as null, in its place) is ``B``'s, e.g. the same tool
+  schemas every call. ``T`` is the common prefix of the two (an exact extension, or the kept
+  part before a drift or an edit).
 * ``arrays`` has format 2: format 1's layout (codec.py) whose first array holds the suffix
   only, so a reader that does not know compaction refuses the row instead of misreading it.
 
@@ -64,6 +68,7 @@ except ImportError:  # pragma: no cover - exercised where orjson is absent
 
 COMPACT_FORMAT = 2  # arrays blob whose prompt array is a suffix (see the module docstring)
 KEY = "_compact"
+FIELD_MIN_BYTES = 64  # request fields (other than messages) at least this large are shared with a base
 _HEAD = struct.Struct("<BI")
 MAX_CHAIN = 100_000  # a read refuses longer chains than this (a corrupt cycle)
 
@@ -146,34 +151,42 @@ def _messages(doc: Any) -> Optional[list[Any]]:
 
 @dataclass
 class _Known:
-    """A row of this store as a base candidate: its whole ids, and its messages' digests
-    (computed from ``doc`` the first time a later row asks)."""
+    """A row of this store as a base candidate: its whole ids, and digests of its request's
+    messages and other large fields (computed from ``doc`` the first time a later row asks)."""
 
     trace_id: str
     prompt: Optional[bytes]
     completions: list[Optional[bytes]]
     doc: Optional[str]
     depth: int = 0  # rows between this one and a whole row (0: stored whole)
-    digests: Optional[list[bytes]] = None
-    sizes: Optional[list[int]] = None
+    digests: Optional[list[bytes]] = None  # one per request message
+    fields: Optional[dict[str, bytes]] = None  # request key -> digest, for large values
+    replies: Optional[list[Optional[bytes]]] = None  # per choice, its message's digest
 
     @property
     def nbytes(self) -> int:
         n = len(self.prompt or b"") + sum(len(c or b"") for c in self.completions)
-        return n + len(self.doc or "") + 40 * len(self.digests or ()) + 200
+        return n + len(self.doc or "") + 40 * (len(self.digests or ()) + len(self.fields or ())) + 200
 
-    def message_digests(self) -> list[bytes]:
-        if self.digests is None:
-            digests, sizes = [], []
+    def request_digests(self) -> tuple[list[bytes], dict[str, bytes], list[Optional[bytes]]]:
+        """Digests of the request's messages, of its other large fields, of each choice's reply."""
+        if self.digests is None or self.fields is None or self.replies is None:
+            digests: list[bytes] = []
+            fields: dict[str, bytes] = {}
+            replies: list[Optional[bytes]] = []
             try:
-                for message in _messages(_loads(self.doc or "{}")) or []:
-                    data = _dumps(message)
-                    digests.append(_digest(data))
-                    sizes.append(len(data))
-            except (ValueError, TypeError):
-                digests, sizes = [], []
-            self.digests, self.sizes, self.doc = digests, sizes, None
-        return self.digests
+                doc = _loads(self.doc or "{}")
+                digests = [_digest(_dumps(m)) for m in _messages(doc) or []]
+                request = doc.get("request")
+                for key, value in (request.items() if isinstance(request, dict) else ()):
+                    data = _dumps(value) if key != "messages" and isinstance(value, (list, dict)) else b""
+                    if len(data) >= FIELD_MIN_BYTES:
+                        fields[key] = _digest(data)
+                replies = [_reply_digest(c) for c in doc.get("choices") or []]
+            except (ValueError, TypeError, AttributeError):
+                digests, fields, replies = [], {}, []
+            self.digests, self.fields, self.replies, self.doc = digests, fields, replies, None
+        return self.digests, self.fields, self.replies
 
     def start(self, choice: Optional[int]) -> bytes:
         """Prompt + the sampled ids of ``choice`` (the ids a continuing prompt starts with)."""
@@ -258,16 +271,31 @@ class Compactor:
         if not isinstance(doc, dict) or KEY in doc:
             return
         own = _messages(doc)
-        count, message_bytes = 0, 0
-        if own and enc.session_key:
-            base_digests = base.message_digests()
-            for message, digest in zip(own, base_digests):
+        count, saving, same, reply = 0, 4 * tokens, [], None
+        if enc.session_key and isinstance(doc.get("request"), dict):
+            base_messages, base_fields, base_replies = base.request_digests()
+            for message, digest in zip(own or (), base_messages):
                 data = _dumps(message)
                 if _digest(data) != digest:
                     break
                 count += 1
-                message_bytes += len(data)
-        saving = 4 * tokens + message_bytes
+                saving += len(data)
+            if own and count < len(own) and count == len(base_messages):
+                # the first new message is the base's reply as the client sent it back
+                data = _dumps(own[count])
+                digest = _digest(data)
+                order = [choice] if choice is not None else []
+                for k in [*order, *range(len(base_replies))]:
+                    if k < len(base_replies) and base_replies[k] == digest:
+                        reply = k
+                        saving += len(data)
+                        break
+            for key, value in doc["request"].items():  # e.g. the same tool schemas every call
+                digest = base_fields.get(key) if key != "messages" else None
+                data = _dumps(value) if digest is not None else b""
+                if digest is not None and _digest(data) == digest:
+                    same.append(key)
+                    saving += len(data)
         if saving < self.min_saving:
             return
         meta: dict[str, Any] = {"base": base.trace_id}
@@ -277,9 +305,16 @@ class Compactor:
             if choice is not None:
                 meta["choice"] = choice
             arrays = _with_prompt(enc.arrays, COMPACT_FORMAT, tokens)  # type: ignore[arg-type]
-        if count:
+        if count or reply is not None:
             meta["messages"] = count
             doc["request"]["messages"] = own[count:]  # type: ignore[index]
+        if reply is not None:
+            meta["reply"] = reply
+            doc["request"]["messages"][0] = None
+        if same:
+            meta["request"] = same
+            for key in same:
+                doc["request"][key] = None  # the key keeps its place: the request reads back in order
         doc[KEY] = meta
         plan.compact = dataclasses.replace(enc, doc=_dumps(doc).decode("utf-8"), arrays=arrays, base_id=base.trace_id)
         plan.base, plan.base_index, plan.saving = base, index, saving
@@ -338,7 +373,12 @@ class Compactor:
 class _Parent:
     prompt: Optional[bytes]
     completions: list[Optional[bytes]]
-    messages: Optional[list[Any]]
+    request: Any  # the whole request (messages and every other field)
+    replies: list[Any]  # each choice's message
+
+    @property
+    def messages(self) -> Optional[list[Any]]:
+        return _messages({"request": self.request})
 
 
 class MissingBase(CorruptTraceError):
@@ -381,11 +421,20 @@ class Rebuilder:
         if not isinstance(meta, dict) or meta.get("base") != base_id:
             raise CorruptTraceError(f"trace {trace_id!r}: base {base_id!r} does not match its doc")
         count = int(meta.get("messages") or 0)
-        if count:
-            own = _messages(obj)
-            if own is None or base.messages is None or len(base.messages) < count:
+        if count or "reply" in meta:
+            own, theirs = _messages(obj), base.messages if count else []
+            if own is None or theirs is None or len(theirs) < count:
                 raise CorruptTraceError(f"trace {trace_id!r}: messages of base {base_id!r} missing")
-            obj["request"]["messages"] = base.messages[:count] + own
+            if "reply" in meta:
+                k = meta["reply"]
+                if not own or not isinstance(k, int) or not 0 <= k < len(base.replies) or base.replies[k] is None:
+                    raise CorruptTraceError(f"trace {trace_id!r}: reply {k!r} of base {base_id!r} missing")
+                own = [base.replies[k], *own[1:]]
+            obj["request"]["messages"] = theirs[:count] + own
+        for key in meta.get("request") or ():
+            if not isinstance(base.request, dict) or key not in base.request or key not in obj["request"]:
+                raise CorruptTraceError(f"trace {trace_id!r}: request field {key!r} of base {base_id!r} missing")
+            obj["request"][key] = base.request[key]
         tokens = int(meta.get("prompt_tokens") or 0)
         if tokens:
             if arrays is None:
@@ -398,7 +447,7 @@ class Rebuilder:
                 raise CorruptTraceError(f"trace {trace_id!r}: base {base_id!r} has fewer than {tokens} ids")
             arrays = _with_prompt(arrays, ARRAYS_FORMAT, 0, prefix)
         prompt, completions = _arrays_of(arrays)
-        self._keep(self._parents, trace_id, _Parent(prompt, completions, _messages(obj)))
+        self._keep(self._parents, trace_id, _Parent(prompt, completions, obj.get("request"), _replies(obj)))
         return _dumps(obj), arrays
 
     def _parent(self, trace_id: str) -> _Parent:
@@ -422,7 +471,9 @@ class Rebuilder:
         for tid, doc, arrays, base_id in reversed(chain):
             if base_id is None:
                 prompt, completions = _arrays_of(arrays)
-                self._keep(self._parents, tid, _Parent(prompt, completions, _messages(_loads(doc))))
+                obj = _loads(doc)
+                self._keep(self._parents, tid, _Parent(prompt, completions, obj.get("request") if isinstance(obj, dict) else None,
+                                                       _replies(obj)))
             else:
                 self.whole(tid, doc, arrays, base_id)
         return self._parents[trace_id]
@@ -432,6 +483,16 @@ class Rebuilder:
         cache.move_to_end(key)
         while len(cache) > self._cache_rows:
             cache.popitem(last=False)
+
+
+def _reply_digest(choice: Any) -> Optional[bytes]:
+    message = choice.get("message") if isinstance(choice, dict) else None
+    return None if message is None else _digest(_dumps(message))
+
+
+def _replies(doc: Any) -> list[Any]:
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    return [c.get("message") if isinstance(c, dict) else None for c in choices or []]
 
 
 def _start(base: _Parent, choice: Optional[int]) -> bytes:

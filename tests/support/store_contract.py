@@ -403,8 +403,9 @@ class StoreContract:
             store.write([trace.model_copy(deep=True)])
         assert [t.model_dump_json() for t in store.traces(session="noids")] == as_read(traces)
         doc = json.loads(raw_blob(store, "noids-7")[0])
-        assert doc["_compact"] == {"base": "noids-6", "messages": 14}
-        assert [m["content"] for m in doc["request"]["messages"]] == ["reply 6", "result of turn 6: " + "data " * 80]
+        # the 14 messages of the base, then its reply as the client sent it back, then the new turn
+        assert doc["_compact"] == {"base": "noids-6", "messages": 14, "reply": 0}
+        assert doc["request"]["messages"] == [None, {"role": "user", "content": "result of turn 6: " + "data " * 80}]
 
     def test_a_call_whose_base_another_store_object_wrote_is_stored_whole(
         self, store_url: str, raw_blob: RawBlob
