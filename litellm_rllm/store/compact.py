@@ -38,7 +38,6 @@ sessions (``cache_bytes`` in all).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import json
 import struct
@@ -161,32 +160,42 @@ class _Known:
     depth: int = 0  # rows between this one and a whole row (0: stored whole)
     digests: Optional[list[bytes]] = None  # one per request message
     fields: Optional[dict[str, bytes]] = None  # request key -> digest, for large values
-    replies: Optional[list[Optional[bytes]]] = None  # per choice, its message's digest
+    replies: Optional[list[Optional[bytes]]] = None  # per choice, its message's JSON
+    charged: int = 0  # what the cache counted for it (its size changes once the doc is parsed)
 
     @property
     def nbytes(self) -> int:
         n = len(self.prompt or b"") + sum(len(c or b"") for c in self.completions)
+        n += sum(len(r or b"") for r in self.replies or ())
         return n + len(self.doc or "") + 40 * (len(self.digests or ()) + len(self.fields or ())) + 200
 
     def request_digests(self) -> tuple[list[bytes], dict[str, bytes], list[Optional[bytes]]]:
-        """Digests of the request's messages, of its other large fields, of each choice's reply."""
+        """Digests of the request's messages and of its other large fields; each choice's
+        reply (its message) as JSON."""
         if self.digests is None or self.fields is None or self.replies is None:
-            digests: list[bytes] = []
-            fields: dict[str, bytes] = {}
-            replies: list[Optional[bytes]] = []
             try:
-                doc = _loads(self.doc or "{}")
-                digests = [_digest(_dumps(m)) for m in _messages(doc) or []]
-                request = doc.get("request")
-                for key, value in (request.items() if isinstance(request, dict) else ()):
-                    data = _dumps(value) if key != "messages" and isinstance(value, (list, dict)) else b""
-                    if len(data) >= FIELD_MIN_BYTES:
-                        fields[key] = _digest(data)
-                replies = [_reply_digest(c) for c in doc.get("choices") or []]
+                self.learn(_loads(self.doc or "{}"))
             except (ValueError, TypeError, AttributeError):
-                digests, fields, replies = [], {}, []
-            self.digests, self.fields, self.replies, self.doc = digests, fields, replies, None
-        return self.digests, self.fields, self.replies
+                self.digests, self.fields, self.replies = [], {}, []
+            self.doc = None
+        return self.digests, self.fields, self.replies  # type: ignore[return-value]
+
+    def learn(self, doc: Any, messages: Optional[list[tuple[bytes, bytes]]] = None) -> None:
+        """Take the digests from a parsed doc (``messages``: (JSON, digest) of each message,
+        where the caller has them already)."""
+        if messages is None:
+            messages = [(data, _digest(data)) for data in map(_dumps, _messages(doc) or [])]
+        fields: dict[str, bytes] = {}
+        request = doc.get("request") if isinstance(doc, dict) else None
+        for key, value in (request.items() if isinstance(request, dict) else ()):
+            data = _dumps(value) if key != "messages" and isinstance(value, (list, dict)) else b""
+            if len(data) >= FIELD_MIN_BYTES:
+                fields[key] = _digest(data)
+        choices = doc.get("choices") if isinstance(doc, dict) else None
+        self.digests = [d for _, d in messages]
+        self.fields = fields
+        self.replies = [_reply_json(c) for c in choices or []]
+        self.doc = None
 
     def start(self, choice: Optional[int]) -> bytes:
         """Prompt + the sampled ids of ``choice`` (the ids a continuing prompt starts with)."""
@@ -271,31 +280,29 @@ class Compactor:
         if not isinstance(doc, dict) or KEY in doc:
             return
         own = _messages(doc)
+        mine = [(data, _digest(data)) for data in map(_dumps, own or [])]
+        known.learn(doc, mine)  # this row's digests, for the rows that will extend it
         count, saving, same, reply = 0, 4 * tokens, [], None
         if enc.session_key and isinstance(doc.get("request"), dict):
             base_messages, base_fields, base_replies = base.request_digests()
-            for message, digest in zip(own or (), base_messages):
-                data = _dumps(message)
-                if _digest(data) != digest:
+            for (data, digest), theirs in zip(mine, base_messages):
+                if digest != theirs:
                     break
                 count += 1
                 saving += len(data)
-            if own and count < len(own) and count == len(base_messages):
+            if count < len(mine) and count == len(base_messages):
                 # the first new message is the base's reply as the client sent it back
-                data = _dumps(own[count])
-                digest = _digest(data)
-                order = [choice] if choice is not None else []
-                for k in [*order, *range(len(base_replies))]:
-                    if k < len(base_replies) and base_replies[k] == digest:
+                data = mine[count][0]
+                for k in ([choice] if choice is not None else []) + list(range(len(base_replies))):
+                    if k < len(base_replies) and base_replies[k] == data:
                         reply = k
                         saving += len(data)
                         break
             for key, value in doc["request"].items():  # e.g. the same tool schemas every call
                 digest = base_fields.get(key) if key != "messages" else None
-                data = _dumps(value) if digest is not None else b""
-                if digest is not None and _digest(data) == digest:
+                if digest is not None and digest == (known.fields or {}).get(key):
                     same.append(key)
-                    saving += len(data)
+                    saving += FIELD_MIN_BYTES  # at least
         if saving < self.min_saving:
             return
         meta: dict[str, Any] = {"base": base.trace_id}
@@ -316,7 +323,8 @@ class Compactor:
             for key in same:
                 doc["request"][key] = None  # the key keeps its place: the request reads back in order
         doc[KEY] = meta
-        plan.compact = dataclasses.replace(enc, doc=_dumps(doc).decode("utf-8"), arrays=arrays, base_id=base.trace_id)
+        plan.compact = EncodedTrace(enc.trace_id, enc.session_key, enc.created_us, enc.status, enc.model,
+                                    _dumps(doc).decode("utf-8"), arrays, enc.detail, enc.uids, base.trace_id)
         plan.base, plan.base_index, plan.saving = base, index, saving
 
     def choose(self, plans: Sequence[Plan], fresh: Sequence[int],
@@ -351,13 +359,14 @@ class Compactor:
                 key = plan.whole.session_key
                 entries = self._sessions.pop(key, [])
                 entries.append(known)
-                self._bytes += known.nbytes
+                known.charged = known.nbytes
+                self._bytes += known.charged
                 while len(entries) > self.per_session:
-                    self._bytes -= entries.pop(0).nbytes
+                    self._bytes -= entries.pop(0).charged
                 self._sessions[key] = entries
             while self._bytes > self.cache_bytes and self._sessions:
                 _, entries = self._sessions.popitem(last=False)
-                self._bytes -= sum(e.nbytes for e in entries)
+                self._bytes -= sum(e.charged for e in entries)
 
     def forget(self) -> None:
         """Drop every candidate (after a delete: the store checks anyway, this saves the work)."""
@@ -485,9 +494,9 @@ class Rebuilder:
             cache.popitem(last=False)
 
 
-def _reply_digest(choice: Any) -> Optional[bytes]:
+def _reply_json(choice: Any) -> Optional[bytes]:
     message = choice.get("message") if isinstance(choice, dict) else None
-    return None if message is None else _digest(_dumps(message))
+    return None if message is None else _dumps(message)
 
 
 def _replies(doc: Any) -> list[Any]:
