@@ -244,7 +244,7 @@ class TraceStore(abc.ABC):
         out = []
         for row in children:
             doc, arrays = rebuild.whole(row[6], row[2], _as_bytes(row[3]), row[5])
-            out.append((row[6], doc.decode("utf-8"), arrays))
+            out.append((row[6], doc if isinstance(doc, str) else doc.decode("utf-8"), arrays))
         return out
 
     def traces(

@@ -67,6 +67,7 @@ except ImportError:  # pragma: no cover - exercised where orjson is absent
 
 COMPACT_FORMAT = 2  # arrays blob whose prompt array is a suffix (see the module docstring)
 KEY = "_compact"
+_TAIL = ',"' + KEY + '":'  # how the record starts, as the doc's last key
 FIELD_MIN_BYTES = 64  # request fields (other than messages) at least this large are shared with a base
 _HEAD = struct.Struct("<BI")
 MAX_CHAIN = 100_000  # a read refuses longer chains than this (a corrupt cycle)
@@ -221,7 +222,7 @@ class Plan:
 class Compactor:
     """Per store object: the write side (module docstring). Thread-safe."""
 
-    cache_bytes: int = 64 << 20
+    cache_bytes: int = 32 << 20
     per_session: int = 4
     max_depth: int = 64
     min_saving: int = 512
@@ -258,24 +259,31 @@ class Compactor:
         enc, known = plan.whole, plan.known
         prompt = known.prompt
         best: Optional[tuple[int, int, Optional[int], _Known, Optional[int]]] = None  # tokens, order, choice, base, index
-        for order, (index, cand) in enumerate(candidates):
+        for order in range(len(candidates) - 1, -1, -1):  # latest first: usually the one
+            index, cand = candidates[order]
             if cand.depth + 1 > self.max_depth or cand.trace_id == enc.trace_id:
                 continue
-            tokens, choice = 0, None
+            tokens, choice, whole = 0, None, False
             if prompt is not None and cand.prompt is not None:
                 tokens = common_prefix(prompt, cand.prompt)
-                if tokens == len(cand.prompt) // 4:  # all of it kept: go on into a sampled choice
+                whole = 4 * tokens == len(prompt)
+                if 4 * tokens == len(cand.prompt) and not whole:  # all of it kept: on into a choice
                     reach = tokens
                     for c, ids in enumerate(cand.completions):
                         more = common_prefix(prompt, ids, 4 * tokens) if ids else 0
                         if tokens + more > reach:
                             reach, choice = tokens + more, c
+                            whole = 4 * more == len(ids)  # type: ignore[arg-type]
                     tokens = reach
-            if best is None or (tokens, order) >= (best[0], best[1]):
+            if best is None or tokens > best[0]:
                 best = (tokens, order, choice, cand, index)
+            if whole:  # this prompt, or all of the candidate's prompt + a sampled choice: take it
+                break
         if best is None:
             return
         tokens, _, choice, base, index = best
+        if not enc.doc.endswith("}"):
+            return
         doc = _loads(enc.doc)
         if not isinstance(doc, dict) or KEY in doc:
             return
@@ -322,9 +330,13 @@ class Compactor:
             meta["request"] = same
             for key in same:
                 doc["request"][key] = None  # the key keeps its place: the request reads back in order
-        doc[KEY] = meta
+        if count or reply is not None or same:
+            doc[KEY] = meta  # last: a reader finds it at the end (Rebuilder.whole)
+            text = _dumps(doc).decode("utf-8")
+        else:  # ids only: the doc as it was, plus the record
+            text = enc.doc[:-1] + _TAIL + _dumps(meta).decode("utf-8") + "}"
         plan.compact = EncodedTrace(enc.trace_id, enc.session_key, enc.created_us, enc.status, enc.model,
-                                    _dumps(doc).decode("utf-8"), arrays, enc.detail, enc.uids, base.trace_id)
+                                    text, arrays, enc.detail, enc.uids, base.trace_id)
         plan.base, plan.base_index, plan.saving = base, index, saving
 
     def choose(self, plans: Sequence[Plan], fresh: Sequence[int],
@@ -378,16 +390,47 @@ class Compactor:
 # ------------------------------------------------------------------------------ read side
 
 
-@dataclass
 class _Parent:
-    prompt: Optional[bytes]
-    completions: list[Optional[bytes]]
-    request: Any  # the whole request (messages and every other field)
-    replies: list[Any]  # each choice's message
+    """A row read back whole, as a base: its ids and request, worked out when a child asks."""
+
+    __slots__ = ("doc", "arrays", "_obj", "_ids")
+
+    def __init__(self, doc: Any, arrays: Optional[bytes], obj: Any = None) -> None:
+        self.doc, self.arrays, self._obj = doc, arrays, obj
+        self._ids: Optional[tuple[Optional[bytes], list[Optional[bytes]]]] = None
+
+    def obj(self) -> Any:
+        if self._obj is None:
+            self._obj = _loads(self.doc)
+        return self._obj
+
+    @property
+    def request(self) -> Any:
+        obj = self.obj()
+        return obj.get("request") if isinstance(obj, dict) else None
 
     @property
     def messages(self) -> Optional[list[Any]]:
-        return _messages({"request": self.request})
+        return _messages(self.obj())
+
+    @property
+    def replies(self) -> list[Any]:
+        return _replies(self.obj())
+
+    def start(self, choice: Optional[int]) -> bytes:
+        """Prompt + the sampled ids of ``choice``: what a continuing prompt starts with."""
+        if self._ids is None and self.arrays is not None and choice in (None, 0):
+            fmt, counts, at = _layout(self.arrays)  # choice 0's ids follow the prompt's in the blob
+            if fmt == ARRAYS_FORMAT and counts[0] >= 0:
+                more = max(counts[1], 0) if choice == 0 and len(counts) > 1 else 0
+                return self.arrays[at: at + 4 * (counts[0] + more)]
+        if self._ids is None:
+            self._ids = _arrays_of(self.arrays)
+        prompt, completions = self._ids
+        if choice is None:
+            return prompt or b""
+        ids = completions[choice] if 0 <= choice < len(completions) else None
+        return (prompt or b"") + (ids or b"")
 
 
 class MissingBase(CorruptTraceError):
@@ -422,28 +465,22 @@ class Rebuilder:
             return self.decode(fresh[0])
         return decode(whole_doc, whole_arrays, detail, seq)
 
-    def whole(self, trace_id: str, doc: Any, arrays: Optional[bytes], base_id: str) -> tuple[bytes, Optional[bytes]]:
+    def whole(self, trace_id: str, doc: Any, arrays: Optional[bytes], base_id: str) -> tuple[Any, Optional[bytes]]:
         """A compacted row's doc and arrays as a whole row would store them."""
         base = self._parent(base_id)
-        obj = _loads(doc)
-        meta = obj.pop(KEY, None) if isinstance(obj, dict) else None
+        text = doc if isinstance(doc, str) else bytes(doc).decode("utf-8")
+        at = text.rfind(_TAIL)  # the compaction record is the doc's last key (written so)
+        meta = _loads(text[at + len(_TAIL):-1]) if at > 0 and text.endswith("}") else None
         if not isinstance(meta, dict) or meta.get("base") != base_id:
             raise CorruptTraceError(f"trace {trace_id!r}: base {base_id!r} does not match its doc")
-        count = int(meta.get("messages") or 0)
-        if count or "reply" in meta:
-            own, theirs = _messages(obj), base.messages if count else []
-            if own is None or theirs is None or len(theirs) < count:
-                raise CorruptTraceError(f"trace {trace_id!r}: messages of base {base_id!r} missing")
-            if "reply" in meta:
-                k = meta["reply"]
-                if not own or not isinstance(k, int) or not 0 <= k < len(base.replies) or base.replies[k] is None:
-                    raise CorruptTraceError(f"trace {trace_id!r}: reply {k!r} of base {base_id!r} missing")
-                own = [base.replies[k], *own[1:]]
-            obj["request"]["messages"] = theirs[:count] + own
-        for key in meta.get("request") or ():
-            if not isinstance(base.request, dict) or key not in base.request or key not in obj["request"]:
-                raise CorruptTraceError(f"trace {trace_id!r}: request field {key!r} of base {base_id!r} missing")
-            obj["request"][key] = base.request[key]
+        obj = None
+        if meta.keys() <= {"base", "prompt_tokens", "choice"}:
+            whole_doc: Any = text[:at] + "}"  # ids only: the rest of the doc is whole already
+        else:
+            obj = _loads(text)
+            del obj[KEY]
+            self._restore_request(trace_id, obj, meta, base, base_id)
+            whole_doc = _dumps(obj)
         tokens = int(meta.get("prompt_tokens") or 0)
         if tokens:
             if arrays is None:
@@ -451,13 +488,31 @@ class Rebuilder:
             fmt = _layout(arrays)[0]
             if fmt != COMPACT_FORMAT:
                 raise CorruptTraceError(f"trace {trace_id!r}: arrays format {fmt} in a compacted row")
-            prefix = _start(base, meta.get("choice"))[: 4 * tokens]
+            prefix = base.start(meta.get("choice"))[: 4 * tokens]
             if len(prefix) != 4 * tokens:
                 raise CorruptTraceError(f"trace {trace_id!r}: base {base_id!r} has fewer than {tokens} ids")
             arrays = _with_prompt(arrays, ARRAYS_FORMAT, 0, prefix)
-        prompt, completions = _arrays_of(arrays)
-        self._keep(self._parents, trace_id, _Parent(prompt, completions, obj.get("request"), _replies(obj)))
-        return _dumps(obj), arrays
+        self._keep(self._parents, trace_id, _Parent(whole_doc, arrays, obj))
+        return whole_doc, arrays
+
+    @staticmethod
+    def _restore_request(trace_id: str, obj: Any, meta: dict[str, Any], base: _Parent, base_id: str) -> None:
+        count = int(meta.get("messages") or 0)
+        if count or "reply" in meta:
+            own, theirs = _messages(obj), base.messages if count else []
+            if own is None or theirs is None or len(theirs) < count:
+                raise CorruptTraceError(f"trace {trace_id!r}: messages of base {base_id!r} missing")
+            if "reply" in meta:
+                k, replies = meta["reply"], base.replies
+                if not own or not isinstance(k, int) or not 0 <= k < len(replies) or replies[k] is None:
+                    raise CorruptTraceError(f"trace {trace_id!r}: reply {k!r} of base {base_id!r} missing")
+                own = [replies[k], *own[1:]]
+            obj["request"]["messages"] = theirs[:count] + own
+        for key in meta.get("request") or ():
+            request = base.request
+            if not isinstance(request, dict) or key not in request or key not in obj["request"]:
+                raise CorruptTraceError(f"trace {trace_id!r}: request field {key!r} of base {base_id!r} missing")
+            obj["request"][key] = request[key]
 
     def _parent(self, trace_id: str) -> _Parent:
         """The whole ids and messages of a base, fetching (and expanding) its chain as needed."""
@@ -479,10 +534,7 @@ class Rebuilder:
                 raise CorruptTraceError(f"trace {trace_id!r}: base chain longer than {MAX_CHAIN}")
         for tid, doc, arrays, base_id in reversed(chain):
             if base_id is None:
-                prompt, completions = _arrays_of(arrays)
-                obj = _loads(doc)
-                self._keep(self._parents, tid, _Parent(prompt, completions, obj.get("request") if isinstance(obj, dict) else None,
-                                                       _replies(obj)))
+                self._keep(self._parents, tid, _Parent(doc, arrays))
             else:
                 self.whole(tid, doc, arrays, base_id)
         return self._parents[trace_id]
@@ -502,14 +554,6 @@ def _reply_json(choice: Any) -> Optional[bytes]:
 def _replies(doc: Any) -> list[Any]:
     choices = doc.get("choices") if isinstance(doc, dict) else None
     return [c.get("message") if isinstance(c, dict) else None for c in choices or []]
-
-
-def _start(base: _Parent, choice: Optional[int]) -> bytes:
-    prompt = base.prompt or b""
-    if choice is None:
-        return prompt
-    ids = base.completions[choice] if 0 <= choice < len(base.completions) else None
-    return prompt + (ids or b"")
 
 
 def _as_bytes(value: Any) -> Optional[bytes]:
