@@ -19,7 +19,8 @@ Stored form of a compacted row (the ``base_id`` column names its base's ``trace_
   schemas every call. ``T`` is the common prefix of the two (an exact extension, or the kept
   part before a drift or an edit).
 * ``arrays`` has format 2: format 1's layout (codec.py) whose first array holds the suffix
-  only, so a reader that does not know compaction refuses the row instead of misreading it.
+  only (a bare format-2 header for a trace without ids), so a reader that does not know
+  compaction refuses the row instead of misreading its ids or its messages.
 
 Nothing is guessed. A base is only a call this store object wrote and saw committed (or an
 earlier row of the same batch): its ids and messages are known exactly. Message prefixes are
@@ -70,6 +71,7 @@ KEY = "_compact"
 _TAIL = ',"' + KEY + '":'  # how the record starts, as the doc's last key
 FIELD_MIN_BYTES = 64  # request fields (other than messages) at least this large are shared with a base
 _HEAD = struct.Struct("<BI")
+_NO_ARRAYS = _HEAD.pack(COMPACT_FORMAT, 0)  # a compacted row of a trace without ids
 MAX_CHAIN = 100_000  # a read refuses longer chains than this (a corrupt cycle)
 
 Row = Sequence[Any]  # (key, seq, doc, arrays, detail, base_id, trace_id) as the backends select it
@@ -314,12 +316,13 @@ class Compactor:
         if saving < self.min_saving:
             return
         meta: dict[str, Any] = {"base": base.trace_id}
-        arrays = enc.arrays
+        # always format 2 (a bare header for a row without ids): a reader that does not know
+        # compaction fails on the row instead of reading truncated messages
+        arrays = _with_prompt(enc.arrays, COMPACT_FORMAT, tokens) if enc.arrays is not None else _NO_ARRAYS
         if tokens:
             meta["prompt_tokens"] = tokens
             if choice is not None:
                 meta["choice"] = choice
-            arrays = _with_prompt(enc.arrays, COMPACT_FORMAT, tokens)  # type: ignore[arg-type]
         if count or reply is not None:
             meta["messages"] = count
             doc["request"]["messages"] = own[count:]  # type: ignore[index]
@@ -482,16 +485,18 @@ class Rebuilder:
             self._restore_request(trace_id, obj, meta, base, base_id)
             whole_doc = _dumps(obj)
         tokens = int(meta.get("prompt_tokens") or 0)
-        if tokens:
-            if arrays is None:
+        fmt = _layout(arrays)[0] if arrays is not None else None
+        if fmt != COMPACT_FORMAT:
+            raise CorruptTraceError(f"trace {trace_id!r}: arrays format {fmt} in a compacted row")
+        if arrays == _NO_ARRAYS:
+            if tokens:
                 raise CorruptTraceError(f"trace {trace_id!r}: compacted prompt without arrays")
-            fmt = _layout(arrays)[0]
-            if fmt != COMPACT_FORMAT:
-                raise CorruptTraceError(f"trace {trace_id!r}: arrays format {fmt} in a compacted row")
-            prefix = base.start(meta.get("choice"))[: 4 * tokens]
+            arrays = None
+        else:
+            prefix = base.start(meta.get("choice"))[: 4 * tokens] if tokens else b""
             if len(prefix) != 4 * tokens:
                 raise CorruptTraceError(f"trace {trace_id!r}: base {base_id!r} has fewer than {tokens} ids")
-            arrays = _with_prompt(arrays, ARRAYS_FORMAT, 0, prefix)
+            arrays = _with_prompt(arrays, ARRAYS_FORMAT, 0, prefix)  # type: ignore[arg-type]
         self._keep(self._parents, trace_id, _Parent(whole_doc, arrays, obj))
         return whole_doc, arrays
 

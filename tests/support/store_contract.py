@@ -402,7 +402,14 @@ class StoreContract:
         for trace in traces:
             store.write([trace.model_copy(deep=True)])
         assert [t.model_dump_json() for t in store.traces(session="noids")] == as_read(traces)
-        doc = json.loads(raw_blob(store, "noids-7")[0])
+        text, arrays, detail = raw_blob(store, "noids-7")
+        doc = json.loads(text)
+        # a reader that ignores compaction (an older plugin) fails on the row, never misreads it
+        assert arrays == b"\x02\x00\x00\x00\x00"
+        from litellm_rllm.store.codec import decode
+
+        with pytest.raises(CorruptTraceError):
+            decode(text, arrays, detail, 0)
         # the 14 messages of the base, then its reply as the client sent it back, then the new turn
         assert doc["_compact"] == {"base": "noids-6", "messages": 14, "reply": 0}
         assert doc["request"]["messages"] == [None, {"role": "user", "content": "result of turn 6: " + "data " * 80}]
