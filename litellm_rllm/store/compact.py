@@ -225,7 +225,7 @@ class Compactor:
     """Per store object: the write side (module docstring). Thread-safe."""
 
     cache_bytes: int = 32 << 20
-    per_session: int = 4
+    per_session: int = 2
     max_depth: int = 64
     min_saving: int = 512
     _sessions: "collections.OrderedDict[str, list[_Known]]" = field(default_factory=collections.OrderedDict)
