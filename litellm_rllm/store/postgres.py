@@ -462,11 +462,15 @@ class PostgresStore(TraceStore):
                     ids = [row[0] for row in doomed.fetchall()]
                     if not ids:
                         return 0
-                    with conn.cursor(binary=True) as cur:
-                        cur.execute(
-                            f"SELECT {self._cols} FROM {s}.traces p JOIN {s}.traces t ON t.base_id = p.trace_id"
-                            " WHERE p.id = ANY(%s) AND NOT (t.id = ANY(%s))", (ids, ids))
-                        children = cur.fetchall()
+                    doomed_ids = set(ids)
+                    kept = [row[0] for row in conn.execute(
+                        f"SELECT t.id FROM {s}.traces p JOIN {s}.traces t ON t.base_id = p.trace_id"
+                        " WHERE p.id = ANY(%s)", (ids,)).fetchall() if row[0] not in doomed_ids]
+                    children: list[Any] = []
+                    if kept:
+                        with conn.cursor(binary=True) as cur:
+                            cur.execute(f"SELECT {self._cols} FROM {s}.traces t WHERE t.id = ANY(%s)", (kept,))
+                            children = cur.fetchall()
                     for trace_id, doc, arrays in self._relinked(children):
                         conn.execute(f"UPDATE {s}.traces SET doc = %s, arrays = %s, base_id = NULL"
                                      " WHERE trace_id = %s", (doc, arrays, trace_id))
