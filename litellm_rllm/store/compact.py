@@ -200,13 +200,6 @@ class _Known:
         self.replies = [_reply_json(c) for c in choices or []]
         self.doc = None
 
-    def start(self, choice: Optional[int]) -> bytes:
-        """Prompt + the sampled ids of ``choice`` (the ids a continuing prompt starts with)."""
-        prompt = self.prompt or b""
-        if choice is None or choice >= len(self.completions) or self.completions[choice] is None:
-            return prompt
-        return prompt + self.completions[choice]  # type: ignore[operator]
-
 
 @dataclass
 class Plan:
