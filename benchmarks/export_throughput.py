@@ -140,10 +140,13 @@ def main() -> None:
     parser.add_argument("--store-url", default=None, help="postgresql://... (default: a SQLite file in a temp dir)")
     parser.add_argument("--dir", default=None, help="folder for the SQLite file and the export")
     parser.add_argument("--keep", action="store_true", help="keep the store and the exported file")
+    parser.add_argument("--whole", action="store_true",
+                        help="store every call whole (compaction off: store.compact_sessions = False)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="rllm-export-bench-", dir=args.dir)
     store, pg_schema = open_store(args.store_url, workdir)
+    store.compact_sessions = not args.whole  # type: ignore[attr-defined]
     try:
         started = time.perf_counter()
         batch: list[Trace] = []

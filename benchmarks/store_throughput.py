@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
     parser.add_argument("--store-url", default=None, help="postgresql://... instead of a SQLite file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole", action="store_true",
+                        help="store every call whole (compaction off: store.compact_sessions = False)")
     args = parser.parse_args()
     args.traces_given = args.traces is not None
     if args.traces is None:
@@ -164,10 +166,14 @@ def open_store(args: argparse.Namespace) -> tuple[object, Optional[str], Optiona
         if "schema=" not in url:
             url += ("&" if "?" in url else "?") + f"schema=bench_{os.urandom(4).hex()}"
             pg_schema = parse_url(url)[1]
-        return store_mod.open(url), None, pg_schema
+        store = store_mod.open(url)
+        store.compact_sessions = not args.whole
+        return store, None, pg_schema
     workdir = tempfile.mkdtemp(prefix="rllm-bench-", dir=args.dir)
     path = os.path.join(workdir, "traces.db")
-    return SqliteStore(path), path, None
+    store = SqliteStore(path)
+    store.compact_sessions = not args.whole
+    return store, path, None
 
 
 def make_records(n: int, completion_tokens: int) -> list[object]:

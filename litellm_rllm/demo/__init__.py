@@ -21,6 +21,9 @@ logprob it expects:
   joined by spaces; assistant tool calls add `` name arguments``); then ``[151644,
   word_id("assistant"), 198]``. ``ids(s) = [word_id(w) for w in s.split()]``.
   Completions prompt ids: ``ids(prompt)``, or the prompt itself when it is a list of ints.
+  A model name with ``template-exact`` renders assistant messages as the ids the server sampled
+  (so every prompt extends the previous prompt + completion); ``template-retokenize`` renders
+  them differently (drift): ``common.assistant_ids``. ``FakeVLLM.token_log`` records the ids.
 * Reply: the server's ``reply`` text split on whitespace, else ``tok0 .. tok{K-1}`` (``tokens=K``,
   default 8; ``tokens-K`` in the model name overrides). Choice ``i > 0`` appends ``#i`` to each
   word. Content = the words joined by single spaces. Completion ``token_ids`` =

@@ -83,16 +83,23 @@ def message_text(message: dict[str, Any]) -> str:
     return text
 
 
+TEMPLATES = ("exact", "retokenize")
+
+
 def chat_prompt_token_ids(
     messages: list[dict[str, Any]],
     tools: Optional[list[dict[str, Any]]] = None,
     add_generation_prompt: bool = True,
+    template: Optional[str] = None,
 ) -> list[int]:
     """The fake chat template, ChatML-like.
 
     ``[<|im_start|>, "tools", \\n, <tool names>, <|im_end|>, \\n]`` if tools are given, then per
     message ``[<|im_start|>, role, \\n, <words of message_text>, <|im_end|>, \\n]``, then the
     generation prompt ``[<|im_start|>, "assistant", \\n]``.
+
+    ``template`` changes how assistant messages render (``assistant_ids``): ``"exact"`` renders
+    them as the ids the server sampled for them, ``"retokenize"`` as ids it did not sample.
     """
     ids: list[int] = []
     if tools:
@@ -100,10 +107,53 @@ def chat_prompt_token_ids(
         ids += [IM_START, word_id("tools"), NEWLINE, *text_ids(" ".join(names)), IM_END, NEWLINE]
     for m in messages:
         ids += [IM_START, *text_ids(str(m.get("role", ""))), NEWLINE]
+        if template is not None and m.get("role") == "assistant":
+            ids += [*assistant_ids(m, template), IM_END, NEWLINE]
+            continue
         ids += [*text_ids(message_text(m)), IM_END, NEWLINE]
     if add_generation_prompt:
         ids += [IM_START, word_id("assistant"), NEWLINE]
     return ids
+
+
+def assistant_ids(message: dict[str, Any], template: str) -> list[int]:
+    """The body of an assistant message under a history-rendering template.
+
+    ``"exact"``: the words of the content (what ``text_generation`` sampled for them) and each
+    tool call as the ids ``tool_generation`` sampled for it (hermes text, EOS left to the
+    template's ``<|im_end|>``), so the next prompt extends the last prompt + completion token
+    for token. ``"retokenize"``: the content's words 2 and 3 become one token (a merge the
+    sampler never made) and tool calls render as plain words (``message_text``), so the next
+    prompt keeps the earlier prompt but not the sampled ids: drift, at the completion's third
+    token (text) or first token (tool call)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}")
+    content = message_text({"content": message.get("content")})
+    words = content.split()
+    calls = message.get("tool_calls") or []
+    if template == "retokenize":
+        if len(words) >= 4:
+            words = [*words[:2], f"{words[2]} {words[3]}", *words[4:]]
+        ids = [word_id(w) for w in words]
+        for call in calls:
+            fn = call.get("function") or {}
+            ids += text_ids(f"{fn.get('name', '')} {fn.get('arguments', '')}")
+        return ids
+    ids = [word_id(w) for w in words]
+    for call in calls:
+        fn = call.get("function") or {}
+        ids += tool_call_ids(str(fn.get("name") or ""), str(fn.get("arguments") or ""))
+    return ids
+
+
+def tool_call_ids(name: str, arguments: str) -> list[int]:
+    """A tool call as the exact template renders it: the ids ``tool_generation(name)`` sampled
+    (without EOS) when the arguments are the ones it generates, else the same frame around
+    the words of the JSON."""
+    if arguments == TOOL_ARGUMENTS:
+        return tool_generation(name).token_ids[:-1]
+    body = text_ids(dumps({"name": name, "arguments": arguments}))
+    return [TOOL_CALL_START, NEWLINE, *body, NEWLINE, TOOL_CALL_END]
 
 
 def anthropic_prompt_token_ids(body: dict[str, Any]) -> list[int]:
@@ -358,6 +408,8 @@ class Triggers:
     stream_error: bool = False
     flaky: int = 0
     tokens: Optional[int] = None
+    stall: float = 0.0
+    template: Optional[str] = None
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
@@ -375,6 +427,8 @@ class Triggers:
             stream_error="stream-error" in model,
             flaky=int(num(r"flaky-(\d+)") or 0),
             tokens=int(num(r"tokens-(\d+)")) if num(r"tokens-(\d+)") else None,
+            stall=float(num(r"stall-" + _NUM) or 0),
+            template=num(r"template-(" + "|".join(TEMPLATES) + r")\b"),
         )
 
 
@@ -504,10 +558,13 @@ class FakeUpstream:
         return Response(status_code=204)
 
     async def pre_answer(self, model: str) -> tuple[Triggers, Optional[int]]:
-        """Apply ``slow-`` and decide the injected status (``fail-NNN`` / ``flaky-N``), if any."""
+        """Apply ``slow-`` / ``stall-`` and decide the injected status (``fail-NNN`` /
+        ``flaky-N``), if any."""
         triggers = Triggers.parse(model or "")
         if triggers.slow:
             await asyncio.sleep(triggers.slow)
+        if triggers.stall and self.take_flaky("stall:" + model, 1):
+            await asyncio.sleep(triggers.stall)
         if triggers.fail_status:
             return triggers, triggers.fail_status
         if triggers.flaky and self.take_flaky(model, triggers.flaky):

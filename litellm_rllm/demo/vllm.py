@@ -59,6 +59,17 @@ Failure triggers, read from the request's ``model`` (combinable, e.g. ``slow-0.2
                     ``data: {"error": {...}}`` then ``data: [DONE]``.
                     (``/v1/responses``: drops the connection instead, as vLLM 0.33.0 does.)
   ``tokens-K``      reply with the K-token reply ``tok0 .. tok{K-1}`` whatever the server default.
+  ``stall-S``       the first request naming this exact model waits S seconds, later ones answer
+                    at once (a client that timed out and retried gets its retry served first).
+
+History-rendering chat templates, also read from the model name (chat only):
+  ``template-exact``       assistant messages render as the ids the server sampled for them
+                           (tool calls included), so each prompt extends the last prompt +
+                           completion exactly.
+  ``template-retokenize``  assistant messages render as ids it did not sample (words 2 and 3 of
+                           the text merged, tool calls as plain words): the next prompt drifts.
+  (``common.assistant_ids``.) ``token_log`` (``GET /_fake/tokens``) keeps, per chat request, the
+  token truth: ``{"model", "stream", "prompt_token_ids", "completion_token_ids": [per choice]}``.
 
 Token and logprob rules: see ``litellm_rllm/demo/__init__.py``.
 
@@ -70,6 +81,7 @@ the server prints ``READY http://127.0.0.1:PORT`` when it accepts connections).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
 import time
@@ -354,6 +366,24 @@ class FakeVLLM(FakeUpstream):
         self.prefix_cache_block = prefix_cache_block
         self._cached_blocks: set[int] = set()
         super().__init__(**reply)
+        self._token_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=self._requests.maxlen)
+
+    unrecorded_paths = frozenset({"/health", "/_fake/tokens"})
+
+    @property
+    def token_log(self) -> list[dict[str, Any]]:
+        """Per chat request, in arrival order: the prompt ids it rendered and the ids each
+        choice sampled (whatever the request asked to see): what tests compare traces with."""
+        with self._lock:
+            return list(self._token_log)
+
+    def clear(self) -> None:
+        super().clear()
+        with self._lock:
+            self._token_log.clear()
+
+    async def _tokens(self, request: Request, body: dict[str, Any]) -> Response:
+        return JSONResponse(self.token_log)
 
     def cached_tokens(self, prompt_ids: list[int]) -> Optional[int]:
         """Tokens of ``prompt_ids`` in cached full blocks (then caches its own blocks); None when
@@ -373,6 +403,7 @@ class FakeVLLM(FakeUpstream):
 
     def routes(self) -> Iterable[tuple[str, str, Handler]]:
         return [
+            ("GET", "/_fake/tokens", self._tokens),
             ("POST", "/v1/chat/completions", self.chat_completions),
             ("POST", "/v1/completions", self.completions),
             ("POST", "/v1/responses", self.responses),
@@ -429,8 +460,11 @@ class FakeVLLM(FakeUpstream):
             max_tokens = body.get("max_tokens")
         tool = tool_call_trigger(body)
         prompt_ids = chat_prompt_token_ids(body["messages"], body.get("tools"),
-                                           body.get("add_generation_prompt", True) is not False)
+                                           body.get("add_generation_prompt", True) is not False, triggers.template)
         gens = [self.generation(body, triggers, i, max_tokens, tool) for i in range(n)]
+        with self._lock:
+            self._token_log.append({"model": model, "stream": bool(body.get("stream")), "prompt_token_ids": prompt_ids,
+                                    "completion_token_ids": [g.token_ids for g in gens]})
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def head(obj: str) -> str:

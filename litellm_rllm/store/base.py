@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
 from litellm_rllm.store.trainer_store import TrainerStore
 from litellm_rllm.trainer.versions import parse_filters, policy_filter
+from litellm_rllm.store.compact import Compactor, Plan, Rebuilder
 from litellm_rllm.trace import Trace
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def keyset_rows(
     """Rows of a keyset-paginated query, page by page, up to `limit`.
 
     `fetch(key, n)` returns at most n rows whose key (a tuple: the columns before a row's last
-    four, see `decode_row`) is greater than `key`, in key order; every store pages its reads
+    six, see `decode_row`) is greater than `key`, in key order; every store pages its reads
     through this one loop. A scalar `start` is a one-column key."""
     if limit is not None and limit <= 0:
         return
@@ -141,7 +142,7 @@ def keyset_rows(
                 return
         if len(rows) < page:
             return
-        key = tuple(rows[-1][:-4])
+        key = tuple(rows[-1][:-6])
 
 
 READ_PAGE = 256  # rows per read query
@@ -150,8 +151,10 @@ SESSION_START = (-(1 << 62), "")
 
 
 def decode_row(row: Sequence[Any]) -> Trace:
-    """A ``(key..., seq, doc, arrays, detail)`` row of any backend -> its ``Trace``."""
-    seq, doc, arrays, detail = row[-4:]
+    """A ``(key..., seq, doc, arrays, detail, base_id, trace_id)`` row of any backend -> its
+    ``Trace`` (a whole row; the stores read through ``TraceStore._rebuilder`` instead, which
+    also takes compacted ones)."""
+    seq, doc, arrays, detail = row[-6:-2]
     return decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
 
 
@@ -166,6 +169,9 @@ class TraceStore(TrainerStore, abc.ABC):
 
     The trainer's side (rewards, finishes, policy versions, pauses, the change feed) is
     ``TrainerStore``'s, on the same connection."""
+
+    # Store a call that extends an earlier call of its session as what it adds (store/compact.py).
+    compact_sessions: bool = True
 
     @abc.abstractmethod
     def write_encoded(self, encoded: Sequence[EncodedTrace]) -> EncodedWriteResult:
@@ -210,11 +216,12 @@ class TraceStore(TrainerStore, abc.ABC):
         if plan is None or (limit is not None and limit <= 0):
             return
         query, params, start = plan
+        rebuild = self._rebuilder()
         rows = keyset_rows(lambda key, n: self._fetch_page(query, params, key, n), start,
                            limit if keep is None else None, READ_PAGE)
         kept = 0
         for row in rows:
-            trace = decode_row(row)
+            trace = rebuild.decode(row)
             if keep is not None and not keep(trace):
                 continue
             yield trace
@@ -231,6 +238,41 @@ class TraceStore(TrainerStore, abc.ABC):
     @abc.abstractmethod
     def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> Sequence[Sequence[Any]]:
         """Run one page of a ``_read_plan`` query."""
+
+    # ---- compacted sessions (store/compact.py): the backends call these ------------------
+
+    @abc.abstractmethod
+    def _rows_by_id(self, trace_ids: list[str]) -> Sequence[Sequence[Any]]:
+        """Rows ``(key, seq, doc, arrays, detail, base_id, trace_id)`` by stored ``trace_id``:
+        how a read finds the base of a compacted row."""
+
+    def _rebuilder(self) -> Rebuilder:
+        """Decodes rows, putting compacted ones back whole; one per read."""
+        return Rebuilder(self._rows_by_id)
+
+    def _compaction_plans(self, encoded: Sequence[EncodedTrace]) -> Optional[list[Plan]]:
+        """Whole and compacted forms of the rows to write (None: compaction is off); the
+        backend picks with ``Compactor.choose`` in its transaction, then ``remember``s."""
+        if not self.compact_sessions:
+            return None
+        return self.compactor.plan(encoded)
+
+    @property
+    def compactor(self) -> Compactor:
+        found = self.__dict__.get("_compactor")
+        if found is None:
+            found = self.__dict__["_compactor"] = Compactor()
+        return found
+
+    def _relinked(self, children: Sequence[Sequence[Any]]) -> list[tuple[str, str, Optional[bytes]]]:
+        """``(trace_id, doc, arrays)`` of compacted rows made whole: what a delete writes over
+        the children that survive it before it removes their base (read in its transaction)."""
+        rebuild = self._rebuilder()
+        out = []
+        for row in children:
+            doc, arrays = rebuild.whole(row[-1], row[-5], _as_bytes(row[-4]), row[-2])
+            out.append((row[-1], doc if isinstance(doc, str) else doc.decode("utf-8"), arrays))
+        return out
 
     def traces(
         self,

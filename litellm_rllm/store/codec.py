@@ -94,6 +94,7 @@ class EncodedTrace:
     detail: Optional[bytes]
     uids: tuple[str, ...]
     cached_tokens: Optional[int] = None
+    base_id: Optional[str] = None  # compacted against this trace id (store/compact.py); None: whole
 
 
 # ------------------------------------------------------------------------------- helpers

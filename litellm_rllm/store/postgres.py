@@ -30,12 +30,13 @@ Why it is shaped this way:
   a broken connection (server restart) is replaced on the next call. Reads retry once on a
   fresh connection; writes are retried (then spooled) by ``TraceWriter``.
 
-Layout (schema version 1), in schema S::
+Layout (schema version 2), in schema S::
 
     S.traces(id bigint identity PRIMARY KEY,                  -- global write order
              trace_id text UNIQUE, session_key text, seq bigint, -- UNIQUE(session_key, seq)
              created_us bigint, status text, model text,        -- indexed
-             doc text, arrays bytea, detail bytea)              -- see codec.py
+             doc text, arrays bytea, detail bytea,              -- see codec.py
+             base_id text)                      -- v2, indexed: stored relative to (compact.py)
     S.trace_uids(uid text, trace_row bigint, PRIMARY KEY(uid, trace_row))
     S.session_seq(session_key text PRIMARY KEY, next_seq bigint)
     S.schema_version(version integer, applied_at timestamptz)
@@ -65,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litellm_rllm.store.base import (
-    SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, _as_bytes, decode_row, sessions_from_rows,
+    SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, _as_bytes, sessions_from_rows,
 )
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
 from litellm_rllm.store.session_order import OrderItem, call_context, place, window_start
@@ -79,7 +80,7 @@ except ImportError:  # pragma: no cover - exercised by the "missing driver" test
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_SCHEMA = "rllm"
 INSTALL_HINT = "pip install 'litellm-rllm[postgres]' (or: pip install 'psycopg[binary]')"
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -176,9 +177,17 @@ def _migrate_v2(conn: "psycopg.Connection[Any]", s: str) -> None:
     )
 
 
+def _migrate_compact(conn: "psycopg.Connection[Any]", s: str) -> None:
+    """Compacted sessions (store/compact.py): the trace id a row is stored relative to."""
+    conn.execute(f"ALTER TABLE {s}.traces ADD COLUMN IF NOT EXISTS base_id text")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS traces_base ON {s}.traces (base_id) WHERE base_id IS NOT NULL")
+
+
 # version -> step (connection, quoted schema) that brings a store from version-1 to version.
 # Each step must be idempotent (IF NOT EXISTS, ...); they run under the advisory lock.
-MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {1: _migrate_v1, 2: _migrate_v2, 3: migrate_trainer}
+MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {
+    1: _migrate_v1, 2: _migrate_v2, 3: migrate_trainer, 4: _migrate_compact,  # order, trainer, compaction
+}
 
 
 # Index columns hold a form of the value PostgreSQL always accepts: no NUL character (text
@@ -344,7 +353,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         self._lock = threading.RLock()
         self._closed = False
         self._conn: Optional["psycopg.Connection[Any]"] = None
-        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail"
+        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"
         self._sql_lock_sessions = (
             f"INSERT INTO {s}.session_seq AS c (session_key, next_seq)"
             " SELECT k, 0 FROM unnest(%b::text[]) AS k ORDER BY k"
@@ -366,14 +375,14 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         self._sql_insert = (
             f"INSERT INTO {s}.traces"
             " (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
-            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens)"
+            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, base_id)"
             " SELECT trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
-            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens"
+            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, base_id"
             " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
             " %b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::bigint[], %b::integer[],"
-            " %b::integer[], %b::bigint[], %b::bigint[]) WITH ORDINALITY"
+            " %b::integer[], %b::bigint[], %b::bigint[], %b::text[]) WITH ORDINALITY"
             " AS r(trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
-            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, ord)"
+            " order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, base_id, ord)"
             " ORDER BY ord"
             " ON CONFLICT (trace_id) DO NOTHING"
             " RETURNING id, trace_id"
@@ -382,6 +391,9 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
             f"UPDATE {s}.session_seq c SET next_seq = v.n, max_order_us = GREATEST(c.max_order_us, v.hi)"
             " FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) AS v(k, n, hi) WHERE c.session_key = v.k"
         )
+        # a compacted row's base must exist when it commits: the lock makes a delete of the base
+        # wait for this write (or this write wait for the delete, then find the base gone)
+        self._sql_bases = f"SELECT trace_id FROM {s}.traces WHERE trace_id = ANY(%b::text[]) FOR KEY SHARE"
         self._sql_uids = (
             f"INSERT INTO {s}.trace_uids (uid, trace_row)"
             " SELECT * FROM unnest(%b::text[], %b::bigint[]) ON CONFLICT DO NOTHING"
@@ -455,13 +467,14 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         for k, enc in enumerate(safe):
             first.setdefault(enc.trace_id, k)
         seqs: dict[int, int] = {}
+        plans = self._compaction_plans(safe) if safe else None
         if safe:
             with self._lock:
                 for attempt in range(_CONFLICT_RETRIES + 1):
                     conn = self._connection()
                     seqs.clear()
                     try:
-                        self._write_tx(conn, safe, first, seqs)
+                        self._write_tx(conn, safe, first, seqs, plans)
                         if seqs:
                             self._committed()
                         break
@@ -481,6 +494,8 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
                     except BaseException as exc:
                         self._on_error(exc)
                         raise
+            if plans is not None:
+                self.compactor.remember(plans, seqs)
         return EncodedWriteResult(
             [seqs.get(k) for k in range(len(safe))],
             [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
@@ -502,14 +517,31 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
             conn = self._connection()
             try:
                 with conn.transaction():
-                    deleted = conn.execute(f"DELETE FROM {s}.traces t WHERE {cond} RETURNING t.id", params)
-                    ids = [row[0] for row in deleted.fetchall()]
-                    if ids:
-                        conn.execute(f"DELETE FROM {s}.trace_uids WHERE trace_row = ANY(%s)", (ids,))
-                    return len(ids)
+                    # lock first (a write compacting against one of these holds FOR KEY SHARE:
+                    # wait for it), then make the surviving children of these rows whole
+                    doomed = conn.execute(f"SELECT t.id FROM {s}.traces t WHERE {cond} FOR UPDATE", params)
+                    ids = [row[0] for row in doomed.fetchall()]
+                    if not ids:
+                        return 0
+                    doomed_ids = set(ids)
+                    kept = [row[0] for row in conn.execute(
+                        f"SELECT t.id FROM {s}.traces p JOIN {s}.traces t ON t.base_id = p.trace_id"
+                        " WHERE p.id = ANY(%s)", (ids,)).fetchall() if row[0] not in doomed_ids]
+                    children: list[Any] = []
+                    if kept:
+                        with conn.cursor(binary=True) as cur:
+                            cur.execute(f"SELECT {self._cols} FROM {s}.traces t WHERE t.id = ANY(%s)", (kept,))
+                            children = cur.fetchall()
+                    for trace_id, doc, arrays in self._relinked(children):
+                        conn.execute(f"UPDATE {s}.traces SET doc = %s, arrays = %s, base_id = NULL"
+                                     " WHERE trace_id = %s", (doc, arrays, trace_id))
+                    conn.execute(f"DELETE FROM {s}.trace_uids WHERE trace_row = ANY(%s)", (ids,))
+                    conn.execute(f"DELETE FROM {s}.traces WHERE id = ANY(%s)", (ids,))
             except BaseException as exc:
                 self._on_error(exc)
                 raise
+        self.compactor.forget()
+        return len(ids)
 
     def _find_bad(
         self,
@@ -541,9 +573,10 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         encoded: list[EncodedTrace],
         first: dict[str, int],
         seqs: dict[int, int],
+        plans: Optional[list[Any]] = None,
     ) -> None:
         """One transaction; fills ``seqs`` (input index -> seq). Raises ``_Conflict`` (rolled
-        back) when an id was taken concurrently."""
+        back) when an id was taken concurrently. ``plans``: compacted forms (compact.py)."""
         with conn.transaction(), conn.cursor(binary=True) as cur:
             keys = sorted({encoded[k].session_key for k in first.values()})
             cur.execute(self._sql_lock_sessions, (keys,))
@@ -552,22 +585,27 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
             existing = {row[0] for row in cur.fetchall()}
             fresh = [k for tid, k in first.items() if tid not in existing]
             if fresh:
+                def bases(ids: list[str]) -> set[str]:
+                    cur.execute(self._sql_bases, (ids,))
+                    return {row[0] for row in cur.fetchall()}
+
+                # a call's context for session order comes from its whole row (a compacted one holds a suffix)
                 items = {k: OrderItem.new(k, encoded[k].trace_id, encoded[k].created_us, encoded[k].arrays)
                          for k in fresh}
                 placed, moved, top = self._place(cur, encoded, items, counters)
                 if moved:  # shifted rows go negative first: UNIQUE(session_key, seq) holds at every row
                     cur.execute(self._sql_move, ([r for r, _, _ in moved], [-1 - q for _, q, _ in moved],
                                                  [o for _, _, o in moved]))
-                cols: list[list[Any]] = [[] for _ in range(14)]
-                for k in fresh:
-                    enc = encoded[k]
+                rows = [encoded[k] for k in fresh] if plans is None else self.compactor.choose(plans, fresh, bases)
+                cols: list[list[Any]] = [[] for _ in range(15)]
+                for k, enc in zip(fresh, rows):
                     seq, order_us = placed[k]
                     seqs[k] = seq
                     for col, value in zip(
                         cols,
                         (enc.trace_id, enc.session_key, seq, enc.created_us, enc.status,
                          enc.model, enc.doc, enc.arrays, enc.detail, order_us, *items[k].columns(),
-                         enc.cached_tokens),
+                         enc.cached_tokens, enc.base_id),
                     ):
                         col.append(value)
                 cur.execute(self._sql_insert, cols)
@@ -658,7 +696,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         if session:
             # Session order (call start, trace id in code-point order): paged on that pair.
             query = (
-                f"SELECT t.order_us, t.trace_id, t.seq, t.doc, t.arrays, t.detail FROM {s}.trace_uids u"
+                f"SELECT t.order_us, t.trace_id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {s}.trace_uids u"
                 f" JOIN {s}.traces t ON t.id = u.trace_row WHERE u.uid = %s{time_sql}"
                 ' AND (t.order_us, t.trace_id COLLATE "C") > (%s::bigint, %s::text COLLATE "C")'
                 ' ORDER BY t.order_us, t.trace_id COLLATE "C" LIMIT %s'
@@ -666,7 +704,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
             return query, (index_key(session), *time_params), SESSION_START
         if session == "":
             query = (
-                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail FROM {s}.traces t"
+                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {s}.traces t"
                 f" WHERE t.session_key = ''{time_sql} AND t.seq > %s ORDER BY t.seq LIMIT %s"
             )
             return query, time_params, -1
@@ -687,16 +725,17 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         return query, time_params, start
 
     def get(self, trace_id: str) -> Optional[Trace]:
+        rows = self._rows_by_id([index_key(trace_id)])
+        return self._rebuilder().decode(rows[0]) if rows else None
+
+    def _rows_by_id(self, trace_ids: list[str]) -> list[Any]:
+        """By the stored (index-safe) trace id."""
         def fetch(conn: "psycopg.Connection[Any]") -> Any:
             with conn.cursor(binary=True) as cur:
-                cur.execute(
-                    f"SELECT {self._cols} FROM {self._s}.traces t WHERE t.trace_id = %s",
-                    (index_key(trace_id),),
-                )
-                return cur.fetchone()
+                cur.execute(f"SELECT {self._cols} FROM {self._s}.traces t WHERE t.trace_id = ANY(%s)", (trace_ids,))
+                return cur.fetchall()
 
-        row = self._read(fetch)
-        return None if row is None else decode_row(row)
+        return self._read(fetch)
 
     def sessions(self) -> list[SessionSummary]:
         rows = self._read(

@@ -19,12 +19,13 @@ Why it is shaped this way:
   gone).
 * 16 KiB pages: a 10-20 KB trace takes 1-2 pages instead of 3-5 at the 4 KiB default.
 
-Layout (schema version 1)::
+Layout (schema version 2)::
 
     traces(id INTEGER PRIMARY KEY,            -- global write order
            trace_id TEXT UNIQUE, session_key TEXT, seq INTEGER,   -- UNIQUE(session_key, seq)
            created_us INTEGER, status TEXT, model TEXT,            -- indexed
-           doc TEXT, arrays BLOB, detail BLOB)                     -- see codec.py
+           doc TEXT, arrays BLOB, detail BLOB,                     -- see codec.py
+           base_id TEXT)                          -- v2, indexed: stored relative to (compact.py)
     trace_uids(uid TEXT, trace_row INTEGER, PRIMARY KEY(uid, trace_row)) WITHOUT ROWID
     schema_version(version INTEGER)
 
@@ -47,7 +48,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from litellm_rllm.store.base import (
-    SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, decode_row, sessions_from_rows,
+    SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, sessions_from_rows,
 )
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 16384  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
@@ -114,16 +115,25 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     )
 
 
-# version -> statements (or a function of the connection) that bring a store from version-1 to
-# version. Each step must be idempotent (IF NOT EXISTS, ...) so re-running a half-known state
-# is harmless.
-MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2, 3: SQLITE_V2}
+def _add_base_id(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(traces)")}
+    if "base_id" not in columns:
+        conn.execute("ALTER TABLE traces ADD COLUMN base_id TEXT")
 
-_COLS = "t.id, t.seq, t.doc, t.arrays, t.detail"
+
+# v4: compacted sessions (store/compact.py): the trace id a row is stored relative to.
+_V4_COMPACT = (_add_base_id, "CREATE INDEX IF NOT EXISTS traces_base ON traces(base_id) WHERE base_id IS NOT NULL")
+
+# version -> statements (or callables on the connection) that bring a store from version-1 to
+# version. Each step must be idempotent (IF NOT EXISTS, ...) so re-running a half-known state
+# is harmless. 2: session order (store/session_order.py), 3: the trainer's tables, 4: compaction.
+MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2, 3: SQLITE_V2, 4: _V4_COMPACT}
+
+_COLS = "t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"
 _INSERT_TRACE = (
     "INSERT INTO traces (id, trace_id, session_key, seq, created_us, status, model, doc, arrays,"
-    " detail, order_us, prompt_len, ctx_len, ctx_hash, cached_tokens)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " detail, order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, base_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SESSION_LAST = (
     "SELECT seq, order_us FROM traces WHERE session_key = ? ORDER BY order_us DESC, trace_id DESC LIMIT 1"
@@ -163,7 +173,7 @@ def migrate(conn: sqlite3.Connection) -> int:
                 step(conn)
                 continue
             for statement in step:
-                conn.execute(statement)
+                statement(conn) if callable(statement) else conn.execute(statement)
         if found < SCHEMA_VERSION:
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -287,16 +297,23 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         for k, enc in enumerate(encoded):
             first.setdefault(enc.trace_id, k)
         seqs: dict[int, int] = {}  # input index -> assigned seq
+        plans = self._compaction_plans(encoded) if encoded else None
+        rows: list[EncodedTrace] = []
         if encoded:
             with self._lock, self._transaction() as conn:
                 existing = _existing_ids(conn, list(first))
                 fresh = [k for tid, k in first.items() if tid not in existing]
                 if fresh:
-                    self._insert(conn, [encoded[k] for k in fresh], fresh, seqs)
+                    whole = [encoded[k] for k in fresh]
+                    rows = whole if plans is None else self.compactor.choose(
+                        plans, fresh, lambda ids: _existing_ids(conn, ids))
+                    self._insert(conn, rows, fresh, seqs, whole)
+            if plans is not None:
+                self.compactor.remember(plans, seqs)
         if seqs:
             self._committed()
         if seqs and self._background_checkpoint:
-            self._poke_checkpointer(sum(_row_bytes(encoded[k]) for k in seqs))
+            self._poke_checkpointer(sum(_row_bytes(enc) for enc in rows))
         return EncodedWriteResult(
             [seqs.get(k) for k in range(len(encoded))],
             [enc.trace_id for k, enc in enumerate(encoded) if k not in seqs],
@@ -308,11 +325,13 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         fresh: list[EncodedTrace],
         positions: list[int],
         seqs: dict[int, int],
+        whole: Optional[list[EncodedTrace]] = None,
     ) -> None:
         """Insert new traces (we hold the write lock): row ids continue the maximum, each session's
         seqs are ranks in session order (``session_order.place``; later rows may shift)."""
         row_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM traces").fetchone()[0]
-        items = [OrderItem.new(k, enc.trace_id, enc.created_us, enc.arrays) for k, enc in enumerate(fresh)]
+        # a call's context for session order comes from its whole row (a compacted one holds a suffix)
+        items = [OrderItem.new(k, enc.trace_id, enc.created_us, enc.arrays) for k, enc in enumerate(whole or fresh)]
         by_key: dict[str, list[OrderItem]] = {}
         for enc, item in zip(fresh, items):
             by_key.setdefault(enc.session_key, []).append(item)
@@ -333,7 +352,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             seqs[positions[k]] = seq
             rows.append(
                 (row_id, enc.trace_id, enc.session_key, seq, enc.created_us, enc.status,
-                 enc.model, enc.doc, enc.arrays, enc.detail, order_us, *item.columns(), enc.cached_tokens)
+                 enc.model, enc.doc, enc.arrays, enc.detail, order_us, *item.columns(), enc.cached_tokens, enc.base_id)
             )
             uid_rows.extend((uid, row_id) for uid in enc.uids)
         conn.executemany(_INSERT_TRACE, rows)
@@ -358,8 +377,16 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")
             conn.execute("DELETE FROM doomed")
             conn.execute(f"INSERT INTO doomed SELECT id FROM traces WHERE {cond}", params)
+            # compacted rows that stay but whose base goes are first made whole (store/compact.py)
+            children = conn.execute(
+                f"SELECT {_COLS} FROM doomed d JOIN traces p ON p.id = d.id JOIN traces t ON t.base_id = p.trace_id"
+                " WHERE t.id NOT IN (SELECT id FROM doomed)").fetchall()
+            conn.executemany("UPDATE traces SET doc = ?, arrays = ?, base_id = NULL WHERE trace_id = ?",
+                             [(doc, arrays, tid) for tid, doc, arrays in self._relinked(children)])
             conn.execute("DELETE FROM trace_uids WHERE trace_row IN (SELECT id FROM doomed)")
-            return conn.execute("DELETE FROM traces WHERE id IN (SELECT id FROM doomed)").rowcount
+            deleted = conn.execute("DELETE FROM traces WHERE id IN (SELECT id FROM doomed)").rowcount
+        self.compactor.forget()
+        return deleted
 
     def _transaction(self) -> "_Transaction":
         self._check_open()
@@ -412,12 +439,16 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         return query, time_params, start
 
     def get(self, trace_id: str) -> Optional[Trace]:
+        rows = self._rows_by_id([trace_id])
+        return self._rebuilder().decode(rows[0]) if rows else None
+
+    def _rows_by_id(self, trace_ids: list[str]) -> list[Any]:
+        out: list[Any] = []
         with self._lock:
             self._check_open()
-            row = self._conn.execute(
-                f"SELECT {_COLS} FROM traces t WHERE t.trace_id = ?", (trace_id,)
-            ).fetchone()
-        return None if row is None else decode_row(row)
+            for chunk, marks in _chunks(trace_ids):
+                out += self._conn.execute(f"SELECT {_COLS} FROM traces t WHERE t.trace_id IN ({marks})", chunk)
+        return out
 
     def sessions(self) -> list[SessionSummary]:
         with self._lock:

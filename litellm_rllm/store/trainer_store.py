@@ -51,7 +51,6 @@ from ..trainer.schema import (
     parse_trace_id,
     parse_version,
 )
-from .codec import decode
 
 T = TypeVar("T")
 FeedRow = tuple[str, int, str, Optional[str]]  # kind, ref (row id), session key, model
@@ -85,12 +84,6 @@ def _finish(row: Sequence[Any], duplicate: bool = False) -> Finish:
     _id, session, value, meta, team, us = row
     return Finish(session_id=session, reward=_loads(value), metadata=_loads(meta) or {}, team_id=team,
                   created_at=_dt(us), duplicate=duplicate)
-
-
-def _trace(row: Sequence[Any]) -> Trace:
-    _id, seq, doc, arrays, detail = row
-    as_bytes = (lambda v: v if v is None or isinstance(v, bytes) else bytes(v))
-    return decode(doc, as_bytes(arrays), as_bytes(detail), None if seq is None else int(seq))
 
 
 class TrainerStore:
@@ -316,7 +309,8 @@ class TrainerStore:
         for _pos, kind, ref, _skey in rows:
             refs[kind].append(int(ref))
         loaded: dict[tuple[str, int], Any] = {}
-        table = {"trace": ("traces", "id, seq, doc, arrays, detail", _trace),
+        rebuild = self._rebuilder()  # type: ignore[attr-defined] - a compacted trace is read whole
+        table = {"trace": ("traces", "id, seq, doc, arrays, detail, base_id, trace_id", rebuild.decode),
                  "reward": ("rewards", _REWARD_COLS, _reward), "finish": ("finishes", _FINISH_COLS, _finish)}
         for kind, ids in refs.items():
             name, cols, make = table[kind]
@@ -336,9 +330,11 @@ class TrainerStore:
 
     def _session_traces(self, cur: Any, session: str) -> list[Trace]:
         rows = cur.execute(self._sql(
-            "SELECT t.id, t.seq, t.doc, t.arrays, t.detail FROM {t}trace_uids u JOIN {t}traces t ON t.id = u.trace_row"
+            "SELECT t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {t}trace_uids u"
+            " JOIN {t}traces t ON t.id = u.trace_row"
             " WHERE u.uid = ? ORDER BY u.trace_row"), (self._key(session),)).fetchall()
-        return [_trace(row) for row in rows]
+        rebuild = self._rebuilder()  # type: ignore[attr-defined] - a compacted trace is read whole
+        return [rebuild.decode(row) for row in rows]
 
     def _session_rewards(self, cur: Any, session: str) -> list[Reward]:
         rows = cur.execute(self._sql(f"SELECT {_REWARD_COLS} FROM {{t}}rewards WHERE session_key = ? ORDER BY id"),

@@ -35,7 +35,9 @@ A call is *usable as a parent* when it has prompt ids and at least one choice wi
 5. **new**: otherwise.
 
 Calls with the same prompt (``P_i == P_j``) are never each other's parent: they are siblings
-(retries, samples of one prompt) and get the same parent by the rules above.
+(retries, samples of one prompt) and get the first one's record (parent, relation, offsets),
+even when calls came in between: an attempt that timed out on the client and reached the
+store after its retry and the calls after that is a retry, not an edit of the last call.
 
 **Retries**: call j is a retry of the latest earlier call i whose request digest (the request
 as sent minus what the policy injected, `calls.request_digest`) equals j's, when both have the
@@ -172,13 +174,22 @@ class SessionLineage:
         self._heads: dict[int, dict[bytes, list[Call]]] = {}
         self._lengths: list[int] = []  # the keys of _heads, ascending
         self._position: dict[str, int] = {}
+        self._by_prompt: dict[bytes, str] = {}  # digest of a whole prompt -> the first call with it
 
     @property
     def records(self) -> dict[str, Lineage]:
         return self._records
 
     def add(self, call: Call) -> Lineage:
-        record = self._relate(call) if call.prompt is not None else Lineage()
+        record = Lineage()
+        if call.prompt is not None:
+            key = _digest(memoryview(call.prompt))
+            sibling = self._by_prompt.get(key)
+            if sibling is not None:  # same prompt: a sibling, whatever came in between
+                record = self._records[sibling].model_copy(update={"retry_of": None, "orphan": False})
+            else:
+                self._by_prompt[key] = call.trace_id
+                record = self._relate(call)
         if call.prompt is not None:
             parent_root = self._root_len.get(record.parent) if record.parent is not None else None
             self._root_len[call.trace_id] = parent_root if parent_root is not None else call.prompt_length

@@ -339,6 +339,53 @@ def test_drip_paces_the_stream(vllm_upstream, http):
     assert time.monotonic() - start >= 0.02 * (len(chunks) - 2)
 
 
+def _agent_turns(up: Any, http: httpx.Client, model: str) -> list[dict[str, Any]]:
+    """Three turns of a tool-using agent; returns the server's token log."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "you are an agent"}, *WEATHER]
+    for follow_up in ("thanks, and tomorrow?", "ok"):
+        body = chat(up, http, model=model, messages=messages, tools=TOOLS).json()
+        message = body["choices"][0]["message"]
+        messages.append({"role": "assistant", "content": message["content"], "tool_calls": message.get("tool_calls")})
+        if message.get("tool_calls"):
+            messages.append({"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny 20C"})
+        messages.append({"role": "user", "content": follow_up})
+    chat(up, http, model=model, messages=messages, tools=TOOLS)
+    return http.get(up.url("/_fake/tokens")).json()
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_template_exact_renders_the_sampled_ids_so_each_prompt_extends_the_last(vllm_upstream, http):
+    log = _agent_turns(vllm_upstream, http, "template-exact")
+    assert len(log) == 3 and log[0]["completion_token_ids"][0] == tool_generation("get_weather").token_ids
+    for before, after in zip(log, log[1:]):
+        sampled = before["prompt_token_ids"] + before["completion_token_ids"][0]
+        assert after["prompt_token_ids"][: len(sampled)] == sampled
+
+
+def test_template_retokenize_drifts_inside_the_sampled_region(vllm_upstream, http):
+    log = _agent_turns(vllm_upstream, http, "template-retokenize")
+    offsets = []
+    for before, after in zip(log, log[1:]):
+        prompt = before["prompt_token_ids"]
+        assert after["prompt_token_ids"][: len(prompt)] == prompt  # the earlier prompt is kept
+        offsets.append(_first_difference(prompt + before["completion_token_ids"][0], after["prompt_token_ids"])
+                       - len(prompt))
+    assert offsets == [0, 2]  # a tool call re-rendered as words; a text with two words merged
+
+
+def test_stall_delays_only_the_first_request_of_a_model(vllm_upstream, http):
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http.post(vllm_upstream.url("/v1/chat/completions"), json={"model": "stall-1.5", "messages": MESSAGES},
+                  timeout=0.5)
+    assert chat(vllm_upstream, http, model="stall-1.5").status_code == 200
+    assert time.monotonic() - started < 1.2
+    assert [r["path"] for r in vllm_upstream.requests] == ["/v1/chat/completions"] * 2
+
+
 def test_flaky_fails_the_first_requests_then_succeeds(vllm_upstream, http):
     codes = [chat(vllm_upstream, http, model="flaky-2").status_code for _ in range(3)]
     assert codes == [500, 500, 200]

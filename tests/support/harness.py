@@ -76,11 +76,12 @@ def write_config(
     policies: Optional[dict[str, Any]] = None,
     extra_settings: Optional[dict[str, Any]] = None,
     litellm_settings: Optional[dict[str, Any]] = None,
+    extra_models: Sequence[dict[str, Any]] = (),
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "policies.yaml").write_text(yaml.safe_dump(policies if policies is not None else TEST_POLICIES))
     config = {
-        "model_list": model_list(upstreams["vllm"], upstreams["openai"], upstreams["anthropic"]),
+        "model_list": [*model_list(upstreams["vllm"], upstreams["openai"], upstreams["anthropic"]), *extra_models],
         "litellm_settings": {"callbacks": callbacks if callbacks is not None else list(RLLM_CALLBACKS),
                              "num_retries": 0, **(litellm_settings or {})},
         "callback_settings": {"litellm_rllm": {"store": store_url, "policies_file": "policies.yaml",

@@ -5,6 +5,7 @@ stored row's `arrays` column behind the store's back)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
@@ -85,6 +86,75 @@ def full_trace() -> Trace:
         created_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
         custom_top_level_extra="kept",
     )
+
+
+
+# ------------------------------------------------------------------------------ growing sessions
+
+HEADER = [151644, 77091, 198]  # "<|im_start|>assistant\n"
+
+
+def agent_session(sid: str, turns: int, step: int = 40, *, ids: bool = True, start: int = 0,
+                  created: datetime = T0, retokenize: frozenset[int] = frozenset(),
+                  tag: str = "") -> list[Trace]:
+    """An agent session as a vLLM chat template renders it: each prompt is the previous prompt +
+    the ids the model sampled (re-tokenized at the turns in ``retokenize``) + a user turn + the
+    assistant header; the messages grow by the reply and the user turn. Every field a capture
+    fills is set (logprobs, tokens, top logprobs, usage), so a round trip checks them all."""
+    prompt = [151644, 8948, 198, *range(1000, 1000 + 3 * step), 151645, 198, *HEADER]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are an agent. " * 20},
+                                      {"role": "user", "content": f"task {sid}"}]
+    out = []
+    for turn in range(start, start + turns):
+        sampled = [20000 + 100 * turn + j for j in range(step)] + [151645]
+        lps = [-(j % 64 + 1) / 64 for j in range(len(sampled))]
+        out.append(Trace(
+            trace_id=f"{sid}-{turn}{tag}", session_id=sid, session_uids=["run", sid],
+            metadata={"task": sid}, route="/v1/chat/completions", model="policy", provider="hosted_vllm",
+            request={"messages": [dict(m) for m in messages], "tools": [{"type": "function"}], "temperature": 1.0},
+            injected={"logprobs": True, "return_token_ids": True},
+            prompt_token_ids=list(prompt) if ids else None,
+            choices=[TraceChoice(
+                index=0, message={"role": "assistant", "content": f"reply {turn}"}, finish_reason="stop",
+                token_ids=sampled if ids else None, logprobs=lps if ids else None,
+                tokens=[f"w{j}" for j in range(len(sampled))],
+                top_logprobs=[[TopLogprob(token=f"w{j}", logprob=lp)] for j, lp in enumerate(lps)])],
+            usage={"prompt_tokens": len(prompt), "completion_tokens": len(sampled)},
+            created_at=created + timedelta(seconds=turn)))
+        rendered = sampled[:-1] if turn not in retokenize else [sampled[0], 7, *sampled[3:-1]]
+        prompt = prompt + rendered + [151645, 198, 151644, 872, 198, *range(30000 + turn, 30000 + turn + step),
+                                      151645, 198, *HEADER]
+        messages += [{"role": "assistant", "content": f"reply {turn}"},
+                     {"role": "user", "content": f"result of turn {turn}: " + "data " * step}]
+    return out
+
+
+def as_read(traces: list[Trace]) -> list[str]:
+    """What a store gives back for traces written in order into fresh sessions: JSON per trace,
+    seq in write order per session, logprobs as float32."""
+    seqs: dict[str, int] = {}
+    out = []
+    for trace in traces:
+        copy = trace.model_copy(deep=True)
+        copy.seq = seqs.setdefault(trace.session_key(), 0)
+        seqs[trace.session_key()] += 1
+        for choice in copy.choices:
+            choice.logprobs = None if choice.logprobs is None else [f32(v) for v in choice.logprobs]
+        out.append(copy.model_dump_json())
+    return out
+
+
+def stored_bytes(store: TraceStore, raw_blob: RawBlob, trace_ids: list[str]) -> int:
+    total = 0
+    for trace_id in trace_ids:
+        doc, arrays, detail = raw_blob(store, trace_id)
+        total += len(doc.encode() if isinstance(doc, str) else doc) + len(arrays or b"") + len(detail or b"")
+    return total
+
+
+def is_compacted(store: TraceStore, raw_blob: RawBlob, trace_id: str) -> bool:
+    doc = raw_blob(store, trace_id)[0]
+    return '"_compact"' in (doc if isinstance(doc, str) else bytes(doc).decode())
 
 
 class StoreContract(TrainerStoreContract):
@@ -265,6 +335,167 @@ class StoreContract(TrainerStoreContract):
         assert s1.statuses == {"ok": 1, "error": 1}
         assert store.count() == 3
         assert store.get("missing") is None
+
+    # ---------------------------------------------------------------------------- growing sessions
+
+    def test_a_growing_session_reads_back_identical_and_stores_each_token_about_once(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("grow", 50, step=200)  # the final prompt: ~20,000 tokens
+        for trace in traces[:40]:  # as the writer does at a moderate rate: one call a batch
+            store.write([trace.model_copy(deep=True)])
+        store.write([t.model_copy(deep=True) for t in traces[40:]])  # a batch: bases inside it
+        expected = as_read(traces)
+        assert [t.model_dump_json() for t in store.traces(session="grow")] == expected
+        assert [t.model_dump_json() for t in store.traces(session="run")] == expected
+        assert [store.get(t.trace_id).model_dump_json() for t in traces] == expected  # type: ignore[union-attr]
+        late = store.traces(since=traces[45].created_at)  # the bases of these are not read with them
+        assert [t.model_dump_json() for t in late] == expected[45:]
+        ids = [t.trace_id for t in traces]
+        assert [is_compacted(store, raw_blob, i) for i in ids] == [False] + [True] * 49
+        from litellm_rllm.store.codec import encode
+
+        last = encode(traces[-1])
+        whole_last = len(last.doc.encode()) + len(last.arrays or b"") + len(last.detail or b"")
+        assert stored_bytes(store, raw_blob, ids) <= 2 * whole_last
+
+    def test_compaction_can_be_turned_off(self, store: TraceStore, raw_blob: RawBlob) -> None:
+        store.compact_sessions = False
+        traces = agent_session("off", 3)
+        for trace in traces:
+            store.write([trace])
+        assert not any(is_compacted(store, raw_blob, t.trace_id) for t in traces)
+
+    def test_a_retokenized_turn_keeps_the_shared_prefix_out_and_reads_back_exactly(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("drift", 6, retokenize=frozenset({2}))
+        for trace in traces:
+            store.write([trace.model_copy(deep=True)])
+        assert [t.model_dump_json() for t in store.traces(session="drift")] == as_read(traces)
+        doc = raw_blob(store, "drift-3")[0]
+        prompt2 = traces[2].prompt_token_ids or []
+        # stored from the first re-tokenized id on: the prompt of turn 2 + 1 sampled id are shared
+        assert f'"prompt_tokens":{len(prompt2) + 1}' in (doc if isinstance(doc, str) else doc.decode())
+
+    def test_n2_branches_are_each_stored_against_the_choice_they_continue(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        root = agent_session("tree", 1)[0]
+        root.choices.append(TraceChoice(index=1, token_ids=[9000 + j for j in range(50)], logprobs=[-1.0] * 50))
+        children = []
+        for k, choice in enumerate(root.choices):
+            prompt = (root.prompt_token_ids or []) + (choice.token_ids or []) + [872, 198] * 100
+            children.append(make(f"tree-b{k}", "tree", prompt_token_ids=prompt,
+                                 choices=[TraceChoice(index=0, token_ids=[5, 6])], created_at=T0 + timedelta(seconds=k + 1)))
+        for trace in [root, *children]:
+            store.write([trace.model_copy(deep=True)])
+        assert [t.model_dump_json() for t in store.traces(session="tree")] == as_read([root, *children])
+        for k in (0, 1):
+            doc = raw_blob(store, f"tree-b{k}")[0]
+            assert f'"choice":{k}' in (doc if isinstance(doc, str) else doc.decode())
+
+    def test_messages_alone_are_compacted_for_calls_without_token_ids(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("noids", 8, step=80, ids=False)
+        for trace in traces:
+            store.write([trace.model_copy(deep=True)])
+        assert [t.model_dump_json() for t in store.traces(session="noids")] == as_read(traces)
+        text, arrays, detail = raw_blob(store, "noids-7")
+        doc = json.loads(text)
+        # a reader that ignores compaction (an older plugin) fails on the row, never misreads it
+        assert arrays == b"\x02\x00\x00\x00\x00"
+        from litellm_rllm.store.codec import decode
+
+        with pytest.raises(CorruptTraceError):
+            decode(text, arrays, detail, 0)
+        # the 14 messages of the base, then its reply as the client sent it back, then the new turn
+        assert doc["_compact"] == {"base": "noids-6", "messages": 14, "reply": 0}
+        assert doc["request"]["messages"] == [None, {"role": "user", "content": "result of turn 6: " + "data " * 80}]
+
+    def test_a_call_whose_base_another_store_object_wrote_is_stored_whole(
+        self, store_url: str, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("two", 5)
+        with store_mod.open(store_url) as a, store_mod.open(store_url) as b:
+            for trace in traces[:3]:
+                a.write([trace.model_copy(deep=True)])
+            b.write([traces[3].model_copy(deep=True)])  # another proxy: it never saw turn 2
+            b.write([traces[4].model_copy(deep=True)])
+            assert not is_compacted(b, raw_blob, "two-3") and is_compacted(b, raw_blob, "two-4")
+            assert [t.model_dump_json() for t in b.traces(session="two")] == as_read(traces)
+
+    def test_a_base_deleted_before_its_child_is_written_leaves_the_child_whole(
+        self, store_url: str, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("gone", 3, created=T0)
+        with store_mod.open(store_url) as a, store_mod.open(store_url) as b:
+            a.write([traces[0].model_copy(deep=True)])
+            a.write([traces[1].model_copy(deep=True)])
+            assert b.delete(before=traces[1].created_at + timedelta(microseconds=1)) == 2  # a still has them cached
+            a.write([traces[2].model_copy(deep=True)])
+            assert not is_compacted(a, raw_blob, "gone-2")
+            [got] = a.traces(session="gone")
+            assert got.model_copy(update={"seq": 2}).model_dump_json() == as_read(traces)[2]
+
+    def test_pruning_the_start_of_a_session_makes_the_first_survivor_whole(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("prune", 10) + agent_session("other", 3)
+        for trace in traces:
+            store.write([trace.model_copy(deep=True)])
+        before = store._rows_by_id(["prune-5"])[0]  # a reader that fetched this row before the prune
+        assert store.delete(before=traces[5].created_at) == 5 + 3
+        expected = as_read(traces)[5:10]
+        assert [t.model_dump_json() for t in store.traces(session="prune")] == expected
+        assert [is_compacted(store, raw_blob, f"prune-{k}") for k in range(5, 10)] == [False] + [True] * 4
+        assert store._rebuilder().decode(before).model_dump_json() == expected[0]
+        assert store.delete(session="prune") == 5 and store.count() == 0
+
+    def test_deleting_a_nested_session_keeps_the_outer_calls_that_extend_it(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        traces = agent_session("mix", 4)
+        traces[1].session_uids = ["run", "mix", "sub"]  # one call inside a nested block
+        for trace in traces:
+            store.write([trace.model_copy(deep=True)])
+        assert store.delete(session="sub") == 1
+        expected = as_read(traces)
+        kept = [e for k, e in enumerate(expected) if k != 1]
+        assert [t.model_dump_json() for t in store.traces(session="mix")] == kept
+        assert not is_compacted(store, raw_blob, "mix-2")
+
+    def test_a_compacted_row_that_no_longer_decodes_is_reported_not_misread(
+        self, store: TraceStore, raw_blob: RawBlob
+    ) -> None:
+        for trace in agent_session("bad", 2):
+            store.write([trace])
+        _, arrays, _ = raw_blob(store, "bad-1")
+        assert arrays is not None and arrays[0] == 2  # format 2: the prompt is a suffix
+        raw_blob(store, "bad-1", b"\x01" + arrays[1:])  # claims to be whole: it is not
+        with pytest.raises(CorruptTraceError):
+            store.get("bad-1")
+
+    def test_a_duplicate_id_with_other_content_is_never_a_base(self, store: TraceStore) -> None:
+        [first] = agent_session("dup", 1)
+        store.write([first.model_copy(deep=True)])
+        impostor = agent_session("dup", 1, step=41)[0]  # same id, other ids: a client bug
+        [child] = agent_session("dup", 2, step=41)[1:]
+        store.write([impostor, child.model_copy(deep=True)])
+        assert store.get("dup-1").model_dump_json() == as_read([first, child])[1]  # type: ignore[union-attr]
+
+    def test_chains_are_cut_at_the_depth_limit(self, store: TraceStore, raw_blob: RawBlob) -> None:
+        store.compactor.max_depth = 3
+        traces = agent_session("deep", 9)
+        for trace in traces:
+            store.write([trace.model_copy(deep=True)])
+        depth = {}
+        for trace in traces:
+            meta = json.loads(raw_blob(store, trace.trace_id)[0]).get("_compact")
+            depth[trace.trace_id] = 0 if meta is None else depth[meta["base"]] + 1
+        assert max(depth.values()) == 3 and list(depth.values()).count(0) >= 2
+        assert [store.get(t.trace_id).model_dump_json() for t in traces] == as_read(traces)  # type: ignore[union-attr]
 
     # ---------------------------------------------------------------------------- deletion, retention
 

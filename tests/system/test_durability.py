@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,33 @@ def test_down_store_spools_fsynced_batches_and_replays_them_in_order(db: str, tm
         traces = read_back(db, session="s")
         assert [t.trace_id for t in traces] == [f"t{i}" for i in range(31)]
         assert [t.seq for t in traces] == list(range(31))
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_growing_session_spooled_while_the_store_is_down_is_replayed_parents_first_and_compacted(
+        db: str, tmp_path: Path) -> None:
+    from tests.support.store_contract import agent_session, as_read
+
+    traces = agent_session("grow", 10, step=100)
+    store = SwitchStore(db)
+    writer = TraceWriter(store, retry_delays=FAST, spool=str(tmp_path / "spool"), probe_interval=0.05,
+                         close_at_exit=False)
+    try:
+        for trace in traces[:3]:
+            writer.submit(trace.model_copy(deep=True))
+            assert writer.flush(10)
+        store.down = True
+        for trace in traces[3:]:
+            writer.submit(trace.model_copy(deep=True))
+        assert writer.flush(10) and writer.stats()["spool_pending"] == 7
+        store.down = False
+        assert harness.wait_for(lambda: writer.flush(10) and writer.stats()["spool_pending"] == 0, 10)
+        assert [t.model_dump_json() for t in read_back(db, session="grow")] == as_read(traces)
+        with sqlite3.connect(db) as raw:
+            bases = raw.execute("SELECT base_id FROM traces ORDER BY id").fetchall()
+        assert bases == [(None,)] + [(f"grow-{k}",) for k in range(9)]  # each call stores what it adds
     finally:
         writer.close()
         store.close()

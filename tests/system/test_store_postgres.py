@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import threading
 import time
 from datetime import timedelta
 from typing import Any, Iterator, Optional
@@ -15,7 +16,7 @@ import pytest
 import litellm_rllm.store as store_mod
 from litellm_rllm.store import TraceEncodeError
 from litellm_rllm.writer import TraceWriter
-from tests.support.store_contract import T0, StoreContract, make
+from tests.support.store_contract import T0, StoreContract, agent_session, as_read, make
 from tests.support.pg import PgServer, unique_schema, with_schema
 
 psycopg = pytest.importorskip("psycopg")
@@ -72,6 +73,62 @@ class TestPostgresStoreContract(StoreContract):
 # ------------------------------------------------------------------------------ exactly once, seq
 
 
+# ------------------------------------------------------------------------------ compacted sessions
+
+
+def test_a_write_that_compacts_against_a_row_being_deleted_waits_and_stores_the_call_whole(url: str) -> None:
+    """The delete holds its rows locked, not committed yet: the writer's base check waits for
+    it (FOR KEY SHARE), then finds the base gone and stores the call whole."""
+    traces = agent_session("race-w", 2)
+    table = f'"{parse_url(url)[1]}".traces'
+    with store_mod.open(url) as writer:
+        writer.write([traces[0].model_copy(deep=True)])
+        with raw(url) as conn:
+            with conn.transaction():
+                conn.execute(f"SELECT id FROM {table} WHERE trace_id = 'race-w-0' FOR UPDATE")
+                conn.execute(f"DELETE FROM {table} WHERE trace_id = 'race-w-0'")
+                thread = threading.Thread(target=writer.write, args=([traces[1].model_copy(deep=True)],))
+                thread.start()
+                thread.join(0.5)
+                assert thread.is_alive()  # waiting for the delete to end
+            thread.join(10)
+            base_id, = conn.execute(f"SELECT base_id FROM {table} WHERE trace_id = 'race-w-1'").fetchone()
+        assert base_id is None
+        [got] = writer.traces(session="race-w")
+        assert got.model_copy(update={"seq": 1}).model_dump_json() == as_read(traces)[1]
+
+
+def test_a_delete_waits_for_a_write_that_compacts_against_its_rows_and_makes_the_child_whole(url: str) -> None:
+    """A writer holds its base locked (FOR KEY SHARE) until it commits a child: the delete
+    waits, then sees the child and makes it whole before it removes the base."""
+    from litellm_rllm.store.codec import encode
+
+    traces = agent_session("race-d", 2)
+    table = f'"{parse_url(url)[1]}".traces'
+    with store_mod.open(url) as writer, store_mod.open(url) as deleter:
+        writer.write([traces[0].model_copy(deep=True)])
+        [plan] = writer.compactor.plan([encode(traces[1])])
+        child = plan.compact
+        assert child is not None and child.base_id == "race-d-0"
+        deleted: list[int] = []
+        with raw(url) as conn:
+            with conn.transaction():  # what PostgresStore.write_encoded does, step by step
+                conn.execute(f"SELECT trace_id FROM {table} WHERE trace_id = 'race-d-0' FOR KEY SHARE")
+                thread = threading.Thread(target=lambda: deleted.append(deleter.delete(before=traces[1].created_at)))
+                thread.start()
+                thread.join(0.5)
+                assert thread.is_alive()  # waiting for the write to end
+                conn.execute(
+                    f"INSERT INTO {table} (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
+                    " base_id) VALUES (%s, %s, 1, %s, %s, %s, %s, %s, %s, %s)",
+                    (child.trace_id, child.session_key, child.created_us, child.status, child.model, child.doc,
+                     child.arrays, child.detail, child.base_id))
+            thread.join(10)
+        assert deleted == [1]
+        [got] = deleter.traces()
+        assert got.model_dump_json() == as_read(traces)[1]
+
+
 def _write_from_process(url: str, worker: int, n: int, sessions: int) -> None:
     store = store_mod.open(url)
     try:
@@ -112,7 +169,7 @@ def test_four_processes_creating_and_writing_one_schema_at_once(url: str) -> Non
         assert store.schema_version() == SCHEMA_VERSION
     with raw(url) as conn:
         versions = conn.execute(f'SELECT version FROM "{parse_url(url)[1]}".schema_version').fetchall()
-    assert sorted(versions) == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each step ran once
+    assert sorted(versions) == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each step applied once
 
 
 def test_values_postgres_cannot_index_are_stored_and_found(store: PostgresStore) -> None:
@@ -302,6 +359,7 @@ def test_measure_bytes_per_completion_token_and_writer_throughput(
         t.session_uids = ["run", t.session_id]
         traces.append(t)
     store = store_mod.open(url)
+    store.compact_sessions = False  # the packing alone: these sessions repeat their prompts
     writer = TraceWriter(store, batch_size=256, close_at_exit=False)
     started = time.perf_counter()
     for t in traces:

@@ -114,6 +114,22 @@ def test_retry_of_the_same_request_orphans_the_attempt_nothing_continued() -> No
     assert [t for t, r in records.items() if r.orphan] == ["t1"]
 
 
+def test_an_attempt_stored_after_its_retry_and_later_turns_is_a_retry_and_the_orphan() -> None:
+    """The client timed out on t0 and retried it (t1); t0's answer reached the store only after
+    the next turns: same prompt as t1, so t1's sibling, not an edit of the last turn."""
+    conv = Conversation()
+    first_prompt, first_messages = list(conv.prompt), [dict(m) for m in conv.messages]
+    retry = completion(0, branch=1)
+    conv.call("t1", [retry])
+    conv.follow(retry, turn=1)
+    conv.call("t2", [completion(1)])
+    late = trace("t0", first_prompt, [completion(0)], seq=conv.seq, messages=first_messages)
+    records = lineage_map([*conv.traces, late])
+    assert (records["t0"].relation, records["t0"].parent) == ("new", None)
+    assert records["t0"].retry_of == "t1" and records["t0"].orphan
+    assert not records["t1"].orphan and records["t2"].parent == "t1"
+
+
 def test_last_attempt_is_kept_when_nothing_continued_any() -> None:
     conv = Conversation()
     conv.call("t0", [completion(0)])
