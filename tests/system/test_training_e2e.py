@@ -251,7 +251,7 @@ def test_a_client_timeout_retry_leaves_one_orphan_that_the_merged_view_leaves_ou
         # the orphan is the attempt the client gave up on: it started first (and was stored last;
         # session order is call order, so it reads back first)
         assert orphans[0].created_at < kept.created_at and orphans[0] is traces[0]
-        assert orphans[0].lineage["retry_of"] == kept.trace_id and orphans[0].choices[0].token_ids
+        assert kept.lineage["retry_of"] == orphans[0].trace_id and orphans[0].choices[0].token_ids
         rows = st.trajectories(session=sid, view="merged")
         [row] = list(rows)
         assert rows.skipped_orphans == 1
