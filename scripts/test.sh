@@ -7,8 +7,16 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
+# pip's and setuptools' chatter (the editable-install notice) goes to a log, shown on failure
+install_log=$(mktemp)
+if ! { .venv/bin/python -m pip install --quiet --upgrade pip \
+       && .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"; } \
+     >"$install_log" 2>&1; then
+  cat "$install_log" >&2
+  echo "test.sh: installing the test environment failed (output above)" >&2
+  exit 1
+fi
+rm -f "$install_log"
 
 # PostgreSQL server binaries: tests/support/pg.py starts a private server (initdb into a temp dir, on
 # 127.0.0.1) for the PostgreSQL store and durability tests. In CI they fail without it.
