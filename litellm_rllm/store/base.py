@@ -319,13 +319,38 @@ class TraceStore(TrainerStore, abc.ABC):
         for batch in self.session_batches(session, since):
             yield from attach_lineage(batch)
 
+    def with_rewards(self, batch: list[Trace]) -> list[Trace]:
+        """Attach a session's stored rewards to its traces (``reward``, read by the training
+        views): a reward given to one trace rides on that trace (its latest); the session's
+        rewards and the finish's final reward ride on the session's last call, so the merged row
+        that ends there carries the episode's reward (the finish's wins over a session reward)."""
+        rewards_for = getattr(self, "rewards_for", None)
+        if not batch or rewards_for is None:
+            return batch
+        key = batch[0].session_key()
+        found = rewards_for([key]).get(key)
+        if found is None:
+            return batch
+        by_trace = found.by_trace()
+        for trace in batch:
+            given = by_trace.get(trace.trace_id)
+            if given:
+                trace.reward = given[-1].reward  # type: ignore[attr-defined]
+        episode = found.final()
+        if episode is None and found.session_rewards():
+            episode = found.session_rewards()[-1].reward
+        if episode is not None:
+            batch[-1].reward = episode  # type: ignore[attr-defined]
+        return batch
+
     def trajectories(self, session: Optional[str] = None, since: Since = None, view: str = "merged",
                      include_orphans: bool = False) -> Any:
         """Training rows (``training.trajectories``): ``merged`` (one per chain of calls that
-        extend each other, with the loss mask) or ``per-call``; an iterator with counters."""
+        extend each other, with the loss mask) or ``per-call``; an iterator with counters.
+        Stored rewards ride along (``with_rewards``)."""
         from litellm_rllm import training
 
-        batches = self.session_batches(session, since)
+        batches = (self.with_rewards(batch) for batch in self.session_batches(session, since))
         return training.trajectories((t for batch in batches for t in batch), view=view,  # type: ignore[arg-type]
                                      include_orphans=include_orphans, order="session")
 

@@ -73,3 +73,19 @@ def test_export_mistakes_are_one_error_line(url: str, capsys) -> None:
     assert capsys.readouterr().err.count("error:") == 1
     assert main(["export", "--store", url, "--format", "parquet", "--out", "-"]) == 2
     assert capsys.readouterr().err.startswith("error: --out")
+
+
+def test_stored_rewards_ride_into_the_merged_row_and_the_export(url: str, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with store.open(url, create=False) as st:
+        st.add_reward("ep", 0.25, trace_id="t1")
+        st.finish("ep", reward={"pass": 1.0, "style": 0.5})
+        [row] = [r.to_dict() for r in st.trajectories(session="ep")]
+        per_call = {r.to_dict()["trace_id"]: r.to_dict() for r in st.trajectories(session="ep", view="per-call")}
+        st.export(str(tmp_path / "r.parquet"), session="ep")
+    assert row["rewards"] == {"pass": 1.0, "style": 0.5}  # the episode's final reward, on the chain's end
+    assert per_call["t1"]["reward"] == 0.25 and per_call["t2"]["rewards"] == {"pass": 1.0, "style": 0.5}
+    [exported] = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert exported["trace_ids"] == ["t1", "t2"]
+    assert json.loads(exported["rewards"]) == {"pass": 1.0, "style": 0.5}  # JSON text (docs/training.md)
