@@ -172,7 +172,11 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             from .. import training
 
             traces = team_traces(plugin.reader.iter_traces(session=session, since=since), team, None)
-            rows = training.trajectories(traces, view=view, include_orphans=include_orphans)  # type: ignore[arg-type]
+            by_key: dict[str, list[Any]] = {}
+            for trace in traces:
+                by_key.setdefault(trace.session_key(), []).append(trace)
+            with_rewards = (t for batch in by_key.values() for t in plugin.reader.with_rewards(batch))
+            rows = training.trajectories(with_rewards, view=view, include_orphans=include_orphans)  # type: ignore[arg-type]
             out = [row.to_dict() for row in rows]
             return {"session": session, "view": view, "count": len(out), "rows": out,
                     "skipped_orphans": rows.skipped_orphans, "skipped_without_ids": rows.skipped_without_ids}
