@@ -67,6 +67,12 @@ def test_episode_of_three_calls_with_a_trace_reward_and_a_final_reward_reads_bac
         assert [c.kind for c in page.items] == ["trace", "trace", "trace", "reward", "finish"]
         assert [c.trace.trace_id for c in page.items[:3]] == [t.trace_id for t in traces]
 
+    # the rewards ride into the training rows (per call here: the fake's turns don't extend)
+    rows = proxy.client.get(f"/rllm/sessions/{sid}/trajectories", params={"view": "per-call"}).json()["rows"]
+    by_id = {r["trace_id"]: r for r in rows}
+    assert by_id[second]["reward"] == 0.5
+    assert by_id[traces[-1].trace_id]["rewards"] == {"pass": 1.0, "length": -0.25}
+
 
 def test_same_idempotency_key_with_another_body_is_a_409_and_stores_nothing(proxy):
     sid = f"tr-{uuid.uuid4().hex[:8]}"
