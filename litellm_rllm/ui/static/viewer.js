@@ -401,6 +401,7 @@
       }
     };
     (async () => {
+      poll();  // the session's summary every POLL_MS as well: a feed that misses a wake-up is covered
       try {
         await api('/rllm/changes?limit=1&wait=0&session=' + encodeURIComponent(sid));
         liveEl.textContent = '● live (change feed)';
@@ -408,7 +409,6 @@
       } catch (e) {
         if (state.stop) return;
         liveEl.textContent = '● live (polling every ' + POLL_MS / 1000 + ' s)';
-        poll();
       }
     })();
   }
