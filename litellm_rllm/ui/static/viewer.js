@@ -401,14 +401,14 @@
       }
     };
     (async () => {
+      liveEl.textContent = '● live (polling every ' + POLL_MS / 1000 + ' s)';
       poll();  // the session's summary every POLL_MS as well: a feed that misses a wake-up is covered
       try {
         await api('/rllm/changes?limit=1&wait=0&session=' + encodeURIComponent(sid));
         liveEl.textContent = '● live (change feed)';
         await follow();
       } catch (e) {
-        if (state.stop) return;
-        liveEl.textContent = '● live (polling every ' + POLL_MS / 1000 + ' s)';
+        if (!state.stop) liveEl.textContent = '● live (polling every ' + POLL_MS / 1000 + ' s)';
       }
     })();
   }
