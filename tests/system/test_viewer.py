@@ -459,10 +459,6 @@ def test_session_view_shows_the_calls_as_a_timeline(tab: Page, recorded: Recorde
     screenshot(page, shots, "session")
 
 
-@pytest.mark.xfail(reason="since the change feed and the trainer's routes merged, the live view of this test's "
-                          "proxy (100,000 sessions, stub trajectory route) does not show the second call within 15 s; "
-                          "a standalone browser run against a plain proxy shows it (the routes answer right): "
-                          "open, see the closing note of 2026-12-05", strict=False)
 def test_session_view_shows_a_new_call_as_it_arrives(tab: Page, recorded: Recorded) -> None:
     sid = f"live-{uuid.uuid4().hex[:6]}"
     client = recorded.client(harness.MASTER_KEY, sid)

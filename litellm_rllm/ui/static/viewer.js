@@ -363,24 +363,32 @@
     liveEl.textContent = '';
   }
 
-  function startLive(sid, onChange) {
+  // What the page shows, as the session summary would say it: the live view's baseline. Taken from
+  // the loaded entry, never from the first poll, so a call that lands between the page's load and
+  // the first poll (or the feed's catch-up) still counts as news.
+  function summarySig(s) {
+    return s ? [s.traces, s.last_seq, s.last_at, JSON.stringify(s.reward)].join('|') : '';
+  }
+
+  function startLive(sid, shown, onChange) {
     stopLive();
-    const state = { sid, stop: false, timer: null, abort: null, seen: null };
+    const state = { sid, stop: false, timer: null, abort: null, seen: summarySig(shown.summary), shown };
     live = state;
     const changed = async () => {
       try {
         const entry = await loadSession(sid, true);
+        state.shown = entry;
+        state.seen = summarySig(entry.summary);
         if (!state.stop) onChange(entry);
       } catch (e) { /* shown on the next navigation */ }
     };
+    const known = (item) => item.kind !== 'trace' || state.shown.traces.some((t) => t.trace_id === item.trace_id);
     const poll = async () => {
       if (state.stop) return;
       try {
         const page = await api('/rllm/sessions?session=' + encodeURIComponent(sid));
         const s = page.sessions[0];
-        const sig = s ? [s.traces, s.last_seq, s.last_at, JSON.stringify(s.reward)].join('|') : '';
-        if (state.seen !== null && sig !== state.seen) await changed();
-        state.seen = sig;
+        if (summarySig(s) !== state.seen) await changed();
       } catch (e) { if (e.status === 401) { handleError(e); return; } }
       if (!state.stop) state.timer = setTimeout(poll, POLL_MS);
     };
@@ -395,7 +403,7 @@
         if (state.stop) return;
         const items = body.items || [];
         if (body.next !== undefined && body.next !== null) after = body.next;
-        if (caughtUp && items.length) await changed();
+        if (items.length && (caughtUp || !items.every(known))) await changed();
         if (!items.length) caughtUp = true;
         if (!caughtUp && ++pages > 50) throw new Error('feed too long to catch up');
       }
@@ -421,7 +429,7 @@
     if (token !== renderToken) return;
     renderSession(sid, entry);
     if (!live || live.sid !== sid) {
-      startLive(sid, (e) => {
+      startLive(sid, entry, (e) => {
         const r = parseHash();
         if (r.view === 'session' && r.session === sid) { renderSession(sid, e, true); loadMerged(sid, e, renderToken); }
       });
