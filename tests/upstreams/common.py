@@ -313,9 +313,13 @@ def hosted_generation(gen: Generation, max_tokens: Optional[int]) -> Generation:
 
 def tool_call_trigger(body: dict[str, Any]) -> Optional[str]:
     """Name of the tool to call: the first tool's, when ``tools`` is set, ``tool_choice`` is not
-    "none" and the last user message mentions "weather" (case-insensitive); else ``None``."""
+    "none", the last user message mentions "weather" (case-insensitive) and the conversation does
+    not end with a tool result (that gets an answer, so an agent loop ends); else ``None``."""
     tools = body.get("tools")
     if not tools or body.get("tool_choice") == "none":
+        return None
+    messages = body.get("messages") or []
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
         return None
     last_user = ""
     for m in body.get("messages") or []:

@@ -39,8 +39,8 @@ Rejected with vLLM's 400 body: ``stream_options`` without ``stream``; ``top_logp
 ``logprobs``; logprobs above 20; ``prompt_logprobs`` with ``stream``; ``tools: []``; an empty
 completions prompt; missing ``messages``.
 
-Tool calls: when ``tools`` is non-empty, ``tool_choice`` is not "none" and the last user message
-contains "weather", every choice calls the first tool (hermes format, arguments
+Tool calls: when ``tools`` is non-empty, ``tool_choice`` is not "none", the last user message
+contains "weather" and the last message is not a tool result, every choice calls the first tool (hermes format, arguments
 ``{"location": "Paris"}``), ``finish_reason: "tool_calls"``. Streaming sends ``"delta": {}``
 chunks for control/buffered tokens when ``logprobs`` or ``return_token_ids`` is on (vLLM after
 vllm#27482) and skips them otherwise.
