@@ -1,7 +1,7 @@
 """`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs.
 
-    litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
-    litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
+    litellm-rllm traces export [--store URL] [--session S [--team T]] [--since T]   JSON lines on stdout
+    litellm-rllm traces list   [--store URL] [--session S [--team T]] [--since T] [--limit N]
     litellm-rllm sessions list [--store URL]
     litellm-rllm slug encode JSON [--secret S]
     litellm-rllm slug decode SLUG
@@ -34,7 +34,7 @@ def cmd_traces_export(args: argparse.Namespace) -> int:
     st = _store(args.store)
     try:
         out = sys.stdout
-        for trace in st.traces(session=args.session, since=args.since, limit=args.limit):
+        for trace in st.traces(session=args.session, since=args.since, limit=args.limit, team=args.team):
             out.write(trace.model_dump_json())
             out.write("\n")
     finally:
@@ -45,7 +45,7 @@ def cmd_traces_export(args: argparse.Namespace) -> int:
 def cmd_traces_list(args: argparse.Namespace) -> int:
     st = _store(args.store)
     try:
-        rows = st.traces(session=args.session, since=args.since, limit=args.limit)
+        rows = st.traces(session=args.session, since=args.since, limit=args.limit, team=args.team)
         print(f"{'seq':>4}  {'status':<10} {'session':<24} {'model':<20} {'toks':>6}  trace_id")
         for t in rows:
             toks = sum(len(c.token_ids or []) for c in t.choices)
@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def store_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", help="store URL (default: $RLLM_STORE_URL or sqlite:///rllm_traces.db)")
-        p.add_argument("--session", help="session id or any session uid (nested sessions included)")
+        p.add_argument("--session", help="session id, name or any session uid (nested sessions included)")
+        p.add_argument("--team", help="the team whose session it is (sessions written with a team key; see docs/sessions.md)")
         p.add_argument("--since", help="only traces created at or after this ISO 8601 time")
         p.add_argument("--limit", type=int)
 

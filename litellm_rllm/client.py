@@ -259,14 +259,17 @@ def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, An
     return resp.json()
 
 
-def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0) -> list[Any]:
-    """A session's traces (nested sessions included) in `seq` order, read through the proxy
-    (which flushes first), as `Trace` objects."""
+def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0,
+                 team: Optional[str] = None) -> list[Any]:
+    """A session's traces (its id, name or any uid; nested sessions included) in write order,
+    read through the proxy (which flushes first), as `Trace` objects. `team`: an admin key
+    reading a session written with a team's key (a team key reads its own team's)."""
     import httpx
 
     from .trace import Trace
 
     resp = httpx.get(f"{_proxy_root(base_url)}/rllm/sessions/{session}/traces",
+                     params={"team": team} if team else None,
                      headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
     resp.raise_for_status()
     return [Trace.model_validate(t) for t in resp.json()["traces"]]

@@ -122,13 +122,18 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
 
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
-                                  user: Any = Depends(_caller)) -> Any:
-        """The session's traces (nested sessions included) in `seq` order, after a flush."""
-        team = _team_scope(user)
+                                  team: Optional[str] = None, user: Any = Depends(_caller)) -> Any:
+        """The session's traces (nested sessions included) in write order (`order`), after a
+        flush. Sessions are namespaced by team: a team key reads its own team's session; an
+        admin names the team with `?team=` (none: sessions of callers without a team)."""
+        scope = _team_scope(user)
+        if scope is not None and team not in (None, scope):
+            raise HTTPException(status_code=403, detail="a team key reads only its own team's sessions")
+        namespace = scope if scope is not None else team
         await plugin.writer.aflush(60.0)
 
         def read() -> list[dict[str, Any]]:
-            rows = team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit)
+            rows = team_traces(plugin.reader.iter_traces(session=session, since=since, team=namespace), scope, limit)
             return [t.model_dump(mode="json") for t in rows]
 
         try:
@@ -136,7 +141,7 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        return {"session": session, "count": len(traces), "traces": traces}
+        return {"session": session, "team": namespace, "count": len(traces), "traces": traces}
 
     @router.get("/rllm/stats", tags=["litellm-rllm"])
     async def rllm_stats(user: Any = Depends(_caller)) -> Any:

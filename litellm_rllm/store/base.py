@@ -5,8 +5,11 @@ Guarantees a backend must give (SPEC "Read-back"):
 * exactly once: ``trace_id`` is unique; writing an existing id changes nothing and uses no seq;
 * ``seq`` per session key (``Trace.session_key()``) is 0, 1, 2, ... in write order, assigned in
   the write transaction, so it is gap-free and monotonic with several writers;
-* ``traces(session=S)`` matches ``session_id == S`` or ``S in session_uids`` (so an outer uid
-  also returns its nested sessions' traces), in global write order.
+* ``traces(session=S)`` matches ``session_id == S``, ``S in session_uids`` (so an outer uid
+  also returns its nested sessions' traces) or ``metadata.session_name == S``, in the caller
+  team's namespace (``team=``, see ``sessions.py``), in global write order; every trace read
+  carries ``order``, its place in that order (store-wide, increasing, gaps allowed), so a
+  merged view's order is explicit where ``seq`` (per session key) is not.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field
 
+from litellm_rllm.sessions import qualify, split_key
 from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
 from litellm_rllm.trace import Trace
 
@@ -28,6 +32,7 @@ class SessionSummary(BaseModel):
     """One session key's traces at a glance (CLI ``sessions list``)."""
 
     session_id: str
+    team: Optional[str] = None  # the namespace of a session written with a team's key
     traces: int
     first_seq: int
     last_seq: int
@@ -54,7 +59,7 @@ def sessions_from_rows(rows: Sequence[Sequence[Any]]) -> list[SessionSummary]:
         cur[6][status] = n
     ordered = sorted(acc.items(), key=lambda item: item[1][5])
     return [
-        SessionSummary(session_id=key, traces=v[0], first_seq=v[1], last_seq=v[2],
+        SessionSummary(session_id=split_key(key)[1], team=split_key(key)[0], traces=v[0], first_seq=v[1], last_seq=v[2],
                        first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]), statuses=v[6])
         for key, v in ordered
     ]
@@ -137,9 +142,13 @@ READ_PAGE = 256  # rows per read query
 
 
 def decode_row(row: Sequence[Any]) -> Trace:
-    """A ``(key, seq, doc, arrays, detail)`` row of any backend -> its ``Trace``."""
-    _key, seq, doc, arrays, detail = row
-    return decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
+    """A ``(key, seq, doc, arrays, detail[, row id])`` row of any backend -> its ``Trace``; the
+    row id (global write order) becomes ``order``."""
+    _key, seq, doc, arrays, detail, *rest = row
+    trace = decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
+    if rest and rest[0] is not None:
+        trace.order = int(rest[0])
+    return trace
 
 
 def _as_bytes(value: Any) -> Optional[bytes]:
@@ -182,10 +191,13 @@ class TraceStore(abc.ABC):
         session: Optional[str] = None,
         since: Since = None,
         limit: Optional[int] = None,
+        team: Optional[str] = None,
     ) -> Iterator[Trace]:
         """Like ``traces`` but streamed page by page, for exports larger than memory: the
         backend's keyset query (``_read_plan``), paged through ``keyset_rows``."""
         since_dt = parse_since(since)
+        if session:
+            session = qualify(team, session)
         plan = self._read_plan(session, None if since_dt is None else to_utc_micros(since_dt))
         if plan is None:
             return
@@ -208,13 +220,16 @@ class TraceStore(abc.ABC):
         session: Optional[str] = None,
         since: Since = None,
         limit: Optional[int] = None,
+        team: Optional[str] = None,
     ) -> list[Trace]:
-        """Traces in global write order (= ``seq`` order within a session).
+        """Traces in global write order (= ``seq`` order within a session; ``order`` says it).
 
-        ``session`` matches the session id or any of the session uids; ``""`` selects the
-        traces without a session. ``since`` keeps ``created_at >= since``.
+        ``session`` matches the session id, any of the session uids or the session name;
+        ``""`` selects the traces without a session. ``team``: the namespace of a session
+        written with a team's key (None: sessions of callers without a team). ``since`` keeps
+        ``created_at >= since``.
         """
-        return list(self.iter_traces(session=session, since=since, limit=limit))
+        return list(self.iter_traces(session=session, since=since, limit=limit, team=team))
 
     @abc.abstractmethod
     def get(self, trace_id: str) -> Optional[Trace]:

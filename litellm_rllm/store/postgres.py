@@ -298,7 +298,7 @@ class PostgresStore(TraceStore):
         self._lock = threading.RLock()
         self._closed = False
         self._conn: Optional["psycopg.Connection[Any]"] = None
-        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail"
+        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail, t.id"  # the last: the trace's `order`
         self._sql_lock_sessions = (
             f"INSERT INTO {s}.session_seq AS c (session_key, next_seq)"
             " SELECT k, 0 FROM unnest(%b::text[]) AS k ORDER BY k"
@@ -519,7 +519,7 @@ class PostgresStore(TraceStore):
             return query, (index_key(session), *time_params), 0
         if session == "":
             query = (
-                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail FROM {s}.traces t"
+                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail, t.id FROM {s}.traces t"
                 f" WHERE t.session_key = ''{time_sql} AND t.seq > %s ORDER BY t.seq LIMIT %s"
             )
             return query, time_params, -1

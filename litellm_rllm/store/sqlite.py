@@ -81,7 +81,7 @@ _V1 = (
 # idempotent (IF NOT EXISTS, ...) so re-running a half-known state is harmless.
 MIGRATIONS: dict[int, Sequence[str]] = {1: _V1}
 
-_COLS = "t.id, t.seq, t.doc, t.arrays, t.detail"
+_COLS = "t.id, t.seq, t.doc, t.arrays, t.detail, t.id"  # the last: the trace's `order`
 _INSERT_TRACE = (
     "INSERT INTO traces (id, trace_id, session_key, seq, created_us, status, model, doc, arrays,"
     " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
