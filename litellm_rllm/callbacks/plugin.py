@@ -63,6 +63,7 @@ class Plugin:
         self._reader: Optional[TraceStore] = None
         self._policies: Optional[PolicyFile] = None
         self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()  # background work on the event loop (spawn)
         self.check_slug: Callable[[str], SlugMetadata] = functools.lru_cache(maxsize=4096)(self._check_slug)
         atexit.register(self.close)
         self._schedule_gc_freeze()
@@ -153,6 +154,18 @@ class Plugin:
                 pf.start()
                 self._policies = pf
             return self._policies
+
+    def spawn(self, work: Any) -> None:
+        """Run a coroutine on the running event loop without waiting for it (closing an
+        upstream the client no longer reads); held here until done, its failure logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("litellm-rllm: background task failed: %r", task.exception())
 
     def stats(self) -> dict[str, Any]:
         return {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls)}
