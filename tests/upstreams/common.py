@@ -527,6 +527,16 @@ class FakeUpstream:
         return triggers, None
 
 
+def note_generated(prompt_ids: list[int], gens: Iterable["Generation"]) -> None:
+    """Put what a request generated into its log entry, ``"generated": {"prompt_token_ids",
+    "choices": [{"token_ids", "text", "finish_reason"}]}``: the token truth a trace is compared
+    with (a client that leaves mid-stream got a prefix of it)."""
+    record = _CURRENT_RECORD.get()
+    if record is not None:
+        record["generated"] = {"prompt_token_ids": list(prompt_ids), "choices": [
+            {"token_ids": g.token_ids, "text": g.text, "finish_reason": g.finish_reason} for g in gens]}
+
+
 def sse(data: str) -> str:
     """One OpenAI-style server-sent event."""
     return f"data: {data}\n\n"

@@ -7,7 +7,9 @@ and logprobs a test can compute in advance. See ``/work/shared/notes/vllm.md``.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses``,
 ``GET /v1/models``, ``GET /health``; plus ``GET|DELETE /_fake/requests`` (the request log, for
-subprocess tests).
+subprocess tests). A chat or Responses request's log entry also says what it generated
+(``"generated"``: prompt ids, each choice's ids; see ``common.note_generated``) and, streamed, how
+far the stream got and whether the client left (``"stream"``; see ``common.paced_rounds``).
 
 ``/v1/responses`` follows vLLM 0.33.0 (``vllm/entrypoints/openai/responses/``) for a non-harmony
 model served with a tool parser: the same reply, ids and logprobs as chat for the rendered input
@@ -96,6 +98,7 @@ from tests.upstreams.common import (
     chat_prompt_token_ids,
     completion_prompt_token_ids,
     dumps,
+    note_generated,
     paced_rounds,
     prompt_logprob,
     sampled_logprob,
@@ -409,6 +412,7 @@ class FakeVLLM(FakeUpstream):
         prompt_ids = chat_prompt_token_ids(body["messages"], body.get("tools"),
                                            body.get("add_generation_prompt", True) is not False)
         gens = [self.generation(body, triggers, i, max_tokens, tool) for i in range(n)]
+        note_generated(prompt_ids, gens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def head(obj: str) -> str:
@@ -558,6 +562,7 @@ class FakeVLLM(FakeUpstream):
         max_tokens = limit if asked is None else min(int(asked), limit)
         tool = tool_call_trigger(rapi.tool_trigger_body(body, messages))
         gen = self.generation(body, triggers, 0, max_tokens, tool)
+        note_generated(prompt_ids, [gen])
         final_status = "incomplete" if gen.finish_reason == "length" else "completed"
         usage = {
             "input_tokens": len(prompt_ids),
