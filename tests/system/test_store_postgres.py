@@ -120,9 +120,9 @@ def test_a_delete_waits_for_a_write_that_compacts_against_its_rows_and_makes_the
                 assert thread.is_alive()  # waiting for the write to end
                 conn.execute(
                     f"INSERT INTO {table} (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
-                    " base_id) VALUES (%s, %s, 1, %s, %s, %s, %s, %s, %s, %s)",
+                    " base_id, order_us) VALUES (%s, %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (child.trace_id, child.session_key, child.created_us, child.status, child.model, child.doc,
-                     child.arrays, child.detail, child.base_id))
+                     child.arrays, child.detail, child.base_id, child.created_us))
             thread.join(10)
         assert deleted == [1]
         [got] = deleter.traces()
