@@ -294,7 +294,7 @@
       if (s.drift) flags.push(badge(s.drift + ' drift', 'rel-drift', 'prompt re-tokenized: does not extend the previous call\'s tokens'));
       const start = new Date(s.first_at), end = new Date(s.last_at);
       tbody.appendChild(el('tr', null,
-        el('td', null, el('a', { className: 'sid', href: sessionHref(s.session_id, s.team || null), text: s.session_id + (s.team ? ' (' + s.team + ')' : '') })),
+        el('td', null, el('a', { className: 'sid', href: sessionHref(s.session_id, s.team || null), text: s.session_id, title: s.team ? 'team ' + s.team : '' })),
         el('td', { className: 'num', text: fmtNum(s.traces) }),
         el('td', null, timeEl(s.last_at)),
         el('td', { className: 'num', text: fmtMs(end - start) }),
