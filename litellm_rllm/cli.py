@@ -1,13 +1,13 @@
 """`litellm-rllm`: read traces back, encode/decode slugs, explain policies, check configs, serve the demo upstream.
 
-    litellm-rllm traces export [--store URL] [--session S] [--since T]   JSON lines on stdout
-    litellm-rllm traces list   [--store URL] [--session S] [--since T] [--limit N]
-    litellm-rllm traces tail   [--store URL | --proxy URL [--key K]] [--session S] [--finished]
+    litellm-rllm traces export [--store URL] [--session S [--team T]] [--since T]   JSON lines on stdout
+    litellm-rllm traces list   [--store URL] [--session S [--team T]] [--since T] [--limit N]
+    litellm-rllm traces tail   [--store URL | --proxy URL [--key K]] [--session S [--team T]] [--finished]
                                [--model M] [--after CURSOR|now] [--idle-exit SECONDS]
     litellm-rllm sessions list [--store URL]
-    litellm-rllm sessions check [--session S | --since T] [--json]           the drift audit
-    litellm-rllm sessions delete SESSION [--store URL]
-    litellm-rllm export [--session S | --since T] --view merged|per-call --format parquet|jsonl --out PATH
+    litellm-rllm sessions check [--session S [--team T] | --since T] [--json]   the drift audit
+    litellm-rllm sessions delete SESSION [--team T] [--store URL]
+    litellm-rllm export [--session S [--team T] | --since T] --view merged|per-call --format parquet|jsonl --out PATH
     litellm-rllm prune --before T [--store URL]                            retention by hand
     litellm-rllm slug encode JSON [--secret S]
     litellm-rllm slug decode SLUG
@@ -102,7 +102,8 @@ def cmd_traces_export(args: argparse.Namespace) -> int:
             if args.session is not None:
                 from .training import attach_lineage
 
-                traces: Any = attach_lineage(st.traces(session=args.session, since=since, limit=args.limit))
+                traces: Any = attach_lineage(st.traces(session=args.session, since=since, limit=args.limit,
+                                                       team=args.team))
             else:
                 from itertools import islice
 
@@ -121,7 +122,7 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
     since = _since(args)
     st = _store(args.store)
     try:
-        rows = _read(lambda: st.traces(session=args.session, since=since, limit=args.limit))
+        rows = _read(lambda: st.traces(session=args.session, since=since, limit=args.limit, team=args.team))
         print(f"{'seq':>4}  {'status':<10} {'session':<24} {'model':<20} {'toks':>6}  trace_id")
         for t in rows:
             toks = sum(len(c.token_ids or []) for c in t.choices)
@@ -177,7 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         total = None if args.session else _read(st.count)
         out = sys.stdout if args.out == "-" else args.out
-        result = _read(lambda: st.export(out, session=args.session, since=since, view=args.view,
+        result = _read(lambda: st.export(out, session=args.session, since=since, view=args.view, team=args.team,
                                          format=args.format, include_orphans=args.include_orphans,
                                          progress=_progress_bar(total)))
     finally:
@@ -193,7 +194,7 @@ def cmd_sessions_check(args: argparse.Namespace) -> int:
     since = _since(args)
     st = _store(args.store)
     try:
-        report = _read(lambda: st.audit(session=args.session, since=since))
+        report = _read(lambda: st.audit(session=args.session, since=since, team=args.team))
     finally:
         st.close()
     if args.json:
@@ -208,10 +209,10 @@ def cmd_sessions_check(args: argparse.Namespace) -> int:
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
     st = _store(args.store)
     try:
-        deleted = _read(lambda: st.delete(session=args.session))
+        deleted = _read(lambda: st.delete(session=args.session, team=args.team))
     finally:
         st.close()
-    print(json.dumps({"session": args.session, "deleted": deleted}))
+    print(json.dumps({"session": args.session, **({"team": args.team} if args.team else {}), "deleted": deleted}))
     return 0
 
 
@@ -437,8 +438,11 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
                        " (another demo upstream running? choose another --port)", status=1) from None
 
 
-SESSION_HELP = ("a session_id or a session uid (client.Session.uid): the traces whose session_id is S or whose "
-                "session_uids contain S, so an outer session's uid also finds every session nested in it")
+SESSION_HELP = ("a session_id, a session uid (client.Session.uid) or a session_name (rLLM's SDK): the traces whose "
+                "session_id or session_name is S or whose session_uids contain S, so an outer session's uid also "
+                "finds every session nested in it (sorted by `order`: call order)")
+TEAM_HELP = ("the team whose session it is: sessions written with a team's key are namespaced by that team "
+             "(docs/sessions.md); default: sessions of callers without a team")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -452,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     def store_args(p: argparse.ArgumentParser) -> None:
         store_arg(p)
         p.add_argument("--session", metavar="S", help=SESSION_HELP)
+        p.add_argument("--team", metavar="T", help=TEAM_HELP)
         p.add_argument("--since", help="only traces created at or after this ISO 8601 time (UTC if no offset)")
         p.add_argument("--limit", type=int)
 
@@ -467,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", help="follow through a proxy instead, e.g. http://localhost:4000")
     p.add_argument("--key", help="the proxy key (default: $RLLM_API_KEY or $LITELLM_MASTER_KEY)")
     p.add_argument("--session", help="only this session's items (nested sessions included)")
+    p.add_argument("--team", metavar="T", help=TEAM_HELP)
     p.add_argument("--finished", action="store_true", help="only ended episodes, each with its traces and rewards")
     p.add_argument("--model", help="only this model group's traces and their sessions' rewards and finishes")
     p.add_argument("--after", default="now", help="start after this cursor (0: the beginning; default: now)")
@@ -481,17 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sessions.add_parser("check", help="the drift audit: lineage boundaries, retries, orphans, completeness")
     store_arg(p)
     p.add_argument("--session", metavar="S", help=SESSION_HELP)
+    p.add_argument("--team", metavar="T", help=TEAM_HELP)
     p.add_argument("--since", help="only traces created at or after this ISO 8601 time (UTC if no offset)")
     p.add_argument("--json", action="store_true", help="one machine-readable JSON object")
     p.set_defaults(func=cmd_sessions_check)
     p = sessions.add_parser("delete", help="delete a session's traces (nested sessions included)")
     p.add_argument("session")
+    p.add_argument("--team", metavar="T", help=TEAM_HELP)
     p.add_argument("--store")
     p.set_defaults(func=cmd_sessions_delete)
 
     p = sub.add_parser("export", help="training data: trajectories as Parquet or JSON lines")
     store_arg(p)
     p.add_argument("--session", metavar="S", help=SESSION_HELP)
+    p.add_argument("--team", metavar="T", help=TEAM_HELP)
     p.add_argument("--since", help="only traces created at or after this ISO 8601 time (UTC if no offset)")
     p.add_argument("--view", choices=("merged", "per-call"), default="merged",
                    help="merged: one row per chain of calls extending each other, with the loss mask")

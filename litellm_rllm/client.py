@@ -335,18 +335,23 @@ def flush_all(base_urls: Any, api_key: str, *, timeout: float = 60.0) -> dict[st
         return dict(zip(urls, pool.map(one, urls)))
 
 
-def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0) -> list[Any]:
-    """The traces of `session` in `seq` order, read through the proxy (which flushes first),
+def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 120.0,
+                 team: Optional[str] = None) -> list[Any]:
+    """The traces of `session` in call order, read through the proxy (which flushes first),
     as `Trace` objects.
 
-    `session` is a `session_id` or a session uid (`Session.uid`): the traces whose session_id
-    is it or whose session_uids contain it. Pass the outer `Session.uid` to include the sessions
-    nested in it that set a session_id of their own (see `Session`)."""
+    `session` is a `session_id`, a session uid (`Session.uid`) or a `session_name` (rLLM's
+    SDK): the traces whose session_id or name is it or whose session_uids contain it. Pass the
+    outer `Session.uid` to include the sessions nested in it that set a session_id of their own
+    (see `Session`); such a merged read is sorted by `order` (`seq` counts per session key).
+    `team`: an admin key reading a session written with a team's key (a team key reads its own
+    team's; docs/sessions.md)."""
     import httpx
 
     from .trace import Trace
 
     resp = httpx.get(f"{_proxy_root(base_url)}/rllm/sessions/{session}/traces",
+                     params={"team": team} if team else None,
                      headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
     resp.raise_for_status()
     return [Trace.model_validate(t) for t in resp.json()["traces"]]

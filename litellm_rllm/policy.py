@@ -161,9 +161,10 @@ class Decision:
     override: Optional[dict[str, Any]] = None
     override_refused: bool = False
 
-    def injected(self) -> dict[str, Any]:
-        """The trace's `injected` field."""
-        out: dict[str, Any] = dict(self.params)
+    def injected(self, sent: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        """The trace's `injected` field. `sent`: what was added upstream in the route's own
+        names where they differ from the policy's (the Responses API's `include`, ...)."""
+        out: dict[str, Any] = dict(self.params if sent is None else sent)
         out["rule"] = self.rule
         if not self.sampled:
             out["sampled"] = False

@@ -133,6 +133,7 @@ RESERVED_KEYS: frozenset[str] = frozenset(
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _VERSION = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}:")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates break UTF-8 / Postgres
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # not in session ids, uids and names (store keys)
 
 
 class SlugError(Exception):
@@ -502,6 +503,7 @@ def _check_known(data: Mapping[str, Any]) -> dict[str, Any]:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             raise SlugError(f"slug key {key!r} must be a string, got {_type_name(value)}")
+        _check_session_text(key, value)
         out[key] = value
     uids = data.get("session_uids", [])
     if not isinstance(uids, list):
@@ -509,9 +511,18 @@ def _check_known(data: Mapping[str, Any]) -> dict[str, Any]:
     for i, uid in enumerate(uids):
         if not isinstance(uid, str):
             raise SlugError(f"slug key 'session_uids[{i}]' must be a string, got {_type_name(uid)}")
+        _check_session_text(f"session_uids[{i}]", uid)
     out["session_uids"] = list(uids)
     out["sampling"] = _check_sampling(data.get("sampling"))
     return out
+
+
+def _check_session_text(key: str, value: Optional[str]) -> None:
+    """Session ids, uids and names are store keys: no control characters (one of them
+    separates a team's namespace from the key, see `sessions.py`)."""
+    bad = _CONTROL.search(value) if value else None
+    if bad:
+        raise SlugError(f"slug key {key!r} contains a control character U+{ord(bad.group(0)):04X}")
 
 
 def _check_sampling(value: Any) -> Optional[SamplingOverride]:

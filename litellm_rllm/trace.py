@@ -14,6 +14,8 @@ from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from . import sessions as _sessions
+
 TraceStatus = Literal["ok", "error", "incomplete"]
 
 _LITTLE = sys.byteorder == "little"
@@ -130,6 +132,11 @@ class Trace(BaseModel):
     session_uids: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     seq: Optional[int] = None
+    # The trace's place in call order (set on read): its session-order key, the call's start in
+    # microseconds since the epoch, raised past any call it extends (docs/sessions-order.md).
+    # `seq` ranks a trace within its own session key; a lookup that merges several (an outer
+    # uid, a session name) comes back sorted by (order, trace_id), and `order` says so.
+    order: Optional[int] = None
     route: Optional[str] = None
     model: Optional[str] = None
     provider: Optional[str] = None
@@ -158,17 +165,21 @@ class Trace(BaseModel):
     lineage: Optional[dict[str, Any]] = None
 
     def session_key(self) -> str:
-        """The key `seq` counts within: the session id, else the innermost uid, else ''."""
-        return session_key_of(self.session_id, self.session_uids)
+        """The key `seq` counts within (`sessions.session_key`): the session id, else the
+        innermost uid, else the session name, else ''; in the caller's team's namespace."""
+        return _sessions.session_key(self.session_id, self.session_uids, _sessions.name_of(self.metadata),
+                                     _sessions.team_of(self.caller))
+
+    def lookup_keys(self) -> tuple[str, ...]:
+        """Every key the trace is found under (`sessions.lookup_keys`)."""
+        return _sessions.lookup_keys(self.session_id, self.session_uids, _sessions.name_of(self.metadata),
+                                     _sessions.team_of(self.caller))
 
 
-def session_key_of(session_id: Optional[str], session_uids: Sequence[str]) -> str:
-    """`Trace.session_key` from the two fields (for rows read back without a Trace)."""
-    if session_id:
-        return session_id
-    if session_uids:
-        return session_uids[-1]
-    return ""
+def session_key_of(session_id: Optional[str], session_uids: Sequence[str], session_name: Optional[str] = None,
+                   team: Optional[str] = None) -> str:
+    """`Trace.session_key` from its fields (for rows read back without a Trace)."""
+    return _sessions.session_key(session_id, session_uids, session_name, team)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Union
 
 from ..capture.record import CallRecord
 from ..capture.fields import plain
-from ..capture.response import choices_from_response, prompt_ids_from, request_view
+from ..capture.response import choices_from_response, logprobs_requested, prompt_ids_from, request_view
 from ..trace import Trace, TraceError
 from .prepare import prepare
 from .prepared import PreparedCall
@@ -29,6 +29,8 @@ def build_trace(record: Union[PreparedCall, CallRecord]) -> Trace:
     request = request_view(record.upstream or {}) if record.upstream else {}
     if not request and record.client_request:
         request = request_view(record.client_request)
+    # asked for by the client or added by the policy: a choice without them is then a gap
+    wanted = logprobs_requested(request)
 
     usage: Optional[dict[str, Any]] = None
     choices = []
@@ -36,14 +38,14 @@ def build_trace(record: Union[PreparedCall, CallRecord]) -> Trace:
     if record.stream_result is not None:
         acc = record.stream_result
         usage = acc.usage_dict()
-        choices = acc.choices()
+        choices = acc.choices(logprobs_requested=wanted)
         prompt_ids = acc.prompt_token_ids
         if prompt_ids is None:
             prompt_ids = next((c.prompt_token_ids for c in choices if c.prompt_token_ids is not None), None)
     elif record.raw_body is not None or record.response is not None:
         response = _loads(b"".join(record.raw_body)) if record.raw_body is not None else plain(record.response)
         usage = response.get("usage")
-        choices = choices_from_response(response, usage)
+        choices = choices_from_response(response, usage, logprobs_requested=wanted)
         prompt_ids = prompt_ids_from(response, choices)
 
     hidden = record.hidden or {}

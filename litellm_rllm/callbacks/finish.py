@@ -9,6 +9,7 @@ call; later hooks for that call pass through. Streams likewise get one wrapper.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, AsyncIterator, Mapping, Optional
@@ -28,6 +29,16 @@ log = logging.getLogger("litellm_rllm")
 
 TRACER = "tracer"
 SAMPLING = "sampling"
+
+# Every this many chunks the stream wrapper yields to the event loop once. Why: when a client
+# goes away, Starlette cancels the task that serves its stream, and anyio delivers that cancel
+# only while the task waits on a future that is not done yet. A stream the proxy is behind on
+# (an overloaded loop, the upstream's bytes already buffered) never waits on a pending future,
+# so the cancel was put off until the upstream had sent everything: the server generated for
+# nobody and the trace held the whole reply (measured: 100 streams of 200 tokens, 20 leaving;
+# bare LiteLLM has the same problem there, tests/system/test_disconnects.py). `sleep(0)`
+# waits on no future, so the cancel lands within a few of these.
+CANCEL_POINT_EVERY = 8
 
 
 def begin(data: dict[str, Any], user_api_key_dict: Any) -> Optional[CallState]:
@@ -147,6 +158,8 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
 
     The trace is submitted once, in `finally`: `ok` after the last chunk, `error` if the
     upstream broke, `incomplete` if the client went away (the generator is closed/cancelled).
+    Then a tapped upstream is stopped: the trace keeps what was read until then, and the
+    upstream connection is closed so the server stops generating (`UpstreamTap.stop`).
     """
     p = plugin()
     calls, counters = p.calls, p.counters
@@ -168,8 +181,12 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     ids = (ClientTokenIds(state.tap.acc)
            if tapped and "return_token_ids" not in strip and asked_for_token_ids(state.client_request) else None)
     status, error = "incomplete", None
+    n = 0
     try:
         async for chunk in response:
+            n += 1
+            if n % CANCEL_POINT_EVERY == 0:
+                await asyncio.sleep(0)  # a point where a client's disconnect can cancel us
             if acc is not None:
                 try:
                     if isinstance(chunk, (bytes, str)):
@@ -199,6 +216,8 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
         raise
     finally:
         calls.end(cid)
+        if status != "ok" and state.tap is not None:
+            state.tap.stop()  # keep what was streamed until now; close the upstream
         if tracing:
             try:
                 record = _record(state, data, status)

@@ -75,6 +75,7 @@ class Plugin:
         self._closed = False
         self._stop = threading.Event()
         self._retention: Optional[threading.Thread] = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # background work on the event loop (spawn)
         self.check_slug: Callable[[str], SlugMetadata] = functools.lru_cache(maxsize=4096)(self._check_slug)
         atexit.register(self.close)
         self._schedule_gc_freeze()
@@ -217,6 +218,18 @@ class Plugin:
     def writer_stats(self) -> dict[str, Any]:
         """The writer's counters, or none before a writer exists (a proxy without the tracer)."""
         return self._writer.stats() if self._writer is not None else {}
+
+    def spawn(self, work: Any) -> None:
+        """Run a coroutine on the running event loop without waiting for it (closing an
+        upstream the client no longer reads); held here until done, its failure logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("litellm-rllm: background task failed: %r", task.exception())
 
     def stats(self) -> dict[str, Any]:
         out = {"writer": self.writer.stats(), "capture": dict(self.counters), "in_flight": len(self.calls),

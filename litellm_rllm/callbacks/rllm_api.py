@@ -3,7 +3,9 @@ change feed, policy versions and pauses in `trainer_api.py`), on LiteLLM's own a
 its own key check.
 
 Admins (the master key, proxy-admin keys) see everything; a team key reads only its own team's
-traces. Reads share the plugin's one read connection and run off the event loop.
+traces. Sessions are namespaced by team (`sessions.py`): a team key's session routes find its
+team's session; an admin names the team with `?team=` (none: sessions of callers without a
+team). Reads share the plugin's one read connection and run off the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from starlette.requests import Request
 
 from ..trainer.schema import TrainerInputError
 from .slug_route import SlugRoute
-from .trainer_api import bad_request, install_trainer_routes, read_filters, session_extras
+from .trainer_api import bad_request, install_trainer_routes, read_filters, session_extras, session_namespace
 
 if TYPE_CHECKING:
     from ..trace import Trace
@@ -128,10 +130,13 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
                                   min_policy_version: Optional[str] = None, max_staleness: Optional[str] = None,
-                                  user: Any = Depends(_caller)) -> Any:
-        """The session's traces (nested sessions included) in `seq` order, after a flush, with
-        its `rewards` and `finished`; `min_policy_version` / `max_staleness` filter by version."""
-        team = _team_scope(user)
+                                  team: Optional[str] = None, user: Any = Depends(_caller)) -> Any:
+        """The session's traces (its id, name or any uid: nested sessions included) in call
+        order (`seq` within a session key, `order` across them), after a flush, with its
+        `rewards` and `finished`; `min_policy_version` / `max_staleness` filter by version."""
+        scope = _team_scope(user)
+        namespace = session_namespace(scope, team)
+        team = scope
         try:
             lo, stale = read_filters(min_policy_version, max_staleness)
         except TrainerInputError as exc:
@@ -142,43 +147,47 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             from ..training import attach_lineage
 
             rows = attach_lineage(team_traces(plugin.reader.iter_traces(
-                session=session, since=since, min_policy_version=lo, max_staleness=stale), team, limit))
+                session=session, since=since, min_policy_version=lo, max_staleness=stale, team=namespace), team, limit))
             # each trace straight to JSON bytes (pydantic's serializer): a 32,000-token trace with
             # top logprobs as a dict through FastAPI's encoder took seconds
             cached = sum(t.cached_tokens or 0 for t in rows)  # prefix-cache hits, summed
             body = b",".join(t.model_dump_json().encode() for t in rows)
-            return len(rows), cached, body, session_extras(plugin, session, team)
+            return len(rows), cached, body, session_extras(plugin, session, team, namespace)
 
         try:
             count, cached, body, extras = await asyncio.to_thread(read)
         except Exception as exc:
             log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        head = json.dumps({"session": session, "count": count, "cached_tokens": cached, **extras})[:-1].encode()
+        head = json.dumps({"session": session, "team": namespace, "count": count, "cached_tokens": cached,
+                           **extras})[:-1].encode()
         return Response(content=head + b', "traces": [' + body + b"]}", media_type="application/json")
 
     @router.get("/rllm/sessions/{session}/trajectories", tags=["litellm-rllm"])
     async def rllm_session_trajectories(session: str, view: str = "merged", since: Optional[str] = None,
-                                        include_orphans: bool = False, user: Any = Depends(_caller)) -> Any:
+                                        include_orphans: bool = False, team: Optional[str] = None,
+                                        user: Any = Depends(_caller)) -> Any:
         """The session's training rows: `view=merged` (one per chain of calls extending each
         other: input_ids, loss_mask, logprobs, spans) or `per-call`; orphans left out unless
-        asked, and counted. Same scope as the traces route."""
+        asked, and counted. Same scope and namespace as the traces route."""
         if view not in ("merged", "per-call"):
             raise HTTPException(status_code=400, detail=f"view: must be merged or per-call, not {view!r}")
-        team = _team_scope(user)
+        scope = _team_scope(user)
+        namespace = session_namespace(scope, team)
+        team = scope
         await plugin.writer.aflush(60.0)
 
         def read() -> dict[str, Any]:
             from .. import training
 
-            traces = team_traces(plugin.reader.iter_traces(session=session, since=since), team, None)
+            traces = team_traces(plugin.reader.iter_traces(session=session, since=since, team=namespace), team, None)
             by_key: dict[str, list[Any]] = {}
             for trace in traces:
                 by_key.setdefault(trace.session_key(), []).append(trace)
             with_rewards = (t for batch in by_key.values() for t in plugin.reader.with_rewards(batch))
             rows = training.trajectories(with_rewards, view=view, include_orphans=include_orphans)  # type: ignore[arg-type]
             out = [row.to_dict() for row in rows]
-            return {"session": session, "view": view, "count": len(out), "rows": out,
+            return {"session": session, "team": namespace, "view": view, "count": len(out), "rows": out,
                     "skipped_orphans": rows.skipped_orphans, "skipped_without_ids": rows.skipped_without_ids}
 
         try:
@@ -188,17 +197,20 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
 
     @router.delete("/rllm/sessions/{session}", tags=["litellm-rllm"])
-    async def rllm_delete_session(session: str, user: Any = Depends(_caller)) -> Any:
-        """Delete a session's traces (nested sessions included): an admin key, or a team key
-        whose team owns every one of them (else 403 and nothing is deleted)."""
-        team = _team_scope(user)
+    async def rllm_delete_session(session: str, team: Optional[str] = None, user: Any = Depends(_caller)) -> Any:
+        """Delete a session's traces (nested sessions included; same namespace as the traces
+        route): an admin key, or a team key whose team owns every one of them (else 403 and
+        nothing is deleted)."""
+        scope = _team_scope(user)
+        namespace = session_namespace(scope, team)
+        team = scope
         await plugin.writer.aflush(60.0)  # a call that finished before this request goes too
 
         def delete() -> Optional[int]:
             if team is not None and any((t.caller or {}).get("team_id") != team
-                                        for t in plugin.reader.iter_traces(session=session)):
+                                        for t in plugin.reader.iter_traces(session=session, team=namespace)):
                 return None
-            return plugin.reader.delete(session=session)
+            return plugin.reader.delete(session=session, team=namespace)
 
         try:
             deleted = await asyncio.to_thread(delete)
@@ -207,27 +219,31 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
         if deleted is None:
             raise HTTPException(status_code=403, detail="the session holds traces of another team")
-        return {"session": session, "deleted": deleted}
+        return {"session": session, "team": namespace, "deleted": deleted}
 
     @router.get("/rllm/sessions", tags=["litellm-rllm"])
     async def rllm_sessions(request: Request, user: Any = Depends(_caller)) -> Any:
         """Sessions, most recently active first, paged by keyset (the viewer's list):
-        `?limit=&cursor=&q=&model=&status=&since=&until=&meta=key:value&session=` ->
-        `{"sessions": [...], "next": cursor|null, "total": n|null}`. Same scope as the
-        traces route: admins see every session, a team key the sessions its team's calls
-        are in (summarised over those calls only)."""
+        `?limit=&cursor=&q=&model=&status=&since=&until=&meta=key:value&session=&team=` ->
+        `{"sessions": [...], "next": cursor|null, "total": n|null}`, each with its `team`
+        namespace. Same scope as the traces route: admins see every session (`team=`: one
+        team's), a team key its team's sessions; `session=` is one session in that namespace."""
+        from ..sessions import qualify
         from ..store.listing import SessionQuery, SessionQueryError
 
-        team = _team_scope(user)
+        scope = _team_scope(user)
         args = request.query_params
-        unknown = sorted(set(args) - {"limit", "cursor", "q", "model", "status", "since", "until", "meta", "session"})
+        namespace = session_namespace(scope, args.get("team"))
+        team = namespace
+        unknown = sorted(set(args) - {"limit", "cursor", "q", "model", "status", "since", "until", "meta", "session",
+                                      "team"})
         try:
             if unknown:
                 raise SessionQueryError(unknown[0], "unknown parameter")
             query = SessionQuery.parse(limit=args.get("limit"), cursor=args.get("cursor"), q=args.get("q"),
                                        model=args.get("model"), status=args.get("status"), since=args.get("since"),
                                        until=args.get("until"), meta=args.getlist("meta"), team=team,
-                                       session=args.get("session"))
+                                       session=qualify(namespace, args["session"]) if args.get("session") else None)
         except SessionQueryError as exc:
             return JSONResponse(status_code=400, content={"error": {
                 "message": str(exc), "type": "invalid_request_error", "param": exc.field,

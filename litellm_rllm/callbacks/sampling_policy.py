@@ -13,11 +13,13 @@ from typing import Any, Mapping, Optional
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from ..capture.response import RESPONSES_LOGPROBS
 from ..policy import INJECTABLE, decide
 from .deployment import TEXT_CALLS, call_type_name, target_of
 from .finish import SAMPLING, begin, call_session, with_final_hooks
 from .plugin import plugin
 from .request_data import call_id_of
+from .strip import VLLM_FORMS
 
 log = logging.getLogger("litellm_rllm")
 
@@ -32,7 +34,8 @@ _CHAT_CALLS = frozenset({"completion", "acompletion", "anthropic_messages", "aan
 # `top_logprobs`), vLLM's token ids come with `enable_response_messages` (input/output
 # messages with their `tokens`); there are no prompt logprobs.
 _RESPONSES_CALLS = frozenset({"responses", "aresponses"})
-RESPONSES_LOGPROBS = "message.output_text.logprobs"
+# Responses API name -> the policy's name for it (what `strip` hides from the client).
+_RESPONSES_STRIP = {"include": "logprobs", "top_logprobs": "top_logprobs", "enable_response_messages": "return_token_ids"}
 
 
 def _asked(client: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,16 +65,22 @@ def _apply_chat(kwargs: dict[str, Any], params: Mapping[str, Any]) -> None:
             kwargs[key] = value
 
 
-def _apply_responses(kwargs: dict[str, Any], params: Mapping[str, Any]) -> None:
+def _apply_responses(kwargs: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Set the policy's params in the Responses API's names; returns exactly what was added,
+    in those names (the trace's `injected`)."""
+    sent: dict[str, Any] = {}
     if params.get("logprobs"):
         kwargs["include"] = [*(kwargs.get("include") or ()), RESPONSES_LOGPROBS]
-        kwargs.setdefault("top_logprobs", params.get("top_logprobs") or 0)
+        sent["include"] = [RESPONSES_LOGPROBS]
+        if kwargs.get("top_logprobs") is None:  # vLLM gives no logprobs at all for a null top_logprobs
+            kwargs["top_logprobs"] = sent["top_logprobs"] = params.get("top_logprobs") or 0
     elif params.get("top_logprobs"):
-        kwargs["top_logprobs"] = params["top_logprobs"]
+        kwargs["top_logprobs"] = sent["top_logprobs"] = params["top_logprobs"]
     if params.get("return_token_ids"):
         body = dict(kwargs.get("extra_body") or {})
-        body["enable_response_messages"] = True
+        body["enable_response_messages"] = sent["enable_response_messages"] = True
         kwargs["extra_body"] = body
+    return sent
 
 
 @with_final_hooks
@@ -116,9 +125,12 @@ class SamplingPolicyCallback(CustomLogger):
         )
         if responses:
             decision.params.pop("prompt_logprobs", None)
-            _apply_responses(kwargs, decision.params)
+            sent = _apply_responses(kwargs, decision.params)
+            state.injected = decision.injected(sent)
+            strip = tuple(_RESPONSES_STRIP[k] for k in sent) if decision.strip else ()
+            state.strip = (*strip, VLLM_FORMS) if strip and target.vllm_family else strip
         else:
             _apply_chat(kwargs, decision.params)
-        state.injected = decision.injected()
-        state.strip = tuple(decision.params) if decision.strip else ()
+            state.injected = decision.injected()
+            state.strip = tuple(decision.params) if decision.strip else ()
         state.upstream = kwargs

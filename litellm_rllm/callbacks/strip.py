@@ -80,25 +80,63 @@ def strip_response(response: Any, fields: tuple[str, ...]) -> None:
             _drop(message, "token_ids")
 
 
+# A marker among the strip fields of a Responses call to a vLLM-family deployment: what vLLM
+# sends a client that did not ask is `logprobs: null` in content parts and `top_logprobs: null`;
+# OpenAI sends `[]` and `0`.
+VLLM_FORMS = "vllm_forms"
+
+
 def _strip_responses(response: Any, fields: tuple[str, ...]) -> None:
     """The Responses API shape: logprobs inside `output[].content[]`, vLLM's token ids in
-    `input_messages` / `output_messages`. (Tapped calls are traced from the upstream's bytes,
-    so editing LiteLLM's object here costs the trace nothing.)"""
+    `input_messages` / `output_messages`, the `top_logprobs` echo. Each goes back to what the
+    upstream sends a client that did not ask (see VLLM_FORMS). (Tapped calls
+    are traced from the upstream's bytes, so editing LiteLLM's object here costs the trace
+    nothing.)"""
     if "return_token_ids" in fields:
-        _drop(response, "input_messages")
-        _drop(response, "output_messages")
-    if "logprobs" in fields or "top_logprobs" in fields:
-        for item in _field(response, "output") or ():
-            for part in _field(item, "content") or ():
-                _empty_logprobs(part)
+        _set_none(response, "input_messages")
+        _set_none(response, "output_messages")
+    if "top_logprobs" in fields and _field(response, "top_logprobs") is not None:
+        _replace(response, "top_logprobs", None if VLLM_FORMS in fields else 0)
+    for item in _field(response, "output") or ():
+        for part in _field(item, "content") or ():
+            _hide_part_logprobs(part, fields)
 
 
-def _empty_logprobs(obj: Any) -> None:
-    if obj is not None and _field(obj, "logprobs"):
-        if isinstance(obj, dict):
-            obj["logprobs"] = []
-        else:
-            setattr(obj, "logprobs", [])
+def _hide_part_logprobs(part: Any, fields: tuple[str, ...]) -> None:
+    """An `output_text` part: its logprobs as if not asked (`logprobs` injected), or without the
+    alternatives (only `top_logprobs` injected: the client asked for logprobs itself)."""
+    if part is None or not _field(part, "logprobs"):
+        return
+    if "logprobs" in fields:
+        _replace(part, "logprobs", None if VLLM_FORMS in fields else [])
+    elif "top_logprobs" in fields:
+        _replace(part, "logprobs", _without_alternatives(_field(part, "logprobs")))
+
+
+def _hide_event_logprobs(event: Any, fields: tuple[str, ...]) -> None:
+    """`output_text.delta` / `.done` events carry `logprobs: []` when not asked, on every upstream."""
+    if event is None or not _field(event, "logprobs"):
+        return
+    if "logprobs" in fields:
+        _replace(event, "logprobs", [])
+    elif "top_logprobs" in fields:
+        _replace(event, "logprobs", _without_alternatives(_field(event, "logprobs")))
+
+
+def _without_alternatives(items: Any) -> list[dict[str, Any]]:
+    out = []
+    for item in items or ():
+        fields = dict(item) if isinstance(item, dict) else dict(getattr(item, "__dict__", {}))
+        fields["top_logprobs"] = []
+        out.append(fields)
+    return out
+
+
+def _replace(obj: Any, key: str, value: Any) -> None:
+    if isinstance(obj, dict):
+        obj[key] = value
+    else:
+        setattr(obj, key, value)
 
 
 def strip_chunk(chunk: Any, fields: tuple[str, ...]) -> None:
@@ -106,10 +144,10 @@ def strip_chunk(chunk: Any, fields: tuple[str, ...]) -> None:
     kind = getattr(kind, "value", kind)
     if isinstance(kind, str) and kind.startswith("response."):  # a Responses API stream event
         if "logprobs" in fields or "top_logprobs" in fields:
-            _empty_logprobs(chunk)  # output_text.delta / .done
-            _empty_logprobs(_field(chunk, "part"))  # content_part.done
+            _hide_event_logprobs(chunk, fields)  # output_text.delta / .done
+            _hide_part_logprobs(_field(chunk, "part"), fields)  # content_part.done
             for part in _field(_field(chunk, "item"), "content") or ():  # output_item.done
-                _empty_logprobs(part)
+                _hide_part_logprobs(part, fields)
         inner = _field(chunk, "response")
         if inner is not None:
             _strip_responses(inner, fields)

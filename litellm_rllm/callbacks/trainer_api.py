@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..sessions import qualify
 from ..trainer.schema import (
     ChangePage,
     IdempotencyConflict,
@@ -111,13 +112,27 @@ def _visible(team: Optional[str], item_team: Optional[str]) -> bool:
     return team is None or item_team == team
 
 
-def session_extras(plugin: "Plugin", session: str, team: Optional[str]) -> dict[str, Any]:
-    """`rewards` and `finished` of a session for the traces route (call off the loop)."""
+def session_namespace(scope: Optional[str], requested: Optional[str]) -> Optional[str]:
+    """The team namespace a request's session lives in (`sessions.py`): a team key's own team
+    (naming another team: 403); for an admin, `?team=` (none: sessions of callers without a team)."""
+    from fastapi import HTTPException
+
+    requested = requested or None
+    if scope is not None:
+        if requested not in (None, scope):
+            raise HTTPException(status_code=403, detail="a team key reads and writes only its own team's sessions")
+        return scope
+    return requested
+
+
+def session_extras(plugin: "Plugin", session: str, team: Optional[str],
+                   namespace: Optional[str] = None) -> dict[str, Any]:
+    """`rewards` and `finished` of a session (in `namespace`) for the traces route (call off the loop)."""
     try:
         parse_session(session)
     except TrainerInputError:
         return {"rewards": [], "finished": None}
-    found: SessionRewards = plugin.reader.rewards(session)
+    found: SessionRewards = plugin.reader.rewards(session, team=namespace)
     rewards = [r.model_dump(mode="json", exclude={"duplicate"}) for r in found.rewards if _visible(team, r.team_id)]
     finish = found.finish if found.finish is not None and _visible(team, found.finish.team_id) else None
     return {"rewards": rewards, "finished": None if finish is None else finish.model_dump(mode="json",
@@ -142,17 +157,19 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
             raise TrainerInputError("body", "must be a JSON object")
         return await caller(request), body
 
-    def check_team_may_write(session: str, team: Optional[str], trace_id: Optional[str]) -> None:
-        """A team key writes only for sessions whose stored traces are all its team's; a
-        `trace_id` that is stored must belong to the session."""
+    def check_team_may_write(session: str, team: Optional[str], trace_id: Optional[str],
+                             namespace: Optional[str] = None) -> None:
+        """A team key writes only for sessions whose stored traces are all its team's (its own
+        namespace: they are, unless stored before namespaces); a `trace_id` that is stored must
+        belong to the session (its id, a uid or its name, in the same namespace)."""
         reader = plugin.reader
         if team is not None:
-            for trace in reader.iter_traces(session=session):
+            for trace in reader.iter_traces(session=session, team=namespace):
                 if (trace.caller or {}).get("team_id") != team:
                     raise HTTPException(status_code=403, detail=f"session {session!r} has traces of another team")
         if trace_id is not None:
             trace = reader.get(trace_id)
-            if trace is not None and session != trace.session_id and session not in trace.session_uids:
+            if trace is not None and qualify(namespace, session) not in trace.lookup_keys():
                 raise TrainerInputError("trace_id", f"trace {trace_id!r} belongs to session {trace.session_id!r}, "
                                                     f"not {session!r}")
 
@@ -164,6 +181,7 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
         try:
             user, body = await authed_body(request)
             team = team_scope(user)
+            namespace = session_namespace(team, request.query_params.get("team"))
             parse_session(session, "session")
             value, trace_id, metadata = parse_reward_body(body)
             key = parse_idempotency_key(request.headers.get("idempotency-key"))
@@ -171,9 +189,9 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
             return bad_request(exc)
 
         def write() -> Any:
-            check_team_may_write(session, team, trace_id)
+            check_team_may_write(session, team, trace_id, namespace)
             return plugin.reader.add_reward(session, value, trace_id=trace_id, metadata=metadata,
-                                            idempotency_key=key, team_id=team)
+                                            idempotency_key=key, team_id=team, team=namespace)
 
         return await _store_write("storing a reward", write)
 
@@ -184,6 +202,7 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
         try:
             user, body = await authed_body(request)
             team = team_scope(user)
+            namespace = session_namespace(team, request.query_params.get("team"))
             parse_session(session, "session")
             value, metadata = parse_finish_body(body)
             parse_idempotency_key(request.headers.get("idempotency-key"))
@@ -191,8 +210,8 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
             return bad_request(exc)
 
         def write() -> Any:
-            check_team_may_write(session, team, None)
-            return plugin.reader.finish(session, value, metadata=metadata, team_id=team)
+            check_team_may_write(session, team, None, namespace)
+            return plugin.reader.finish(session, value, metadata=metadata, team_id=team, team=namespace)
 
         return await _store_write("storing a finish", write)
 
@@ -214,10 +233,12 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
     async def rllm_changes(request: Request, user: Any = Depends(caller)) -> Any:
         """Traces, rewards and finishes in store-wide commit order after `after` (a cursor from
         a previous answer's `next`; 0 = the beginning, `now` = the current end). Waits up to
-        `wait` seconds for something to arrive. Filters: `session`, `model`, `finished=true`
-        (only `finish` items, each with the episode's `traces` and `rewards`)."""
+        `wait` seconds for something to arrive. Filters: `session` (in the caller's team's
+        namespace, or an admin's `team`), `model`, `finished=true` (only `finish` items, each
+        with the episode's `traces` and `rewards`)."""
         team = team_scope(user)
         q = request.query_params
+        namespace = session_namespace(team, q.get("team"))
         try:
             after_text = q.get("after") or "0"
             after = -1 if after_text == "now" else _query_int(request, "after", 0, 0, 2**63 - 1)
@@ -234,7 +255,8 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
         def read(cursor: int) -> tuple[Optional[bytes], int]:
             if cursor < 0:
                 return None, reader.feed_head()
-            page: ChangePage = reader.changes(cursor, limit, session=session, finished=finished, model=model)
+            page: ChangePage = reader.changes(cursor, limit, session=session, finished=finished, model=model,
+                                              team=namespace)
             items = []
             for item in page.items:
                 if not _visible(team, item.team_id()):

@@ -51,7 +51,8 @@ class UpstreamTap:
     """One attempt's upstream response: a stream parsed into packed arrays as it arrives, or a
     JSON body kept as bytes."""
 
-    __slots__ = ("acc", "parser", "status_code", "finished", "error", "is_sse", "body", "body_size")
+    __slots__ = ("acc", "parser", "status_code", "finished", "error", "is_sse", "body", "body_size", "stream",
+                 "stopped")
 
     def __init__(self, started: float, status_code: int, is_sse: bool) -> None:
         self.status_code = status_code
@@ -64,8 +65,12 @@ class UpstreamTap:
         self.body_size = 0
         self.finished = False  # the body ended normally
         self.error: Optional[str] = None
+        self.stream: Optional["TeeStream"] = None
+        self.stopped = False  # the client went away: nothing more is kept, the upstream is closed
 
     def feed(self, data: bytes) -> None:
+        if self.stopped:
+            return
         if self.parser is not None:
             self.parser.feed(data)
         elif self.body is not None:
@@ -74,6 +79,18 @@ class UpstreamTap:
                 self.body = None
             else:
                 self.body.append(data)
+
+    def stop(self) -> None:
+        """The client went away (or the stream failed): keep what was read until now, and close
+        the upstream connection so the server stops generating for nobody. LiteLLM closes it
+        too, but only once its stream task gets cancelled, which an overloaded event loop can
+        put off until the upstream has sent everything (tests/system/test_disconnects.py)."""
+        if self.stopped:
+            return
+        self.stopped = True  # feed() keeps nothing more: the trace has what was read until now
+        stream = self.stream
+        if stream is not None and not self.finished:
+            plugin().spawn(stream.aclose())
 
     def json_body(self) -> Optional[list[bytes]]:
         """The complete 2xx JSON body as its reads (the writer thread joins and parses), or None."""
@@ -86,6 +103,8 @@ class TeeStream(httpx.AsyncByteStream):
     def __init__(self, inner: Any, tap: UpstreamTap) -> None:
         self._inner = inner
         self._tap = tap
+        self._closed = False
+        tap.stream = self
 
     async def __aiter__(self) -> Any:
         tap = self._tap
@@ -123,6 +142,9 @@ class TeeStream(httpx.AsyncByteStream):
                 await asyncio.sleep(0)
 
     async def aclose(self) -> None:
+        if self._closed:  # the tap's stop() and LiteLLM may both close it
+            return
+        self._closed = True
         await self._inner.aclose()
 
 

@@ -33,6 +33,22 @@ REQUEST_KEYS = frozenset(
 )
 
 
+# The Responses API's way of asking for logprobs: an `include` item (plus `top_logprobs`).
+RESPONSES_LOGPROBS = "message.output_text.logprobs"
+
+
+def logprobs_requested(request: Mapping[str, Any]) -> bool:
+    """Whether a request (as sent upstream, `request_view` form) asked for logprobs: chat
+    `logprobs: true`, completions `logprobs: N` (0 = the sampled token only), Responses
+    `include: ["message.output_text.logprobs"]`. The completeness check needs to know: a choice
+    that came back without them is then a gap, not a provider that has none."""
+    value = request.get("logprobs")
+    if value is True or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return True
+    include = request.get("include")
+    return isinstance(include, (list, tuple)) and RESPONSES_LOGPROBS in include
+
+
 def request_view(body: Mapping[str, Any]) -> dict[str, Any]:
     """The trace's `request`: what was asked, with `extra_body` flattened the way it is sent."""
     out = {k: v for k, v in body.items() if k in REQUEST_KEYS and v is not None}
@@ -167,14 +183,18 @@ def responses_prompt_ids(response: Mapping[str, Any]) -> Optional[list[int]]:
     return ids
 
 
-def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[str, Any]] = None) -> list[TraceChoice]:
-    """Every choice of a chat or text completion, in index order."""
+def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[str, Any]] = None,
+                          logprobs_requested: bool = False) -> list[TraceChoice]:
+    """Every choice of a chat or text completion, in index order. `logprobs_requested`: the
+    request asked for logprobs (see `check_completeness`)."""
     if "choices" not in response:
         if response.get("type") == "message":
-            return [anthropic_choice(response)]
+            choice = anthropic_choice(response)
+            choice.completeness = check_completeness(choice, None, logprobs_requested)
+            return [choice]
         if response.get("object") == "response":
             choice = responses_choice(response)
-            choice.completeness = check_completeness(choice, response.get("usage"))
+            choice.completeness = check_completeness(choice, response.get("usage"), logprobs_requested)
             return [choice]
     out: list[TraceChoice] = []
     n_choices = len(response.get("choices") or [])
@@ -200,7 +220,7 @@ def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[s
             tokens=tokens,
         )
         choice.set_top_columns(tops)
-        choice.completeness = check_completeness(choice, usage if n_choices == 1 else None)
+        choice.completeness = check_completeness(choice, usage if n_choices == 1 else None, logprobs_requested)
         out.append(choice)
     out.sort(key=lambda c: c.index)
     return out
@@ -221,17 +241,25 @@ def prompt_ids_from(response: Mapping[str, Any], choices: Iterable[TraceChoice] 
     return ids
 
 
-def check_completeness(choice: TraceChoice, usage: Optional[Mapping[str, Any]]) -> Optional[Completeness]:
-    """Ids vs logprobs vs usage; a gap (e.g. vllm#27482's lost tool-call tokens) is flagged."""
+def check_completeness(choice: TraceChoice, usage: Optional[Mapping[str, Any]],
+                       logprobs_requested: bool = False) -> Optional[Completeness]:
+    """Ids vs logprobs vs usage; a gap (e.g. vllm#27482's lost tool-call tokens) is flagged.
+
+    When logprobs were requested (by the client or the policy), a choice without them, or with
+    fewer than its token ids, is not ok: a trainer filtering on `ok` needs a logprob for every
+    token it trains on (vLLM's Responses API gives none for tool-call turns, for example)."""
     n_ids = len(choice.token_ids) if choice.token_ids is not None else None
     n_lp = len(choice.logprobs) if choice.logprobs is not None else None
-    if n_ids is None and n_lp is None:
+    if n_ids is None and n_lp is None and not logprobs_requested:
         return None
     n_usage = None
     reported = (usage or {}).get("completion_tokens", (usage or {}).get("output_tokens"))
     if reported is not None:
         n_usage = int(reported)
     problems: list[str] = []
+    if logprobs_requested and n_lp is None:
+        has = f" ({n_ids} token ids)" if n_ids is not None else ""
+        problems.append(f"logprobs were requested but the choice has none{has}")
     if n_ids is not None and n_lp is not None and n_ids != n_lp:
         problems.append(f"{n_ids} token ids but {n_lp} logprobs")
     if n_usage is not None:

@@ -340,13 +340,14 @@ class StreamAccumulator:
     def usage_dict(self) -> Optional[dict[str, Any]]:
         return plain(self.usage) if self.usage is not None else None
 
-    def choices(self) -> list[TraceChoice]:
+    def choices(self, logprobs_requested: bool = False) -> list[TraceChoice]:
+        """The stream's choices; `logprobs_requested` as for `check_completeness`."""
         if self.final_response is not None:
             from .response import choices_from_response, responses_prompt_ids
 
             if self.prompt_token_ids is None:
                 self.prompt_token_ids = responses_prompt_ids(self.final_response)
-            return choices_from_response(self.final_response)
+            return choices_from_response(self.final_response, logprobs_requested=logprobs_requested)
         usage = self.usage_dict()
         token_of = self.vocab.__getitem__
         out: list[TraceChoice] = []
@@ -384,6 +385,7 @@ class StreamAccumulator:
                 tokens=tokens if tokens and any(t is not None for t in tokens) else None,
             )
             choice.set_top_columns(tops)
-            choice.completeness = check_completeness(choice, usage if len(self._choices) == 1 else None)
+            choice.completeness = check_completeness(choice, usage if len(self._choices) == 1 else None,
+                                                     logprobs_requested)
             out.append(choice)
         return out

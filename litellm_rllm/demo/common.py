@@ -14,7 +14,9 @@ import json
 import logging
 import re
 import threading
+import time
 import zlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Optional
 
@@ -363,9 +365,13 @@ def hosted_generation(gen: Generation, max_tokens: Optional[int]) -> Generation:
 
 def tool_call_trigger(body: dict[str, Any]) -> Optional[str]:
     """Name of the tool to call: the first tool's, when ``tools`` is set, ``tool_choice`` is not
-    "none" and the last user message mentions "weather" (case-insensitive); else ``None``."""
+    "none", the last user message mentions "weather" (case-insensitive) and the conversation does
+    not end with a tool result (that gets an answer, so an agent loop ends); else ``None``."""
     tools = body.get("tools")
     if not tools or body.get("tool_choice") == "none":
+        return None
+    messages = body.get("messages") or []
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
         return None
     last_user = ""
     for m in body.get("messages") or []:
@@ -470,6 +476,10 @@ class BrokenBody(Response):
 
 # --- the app base -----------------------------------------------------------------------------
 
+# The request-log entry of the request being answered: a paced stream notes in it how far it
+# got and how it ended (see ``paced_rounds``).
+_CURRENT_RECORD: ContextVar[Optional[dict[str, Any]]] = ContextVar("fake_upstream_record", default=None)
+
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
 
 
@@ -525,8 +535,10 @@ class FakeUpstream:
             except ValueError:
                 body = None
             if request.url.path not in self.unrecorded_paths:
+                record = {"path": request.url.path, "headers": dict(request.headers), "json": body}
                 with self._lock:
-                    self._requests.append({"path": request.url.path, "headers": dict(request.headers), "json": body})
+                    self._requests.append(record)
+                _CURRENT_RECORD.set(record)
             if body is not None and not isinstance(body, dict):
                 body = None
             if body is None and request.method == "POST":
@@ -572,6 +584,16 @@ class FakeUpstream:
         return triggers, None
 
 
+def note_generated(prompt_ids: list[int], gens: Iterable["Generation"]) -> None:
+    """Put what a request generated into its log entry, ``"generated": {"prompt_token_ids",
+    "choices": [{"token_ids", "text", "finish_reason"}]}``: the token truth a trace is compared
+    with (a client that leaves mid-stream got a prefix of it)."""
+    record = _CURRENT_RECORD.get()
+    if record is not None:
+        record["generated"] = {"prompt_token_ids": list(prompt_ids), "choices": [
+            {"token_ids": g.token_ids, "text": g.text, "finish_reason": g.finish_reason} for g in gens]}
+
+
 def sse(data: str) -> str:
     """One OpenAI-style server-sent event."""
     return f"data: {data}\n\n"
@@ -585,16 +607,33 @@ async def paced_rounds(
 ) -> AsyncIterator[str]:
     """Yield the events of each stream round (one engine step, all choices), sleeping ``drip-S``
     or ``step_delay`` between rounds. ``break-stream`` / ``stream-error`` strike after the first
-    ``BREAK_AFTER_ROUNDS`` rounds (earlier in shorter streams, always before the last round)."""
+    ``BREAK_AFTER_ROUNDS`` rounds (earlier in shorter streams, always before the last round).
+
+    The request's log entry gets ``"stream": {"rounds", "sent", "end", "ended_at"}``: rounds
+    sent, and ``end`` = ``"complete"``, ``"client_gone"`` (the client closed the connection:
+    what vLLM turns into an abort of the generation) or ``"dropped"`` (``break-stream``), at
+    ``ended_at`` (``time.time()``)."""
     delay = triggers.drip or step_delay
     strike = min(BREAK_AFTER_ROUNDS, len(rounds) - 1)
-    for k, events in enumerate(rounds):
-        if k == strike and triggers.break_stream:
-            raise DropConnection("break-stream: connection dropped on purpose")
-        if k == strike and triggers.stream_error:
-            yield error_events
-            return
-        if k and delay:
-            await asyncio.sleep(delay)
-        for event in events:
-            yield event
+    record = _CURRENT_RECORD.get()
+    state: dict[str, Any] = {"rounds": len(rounds), "sent": 0, "end": None, "ended_at": None}
+    if record is not None:
+        record["stream"] = state
+    try:
+        for k, events in enumerate(rounds):
+            if k == strike and triggers.break_stream:
+                state["end"] = "dropped"
+                raise DropConnection("break-stream: connection dropped on purpose")
+            if k == strike and triggers.stream_error:
+                yield error_events
+                state["end"] = "complete"
+                return
+            if k and delay:
+                await asyncio.sleep(delay)
+            for event in events:
+                yield event
+            state["sent"] = k + 1
+        state["end"] = "complete"
+    finally:
+        state["end"] = state["end"] or "client_gone"  # cancelled or closed before the end
+        state["ended_at"] = time.time()

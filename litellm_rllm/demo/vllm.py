@@ -7,7 +7,9 @@ and logprobs a test can compute in advance. See ``/work/shared/notes/vllm.md``.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses``,
 ``GET /v1/models``, ``GET /health``; plus ``GET|DELETE /_fake/requests`` (the request log, for
-subprocess tests).
+subprocess tests). A chat or Responses request's log entry also says what it generated
+(``"generated"``: prompt ids, each choice's ids; see ``common.note_generated``) and, streamed, how
+far the stream got and whether the client left (``"stream"``; see ``common.paced_rounds``).
 
 ``/v1/responses`` follows vLLM 0.33.0 (``vllm/entrypoints/openai/responses/``) for a non-harmony
 model served with a tool parser: the same reply, ids and logprobs as chat for the rendered input
@@ -39,8 +41,8 @@ Rejected with vLLM's 400 body: ``stream_options`` without ``stream``; ``top_logp
 ``logprobs``; logprobs above 20; ``prompt_logprobs`` with ``stream``; ``tools: []``; an empty
 completions prompt; missing ``messages``.
 
-Tool calls: when ``tools`` is non-empty, ``tool_choice`` is not "none" and the last user message
-contains "weather", every choice calls the first tool (hermes format, arguments
+Tool calls: when ``tools`` is non-empty, ``tool_choice`` is not "none", the last user message
+contains "weather" and the last message is not a tool result, every choice calls the first tool (hermes format, arguments
 ``{"location": "Paris"}``), ``finish_reason: "tool_calls"``. Streaming sends ``"delta": {}``
 chunks for control/buffered tokens when ``logprobs`` or ``return_token_ids`` is on (vLLM after
 vllm#27482) and skips them otherwise.
@@ -108,6 +110,7 @@ from litellm_rllm.demo.common import (
     chat_prompt_token_ids,
     completion_prompt_token_ids,
     dumps,
+    note_generated,
     paced_rounds,
     prompt_logprob,
     sampled_logprob,
@@ -465,6 +468,7 @@ class FakeVLLM(FakeUpstream):
         with self._lock:
             self._token_log.append({"model": model, "stream": bool(body.get("stream")), "prompt_token_ids": prompt_ids,
                                     "completion_token_ids": [g.token_ids for g in gens]})
+        note_generated(prompt_ids, gens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def head(obj: str) -> str:
@@ -616,6 +620,7 @@ class FakeVLLM(FakeUpstream):
         max_tokens = limit if asked is None else min(int(asked), limit)
         tool = tool_call_trigger(rapi.tool_trigger_body(body, messages))
         gen = self.generation(body, triggers, 0, max_tokens, tool)
+        note_generated(prompt_ids, [gen])
         final_status = "incomplete" if gen.finish_reason == "length" else "completed"
         usage = {
             "input_tokens": len(prompt_ids),

@@ -7,8 +7,12 @@ Guarantees a backend must give (SPEC "Read-back"):
   start, causal prefix order first; ``store/session_order.py``), assigned in the write
   transaction, gap-free with several writers; a late commit of an earlier call shifts the later
   traces' seq (docs/sessions-order.md);
-* ``traces(session=S)`` matches ``session_id == S`` or ``S in session_uids`` (so an outer uid
-  also returns its nested sessions' traces), in session order; ``traces()`` in write order.
+* ``traces(session=S)`` matches ``session_id == S``, ``S in session_uids`` (so an outer uid
+  also returns its nested sessions' traces) or ``metadata.session_name == S``, in the caller
+  team's namespace (``team=``, see ``sessions.py``), in session order across the keys it finds
+  (``(order_us, trace_id)``); ``traces()`` in write order. Every trace read carries ``order``,
+  its session-order key, so a merged view's order is explicit where ``seq`` (per session key)
+  is not.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 
 from pydantic import BaseModel, Field
 
+from litellm_rllm.sessions import qualify, split_key
 from litellm_rllm.store.codec import EncodedTrace, decode, encode_all, from_utc_micros, to_utc_micros
 from litellm_rllm.store.trainer_store import TrainerStore
 from litellm_rllm.trainer.versions import parse_filters, policy_filter
@@ -36,6 +41,7 @@ class SessionSummary(BaseModel):
     """One session key's traces at a glance (CLI ``sessions list``)."""
 
     session_id: str
+    team: Optional[str] = None  # the namespace of a session written with a team's key
     traces: int
     first_seq: int
     last_seq: int
@@ -64,9 +70,9 @@ def sessions_from_rows(rows: Sequence[Sequence[Any]]) -> list[SessionSummary]:
         cur[6][status] = n
     ordered = sorted(acc.items(), key=lambda item: item[1][5])
     return [
-        SessionSummary(session_id=key, traces=v[0], first_seq=v[1], last_seq=v[2],
-                       first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]), statuses=v[6],
-                       cached_tokens=v[7])
+        SessionSummary(session_id=split_key(key)[1], team=split_key(key)[0], traces=v[0], first_seq=v[1],
+                       last_seq=v[2], first_at=from_utc_micros(v[3]), last_at=from_utc_micros(v[4]),
+                       statuses=v[6], cached_tokens=v[7])
         for key, v in ordered
     ]
 
@@ -127,7 +133,7 @@ def keyset_rows(
     """Rows of a keyset-paginated query, page by page, up to `limit`.
 
     `fetch(key, n)` returns at most n rows whose key (a tuple: the columns before a row's last
-    six, see `decode_row`) is greater than `key`, in key order; every store pages its reads
+    seven, see `decode_row`) is greater than `key`, in key order; every store pages its reads
     through this one loop. A scalar `start` is a one-column key."""
     if limit is not None and limit <= 0:
         return
@@ -142,7 +148,7 @@ def keyset_rows(
                 return
         if len(rows) < page:
             return
-        key = tuple(rows[-1][:-6])
+        key = tuple(rows[-1][:-7])
 
 
 READ_PAGE = 256  # rows per read query
@@ -151,11 +157,13 @@ SESSION_START = (-(1 << 62), "")
 
 
 def decode_row(row: Sequence[Any]) -> Trace:
-    """A ``(key..., seq, doc, arrays, detail, base_id, trace_id)`` row of any backend -> its
-    ``Trace`` (a whole row; the stores read through ``TraceStore._rebuilder`` instead, which
-    also takes compacted ones)."""
+    """A ``(key..., order_us, seq, doc, arrays, detail, base_id, trace_id)`` row of any backend
+    -> its ``Trace`` (a whole row; the stores read through ``TraceStore._rebuilder`` instead,
+    which also takes compacted ones)."""
     seq, doc, arrays, detail = row[-6:-2]
-    return decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
+    trace = decode(doc, _as_bytes(arrays), _as_bytes(detail), None if seq is None else int(seq))
+    trace.order = None if row[-7] is None else int(row[-7])
+    return trace
 
 
 def _as_bytes(value: Any) -> Optional[bytes]:
@@ -207,11 +215,14 @@ class TraceStore(TrainerStore, abc.ABC):
         *,
         min_policy_version: Optional[int] = None,
         max_staleness: Optional[int] = None,
+        team: Optional[str] = None,
     ) -> Iterator[Trace]:
         """Like ``traces`` but streamed page by page, for exports larger than memory: the
         backend's keyset query (``_read_plan``), paged through ``keyset_rows``."""
         keep = policy_filter(*parse_filters(min_policy_version, max_staleness), self.policy_versions)
         since_dt = parse_since(since)
+        if session:
+            session = qualify(team, session)
         plan = self._read_plan(session, None if since_dt is None else to_utc_micros(since_dt))
         if plan is None or (limit is not None and limit <= 0):
             return
@@ -282,41 +293,47 @@ class TraceStore(TrainerStore, abc.ABC):
         *,
         min_policy_version: Optional[int] = None,
         max_staleness: Optional[int] = None,
+        team: Optional[str] = None,
     ) -> list[Trace]:
-        """A session's traces in session order (= ``seq`` order), else all in write order.
+        """A session's traces in session order (= ``seq`` order within one session key; a
+        lookup that finds several is sorted by ``(order, trace_id)``), else all in write order.
 
-        ``session`` matches the session id or any of the session uids; ``""`` selects the
-        traces without a session. ``since`` keeps ``created_at >= since``.
+        ``session`` matches the session id, any of the session uids or the session name; ``""``
+        selects the traces without a session. ``team``: the namespace of a session written with
+        a team's key (None: sessions of callers without a team; ``sessions.py``). ``since`` keeps
+        ``created_at >= since``.
         ``min_policy_version`` keeps calls sent under that version or a later one;
         ``max_staleness=k`` those sent at most k versions behind their model group's newest
         announced version (``trainer/versions.py``); both drop traces without a version.
         """
-        return list(self.iter_traces(session=session, since=since, limit=limit,
+        return list(self.iter_traces(session=session, since=since, limit=limit, team=team,
                                      min_policy_version=min_policy_version, max_staleness=max_staleness))
 
     # ---- training data (litellm_rllm.training over this store's reads) -----------------
 
-    def session_batches(self, session: Optional[str] = None, since: Since = None) -> Iterator[list[Trace]]:
-        """The traces of one session key at a time, in ``seq`` order: for a lookup, every
-        session key it finds (its nested sessions too); else every session of the store, one
-        read each, so memory holds one session."""
+    def session_batches(self, session: Optional[str] = None, since: Since = None,
+                        team: Optional[str] = None) -> Iterator[list[Trace]]:
+        """The traces of one session key at a time, in ``seq`` order: for a lookup (in
+        ``team``'s namespace), every session key it finds (its nested sessions too); else every
+        session of the store, one read each, so memory holds one session."""
         if session is not None:
             groups: dict[str, list[Trace]] = {}
-            for trace in self.iter_traces(session=session, since=since):
+            for trace in self.iter_traces(session=session, since=since, team=team):
                 groups.setdefault(trace.session_key(), []).append(trace)
             yield from groups.values()
             return
         for summary in self.sessions():
-            key = summary.session_id
+            key = qualify(summary.team, summary.session_id)
             batch = [t for t in self.iter_traces(session=key, since=since) if t.session_key() == key]
             if batch:
                 yield batch
 
-    def traces_with_lineage(self, session: Optional[str] = None, since: Since = None) -> Iterator[Trace]:
+    def traces_with_lineage(self, session: Optional[str] = None, since: Since = None,
+                            team: Optional[str] = None) -> Iterator[Trace]:
         """Like ``iter_traces`` (grouped by session key) with each trace's ``lineage`` set."""
         from litellm_rllm.training import attach_lineage
 
-        for batch in self.session_batches(session, since):
+        for batch in self.session_batches(session, since, team):
             yield from attach_lineage(batch)
 
     def with_rewards(self, batch: list[Trace]) -> list[Trace]:
@@ -344,30 +361,32 @@ class TraceStore(TrainerStore, abc.ABC):
         return batch
 
     def trajectories(self, session: Optional[str] = None, since: Since = None, view: str = "merged",
-                     include_orphans: bool = False) -> Any:
+                     include_orphans: bool = False, team: Optional[str] = None) -> Any:
         """Training rows (``training.trajectories``): ``merged`` (one per chain of calls that
         extend each other, with the loss mask) or ``per-call``; an iterator with counters.
         Stored rewards ride along (``with_rewards``)."""
         from litellm_rllm import training
 
-        batches = (self.with_rewards(batch) for batch in self.session_batches(session, since))
+        batches = (self.with_rewards(batch) for batch in self.session_batches(session, since, team))
         return training.trajectories((t for batch in batches for t in batch), view=view,  # type: ignore[arg-type]
                                      include_orphans=include_orphans, order="session")
 
     def export(self, out: Any, *, session: Optional[str] = None, since: Since = None, view: str = "merged",
-               format: str = "parquet", include_orphans: bool = False, progress: Any = None) -> Any:  # noqa: A002
+               format: str = "parquet", include_orphans: bool = False, progress: Any = None,  # noqa: A002
+               team: Optional[str] = None) -> Any:
         """Stream ``trajectories`` into a Parquet or JSON-lines file (``training.export``)."""
         from litellm_rllm import training
 
-        rows = self.trajectories(session, since, view, include_orphans)
+        rows = self.trajectories(session, since, view, include_orphans, team)
         return training.export(rows, out, format, progress=progress)  # type: ignore[arg-type]
 
-    def audit(self, session: Optional[str] = None, since: Since = None) -> Any:
+    def audit(self, session: Optional[str] = None, since: Since = None, team: Optional[str] = None) -> Any:
         """The drift audit (``training.audit``): extends / drift / edited / new boundaries,
         retries, orphans and failed completeness checks, per session and in total."""
         from litellm_rllm import training
 
-        return training.audit((t for batch in self.session_batches(session, since) for t in batch), order="session")
+        return training.audit((t for batch in self.session_batches(session, since, team) for t in batch),
+                              order="session")
 
     @abc.abstractmethod
     def get(self, trace_id: str) -> Optional[Trace]:
@@ -381,11 +400,14 @@ class TraceStore(TrainerStore, abc.ABC):
     def count(self) -> int:
         """Number of stored traces."""
 
-    def delete(self, session: Optional[str] = None, before: Since = None) -> int:
-        """Delete the traces of ``session`` (matched as in ``traces``: its nested sessions too)
-        and/or those created before ``before``; at least one is required. Returns how many."""
+    def delete(self, session: Optional[str] = None, before: Since = None, team: Optional[str] = None) -> int:
+        """Delete the traces of ``session`` (matched as in ``traces``, in ``team``'s namespace:
+        its nested sessions too) and/or those created before ``before``; at least one is
+        required. Returns how many."""
         if session is None and before is None:
             raise ValueError("delete needs a session, a time (before), or both")
+        if session:
+            session = qualify(team, session)
         before_dt = parse_since(before)
         return self._delete(session, None if before_dt is None else to_utc_micros(before_dt))
 

@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence, Union
 
 from pydantic import BaseModel, TypeAdapter
 
+from litellm_rllm import sessions as _sessions
 from litellm_rllm.trace import TopLogprob, Trace, session_key_of, unpack_floats, unpack_ids
 
 ARRAYS_FORMAT = 1
@@ -52,6 +53,7 @@ _CHOICE_KINDS = ("i", "i", "f")
 _DETAIL_FIELDS = ("tokens", "top_logprobs")
 _DOC_EXCLUDE: dict[str, Any] = {
     "seq": True,
+    "order": True,
     "prompt_token_ids": True,
     "choices": {"__all__": set(_CHOICE_ARRAYS) | set(_DETAIL_FIELDS)},
 }
@@ -131,16 +133,14 @@ def from_utc_micros(micros: int) -> datetime:
 
 
 def trace_uids(trace: Trace) -> tuple[str, ...]:
-    """Every id the trace can be looked up by: its session id and all its session uids."""
-    return uids_of(trace.session_id, trace.session_uids)
+    """Every key the trace can be looked up by: its session id, all its session uids and its
+    session name, in its caller's team's namespace (`sessions.lookup_keys`)."""
+    return trace.lookup_keys()
 
 
-def uids_of(session_id: Optional[str], session_uids: Sequence[str]) -> tuple[str, ...]:
-    out: list[str] = []
-    for uid in (session_id, *session_uids):
-        if uid and uid not in out:
-            out.append(uid)
-    return tuple(out)
+def uids_of(session_id: Optional[str], session_uids: Sequence[str], session_name: Optional[str] = None,
+            team: Optional[str] = None) -> tuple[str, ...]:
+    return _sessions.lookup_keys(session_id, session_uids, session_name, team)
 
 
 # ------------------------------------------------------------------------------- encode
@@ -167,6 +167,8 @@ class _DocIndex(BaseModel):
     trace_id: str
     session_id: Optional[str] = None
     session_uids: list[str] = []
+    metadata: dict[str, Any] = {}  # its session_name is a lookup key
+    caller: Optional[dict[str, Any]] = None  # its team_id namespaces the keys
     status: str = "ok"
     model: Optional[str] = None
     created_at: datetime
@@ -179,14 +181,16 @@ def from_stored(doc: Union[str, bytes], arrays: Optional[bytes], detail: Optiona
     head = _DocIndex.model_validate_json(doc)
     return EncodedTrace(
         trace_id=head.trace_id,
-        session_key=session_key_of(head.session_id, head.session_uids),
+        session_key=session_key_of(head.session_id, head.session_uids, _sessions.name_of(head.metadata),
+                                   _sessions.team_of(head.caller)),
         created_us=to_utc_micros(head.created_at),
         status=head.status,
         model=head.model,
         doc=doc if isinstance(doc, str) else doc.decode("utf-8"),
         arrays=arrays,
         detail=detail,
-        uids=uids_of(head.session_id, head.session_uids),
+        uids=uids_of(head.session_id, head.session_uids, _sessions.name_of(head.metadata),
+                     _sessions.team_of(head.caller)),
         cached_tokens=head.cached_tokens,
     )
 

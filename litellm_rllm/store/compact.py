@@ -437,7 +437,8 @@ class MissingBase(CorruptTraceError):
 class Rebuilder:
     """Reads rows back whole; one per read (a session read, a ``get``), since rows of one
     session usually name the row just before them as base. ``fetch(trace_ids)`` returns rows
-    (the backends' 7-column form) by ``trace_id``."""
+    (the backends' 8-column form, ``(id, order_us, seq, doc, arrays, detail, base_id, trace_id)``)
+    by ``trace_id``."""
 
     def __init__(self, fetch: Callable[[list[str]], Sequence[Row]], cache_rows: int = 16) -> None:
         self._fetch = fetch
@@ -446,6 +447,12 @@ class Rebuilder:
         self._parents: "collections.OrderedDict[str, _Parent]" = collections.OrderedDict()
 
     def decode(self, row: Row) -> Trace:
+        """The row's trace, whole, with ``order`` (the row's session-order key) set."""
+        trace = self._decode(row)
+        trace.order = None if len(row) < 7 or row[-7] is None else int(row[-7])
+        return trace
+
+    def _decode(self, row: Row) -> Trace:
         seq, doc, arrays, detail, base_id, trace_id = row[-6:]
         arrays, detail = _as_bytes(arrays), _as_bytes(detail)
         seq = None if seq is None else int(seq)
@@ -459,7 +466,7 @@ class Rebuilder:
             fresh = self._fetch([trace_id])
             if not fresh or fresh[0][-2] == base_id:
                 raise
-            return self.decode(fresh[0])
+            return self._decode(fresh[0])
         return decode(whole_doc, whole_arrays, detail, seq)
 
     def whole(self, trace_id: str, doc: Any, arrays: Optional[bytes], base_id: str) -> tuple[Any, Optional[bytes]]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
+from litellm_rllm.sessions import split_key
 from litellm_rllm.store.base import parse_since
 from litellm_rllm.store.codec import from_utc_micros, to_utc_micros
 
@@ -47,7 +48,8 @@ class SessionQueryError(ValueError):
 
 class SessionQuery(BaseModel):
     """What ``TraceStore.session_page`` lists. ``team`` scopes it to the traces a team key may
-    read (``caller.team_id``); ``session`` asks for one session's summary (live polling)."""
+    read (``caller.team_id``); ``session`` asks for one session's summary (live polling), by its
+    stored key (``sessions.qualify``: in its team's namespace)."""
 
     limit: int = DEFAULT_LIMIT
     cursor: Optional[int] = None  # list rows with id < cursor
@@ -156,6 +158,7 @@ class SessionListing(BaseModel):
     """One session in the list."""
 
     session_id: str
+    team: Optional[str] = None  # the namespace of a session written with a team's key (sessions.py)
     traces: int
     first_at: datetime
     last_at: datetime
@@ -236,8 +239,9 @@ def summaries(
         a = acc.get(key)
         if a is None:
             continue
+        team, own = split_key(key)
         out.append(SessionListing(
-            session_id=key, traces=a["n"], first_at=from_utc_micros(int(a["lo"])),
+            session_id=own, team=team, traces=a["n"], first_at=from_utc_micros(int(a["lo"])),
             last_at=from_utc_micros(int(a["hi"])), last_seq=int(a["seq"]), models=sorted(a["models"]),
             statuses=a["statuses"], errors=a["statuses"].get("error", 0), completeness_failed=a["failed"],
             drift=a["drift"], metadata=metadata.get(key) or {},

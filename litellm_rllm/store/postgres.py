@@ -47,6 +47,7 @@ call's context), ``traces.cached_tokens``, ``session_seq.max_order_us`` and the 
 Version 3 adds the trainer's tables (``trainer_postgres.py``: feed, rewards, finishes,
 policy_versions, pauses, proxies); every trace write appends its feed rows as its last step,
 under the feed's advisory lock, so feed positions are committed in order.
+Version 5 re-keys existing traces by team namespace and session name (``rekey.py``).
 
 Reading with several writers active: ``id`` is taken at INSERT, rows become visible at
 COMMIT, so a reader walking ``id`` order may see row N+1 before row N commits; the flush
@@ -69,6 +70,7 @@ from litellm_rllm.store.base import (
     SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, _as_bytes, sessions_from_rows,
 )
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
+from litellm_rllm.store.rekey import migrate_postgres as migrate_rekey
 from litellm_rllm.store.session_order import OrderItem, call_context, place, window_start
 from litellm_rllm.store.trainer_postgres import PostgresTrainerMixin, migrate_v2 as migrate_trainer
 from litellm_rllm.trace import Trace
@@ -80,7 +82,7 @@ except ImportError:  # pragma: no cover - exercised by the "missing driver" test
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_SCHEMA = "rllm"
 INSTALL_HINT = "pip install 'litellm-rllm[postgres]' (or: pip install 'psycopg[binary]')"
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -187,6 +189,7 @@ def _migrate_compact(conn: "psycopg.Connection[Any]", s: str) -> None:
 # Each step must be idempotent (IF NOT EXISTS, ...); they run under the advisory lock.
 MIGRATIONS: dict[int, Callable[["psycopg.Connection[Any]", str], None]] = {
     1: _migrate_v1, 2: _migrate_v2, 3: migrate_trainer, 4: _migrate_compact,  # order, trainer, compaction
+    5: lambda conn, s: migrate_rekey(conn, s, index_key),  # team namespaces, names (store/rekey.py)
 }
 
 
@@ -353,7 +356,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         self._lock = threading.RLock()
         self._closed = False
         self._conn: Optional["psycopg.Connection[Any]"] = None
-        self._cols = "t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"
+        self._cols = "t.id, t.order_us, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"  # see base.decode_row
         self._sql_lock_sessions = (
             f"INSERT INTO {s}.session_seq AS c (session_key, next_seq)"
             " SELECT k, 0 FROM unnest(%b::text[]) AS k ORDER BY k"
@@ -688,7 +691,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         self, session: Optional[str], since_us: Optional[int]
     ) -> Optional[tuple[str, tuple[Any, ...], Any]]:
         """Keyset-paginated query (last parameters: the key to start after and ``LIMIT %s``,
-        the key being the columns before the last four), its leading parameters, and the key
+        the key being the columns before the last seven), its leading parameters, and the key
         to start after."""
         s, cols = self._s, self._cols
         time_sql = "" if since_us is None else " AND t.created_us >= %s"
@@ -696,7 +699,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
         if session:
             # Session order (call start, trace id in code-point order): paged on that pair.
             query = (
-                f"SELECT t.order_us, t.trace_id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {s}.trace_uids u"
+                f"SELECT t.order_us, t.trace_id, {cols[len('t.id, '):]} FROM {s}.trace_uids u"
                 f" JOIN {s}.traces t ON t.id = u.trace_row WHERE u.uid = %s{time_sql}"
                 ' AND (t.order_us, t.trace_id COLLATE "C") > (%s::bigint, %s::text COLLATE "C")'
                 ' ORDER BY t.order_us, t.trace_id COLLATE "C" LIMIT %s'
@@ -704,7 +707,7 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
             return query, (index_key(session), *time_params), SESSION_START
         if session == "":
             query = (
-                f"SELECT t.seq, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {s}.traces t"
+                f"SELECT t.seq, {cols[len('t.id, '):]} FROM {s}.traces t"
                 f" WHERE t.session_key = ''{time_sql} AND t.seq > %s ORDER BY t.seq LIMIT %s"
             )
             return query, time_params, -1

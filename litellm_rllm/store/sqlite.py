@@ -34,6 +34,7 @@ Version 2 adds to ``traces`` the session order key and the call's context (``ord
 index ``(session_key, order_us, trace_id)`` that session reads walk.
 Version 3 adds the trainer's tables (feed, rewards, finishes, policy_versions, pauses,
 proxies: ``trainer_sqlite.py``); every trace insert also appends its feed row.
+Version 5 re-keys existing traces by team namespace and session name (``rekey.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from litellm_rllm.store.base import (
 )
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
+from litellm_rllm.store.rekey import migrate_sqlite as migrate_rekey
 from litellm_rllm.store.session_order import OrderItem, Placement, call_context, place, window_start
 from litellm_rllm.store.trainer_sqlite import SQLITE_V2, SqliteTrainerMixin, feed_append
 from litellm_rllm.trace import Trace
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PAGE_SIZE = 16384  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
@@ -126,10 +128,12 @@ _V4_COMPACT = (_add_base_id, "CREATE INDEX IF NOT EXISTS traces_base ON traces(b
 
 # version -> statements (or callables on the connection) that bring a store from version-1 to
 # version. Each step must be idempotent (IF NOT EXISTS, ...) so re-running a half-known state
-# is harmless. 2: session order (store/session_order.py), 3: the trainer's tables, 4: compaction.
-MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2, 3: SQLITE_V2, 4: _V4_COMPACT}
+# is harmless. 2: session order (store/session_order.py), 3: the trainer's tables, 4: compaction,
+# 5: session keys namespaced by team and found by name (store/rekey.py).
+MIGRATIONS: dict[int, Any] = {1: _V1, 2: _migrate_v2, 3: SQLITE_V2, 4: _V4_COMPACT, 5: migrate_rekey}
 
-_COLS = "t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"
+# a read row: its key columns, then the trace (order_us becomes its `order`; see base.decode_row)
+_COLS = "t.id, t.order_us, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id"
 _INSERT_TRACE = (
     "INSERT INTO traces (id, trace_id, session_key, seq, created_us, status, model, doc, arrays,"
     " detail, order_us, prompt_len, ctx_len, ctx_hash, cached_tokens, base_id)"
@@ -403,7 +407,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         self, session: Optional[str], since_us: Optional[int]
     ) -> Optional[tuple[str, tuple[Any, ...], Any]]:
         """A keyset-paginated query (its last parameters are the key to start after and
-        ``LIMIT ?``, the key being the columns before the last four it selects), its leading
+        ``LIMIT ?``, the key being the columns before the last seven it selects), its leading
         parameters, and the key to start after; None when nothing can match."""
         # The unary + keeps SQLite walking the write-order index instead of created_us.
         time_sql = "" if since_us is None else " AND +t.created_us >= ?"

@@ -52,6 +52,8 @@ from ..trainer.schema import (
     parse_version,
 )
 
+from litellm_rllm.sessions import qualify, split_key
+
 T = TypeVar("T")
 FeedRow = tuple[str, int, str, Optional[str]]  # kind, ref (row id), session key, model
 
@@ -75,14 +77,14 @@ def _loads(text: Any) -> Any:
 
 def _reward(row: Sequence[Any], duplicate: bool = False) -> Reward:
     rid, session, trace_id, value, meta, key, team, us = row
-    return Reward(reward_id=int(rid), session_id=session, trace_id=trace_id, reward=_loads(value),
+    return Reward(reward_id=int(rid), session_id=split_key(session)[1], trace_id=trace_id, reward=_loads(value),
                   metadata=_loads(meta) or {}, idempotency_key=key, team_id=team, created_at=_dt(us),
                   duplicate=duplicate)
 
 
 def _finish(row: Sequence[Any], duplicate: bool = False) -> Finish:
     _id, session, value, meta, team, us = row
-    return Finish(session_id=session, reward=_loads(value), metadata=_loads(meta) or {}, team_id=team,
+    return Finish(session_id=split_key(session)[1], reward=_loads(value), metadata=_loads(meta) or {}, team_id=team,
                   created_at=_dt(us), duplicate=duplicate)
 
 
@@ -136,17 +138,19 @@ class TrainerStore:
         metadata: Optional[dict[str, Any]] = None,
         idempotency_key: Optional[str] = None,
         team_id: Optional[str] = None,
+        team: Optional[str] = None,
     ) -> Reward:
-        """Store a reward for ``session`` (or one of its traces). With an ``idempotency_key``
-        already used in this session, the stored reward comes back (``duplicate=True``) and
-        nothing is added; with a different body, ``IdempotencyConflict``."""
+        """Store a reward for ``session`` (or one of its traces), in ``team``'s namespace
+        (``sessions.py``; ``team_id`` is the poster's). With an ``idempotency_key`` already used
+        in this session, the stored reward comes back (``duplicate=True``) and nothing is added;
+        with a different body, ``IdempotencyConflict``."""
         session = parse_session(session)
         value = parse_reward_value(reward)
         trace_id = parse_trace_id(trace_id)
         meta = parse_metadata(metadata)
         key = parse_idempotency_key(idempotency_key, "idempotency_key")
         fingerprint = body_hash(value, trace_id, meta)
-        skey = self._key(session)
+        skey = self._key(qualify(team, session))
         created = now_us()
 
         def tx(cur: Any) -> Reward:
@@ -180,15 +184,16 @@ class TrainerStore:
         *,
         metadata: Optional[dict[str, Any]] = None,
         team_id: Optional[str] = None,
+        team: Optional[str] = None,
     ) -> Finish:
-        """Mark the episode ``session`` over, with an optional final reward. A session ends
+        """Mark the episode ``session`` (in ``team``'s namespace) over, with an optional final reward. A session ends
         once: the same call again returns the stored finish (``duplicate=True``); a different
         one raises ``IdempotencyConflict``."""
         session = parse_session(session)
         value = None if reward is None else parse_reward_value(reward)
         meta = parse_metadata(metadata)
         fingerprint = body_hash(value, meta)
-        skey = self._key(session)
+        skey = self._key(qualify(team, session))
         created = now_us()
 
         def tx(cur: Any) -> Finish:
@@ -211,15 +216,17 @@ class TrainerStore:
             self._committed()
         return result
 
-    def rewards(self, session: str) -> SessionRewards:
-        """The session's rewards (storage order) and its finish, if any."""
-        return self.rewards_for([session])[session]
+    def rewards(self, session: str, team: Optional[str] = None) -> SessionRewards:
+        """The session's rewards (storage order) and its finish, if any (in ``team``'s namespace)."""
+        key = qualify(team, session)
+        return self.rewards_for([key])[key]
 
     def rewards_for(self, sessions: Iterable[str]) -> dict[str, SessionRewards]:
-        """``rewards`` for many sessions at once (trajectory views, exports)."""
+        """``rewards`` for many sessions at once (trajectory views, exports), by stored session
+        key (``Trace.session_key()``: qualified with its team)."""
         wanted = list(dict.fromkeys(sessions))
         keyed = {self._key(s): s for s in wanted}
-        out = {s: SessionRewards(session_id=s) for s in wanted}
+        out = {s: SessionRewards(session_id=split_key(s)[1]) for s in wanted}
 
         def read(cur: Any) -> None:
             keys = list(keyed)
@@ -230,21 +237,19 @@ class TrainerStore:
                         f"SELECT {_REWARD_COLS} FROM {{t}}rewards WHERE session_key IN ({marks}) ORDER BY id"),
                         chunk).fetchall():
                     r = _reward(row)
-                    r.session_id = keyed[row[1]]
                     out[keyed[row[1]]].rewards.append(r)
                 for row in cur.execute(self._sql(
                         f"SELECT {_FINISH_COLS} FROM {{t}}finishes WHERE session_key IN ({marks})"), chunk).fetchall():
                     f = _finish(row)
-                    f.session_id = keyed[row[1]]
                     out[keyed[row[1]]].finish = f
 
         if wanted:
             self._trainer_read(read)
         return out
 
-    def finished(self, session: str) -> Optional[Finish]:
+    def finished(self, session: str, team: Optional[str] = None) -> Optional[Finish]:
         """The session's finish, or None while the episode runs."""
-        return self.rewards(session).finish
+        return self.rewards(session, team).finish
 
     # ---- the change feed -----------------------------------------------------------------
 
@@ -261,12 +266,14 @@ class TrainerStore:
         session: Optional[str] = None,
         finished: bool = False,
         model: Optional[str] = None,
+        team: Optional[str] = None,
     ) -> ChangePage:
         """Feed items with ``pos > after`` in feed order, at most ``limit``, and the cursor
         to continue from (``next``: past every row this read examined, so filtered-out rows
         are not read again).
 
-        ``session``: items of that session (traces also by any of their session uids).
+        ``session``: items of that session, in ``team``'s namespace (traces also by any of
+        their session uids and their session name).
         ``model``: traces of that model group, and the rewards/finishes of sessions that
         have one. ``finished``: only ``finish`` items, each with the whole episode (its
         traces in ``seq`` order and its rewards)."""
@@ -276,7 +283,7 @@ class TrainerStore:
         if finished:
             where.append("f.kind = 'finish'")
         if session:
-            key = self._key(session)
+            key = self._key(qualify(team, session))
             where.append("(f.session_key = ? OR (f.kind = 'trace' AND EXISTS (SELECT 1 FROM {t}trace_uids u"
                          " WHERE u.uid = ? AND u.trace_row = f.ref)))")
             params += [key, key]
@@ -297,9 +304,10 @@ class TrainerStore:
                 nxt = max(after, head)
             items = self._load_changes(cur, rows)
             if finished:
+                stored = {int(row[0]): row[3] for row in rows}  # the session's stored (qualified) key
                 for item in items:
-                    item.episode_traces = self._session_traces(cur, item.session_id)
-                    item.episode_rewards = self._session_rewards(cur, item.session_id)
+                    item.episode_traces = self._session_traces(cur, stored[item.pos])
+                    item.episode_rewards = self._session_rewards(cur, stored[item.pos])
             return ChangePage(items=items, next=nxt)
 
         return self._trainer_read(read)
@@ -310,7 +318,7 @@ class TrainerStore:
             refs[kind].append(int(ref))
         loaded: dict[tuple[str, int], Any] = {}
         rebuild = self._rebuilder()  # type: ignore[attr-defined] - a compacted trace is read whole
-        table = {"trace": ("traces", "id, seq, doc, arrays, detail, base_id, trace_id", rebuild.decode),
+        table = {"trace": ("traces", "id, order_us, seq, doc, arrays, detail, base_id, trace_id", rebuild.decode),
                  "reward": ("rewards", _REWARD_COLS, _reward), "finish": ("finishes", _FINISH_COLS, _finish)}
         for kind, ids in refs.items():
             name, cols, make = table[kind]
@@ -325,14 +333,14 @@ class TrainerStore:
             body = loaded.get((kind, int(ref)))
             if body is None:  # deleted since (pruned): the position is passed over
                 continue
-            out.append(Change(pos=int(pos), kind=kind, session_id=skey, **{kind: body}))
+            out.append(Change(pos=int(pos), kind=kind, session_id=split_key(skey)[1], **{kind: body}))
         return out
 
     def _session_traces(self, cur: Any, session: str) -> list[Trace]:
         rows = cur.execute(self._sql(
-            "SELECT t.id, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {t}trace_uids u"
+            "SELECT t.id, t.order_us, t.seq, t.doc, t.arrays, t.detail, t.base_id, t.trace_id FROM {t}trace_uids u"
             " JOIN {t}traces t ON t.id = u.trace_row"
-            " WHERE u.uid = ? ORDER BY u.trace_row"), (self._key(session),)).fetchall()
+            " WHERE u.uid = ? ORDER BY t.order_us, t.trace_id"), (self._key(session),)).fetchall()
         rebuild = self._rebuilder()  # type: ignore[attr-defined] - a compacted trace is read whole
         return [rebuild.decode(row) for row in rows]
 

@@ -59,30 +59,36 @@ def _post(url: str, api_key: str, body: Any, *, timeout: float, retries: int,
 
 def reward(base_url: str, api_key: str, session: str, value: Any, *, trace_id: Optional[str] = None,
            metadata: Optional[dict[str, Any]] = None, idempotency_key: Optional[str] = None,
-           timeout: float = 30.0, retries: int = 3) -> dict[str, Any]:
+           timeout: float = 30.0, retries: int = 3, team: Optional[str] = None) -> dict[str, Any]:
     """Store a reward for `session` (or one of its traces): a number or `{"name": number}`.
-    Returns the stored reward (`"duplicate": true` when the key had been used already)."""
+    Returns the stored reward (`"duplicate": true` when the key had been used already).
+    `team`: an admin key naming the team whose session it is (docs/sessions.md)."""
     body: dict[str, Any] = {"reward": value}
     if trace_id is not None:
         body["trace_id"] = trace_id
     if metadata:
         body["metadata"] = metadata
-    url = f"{proxy_root(base_url)}/rllm/sessions/{quote(session, safe='')}/reward"
+    url = f"{proxy_root(base_url)}/rllm/sessions/{quote(session, safe='')}/reward" + _team_query(team)
     return _post(url, api_key, body, timeout=timeout, retries=retries,
                  idempotency_key=idempotency_key or uuid.uuid4().hex)
 
 
 def finish(base_url: str, api_key: str, session: str, *, reward: Any = None,
-           metadata: Optional[dict[str, Any]] = None, timeout: float = 30.0, retries: int = 3) -> dict[str, Any]:
+           metadata: Optional[dict[str, Any]] = None, timeout: float = 30.0, retries: int = 3,
+           team: Optional[str] = None) -> dict[str, Any]:
     """Mark the episode `session` over, with an optional final reward (a session ends once;
-    repeating the same finish is harmless)."""
+    repeating the same finish is harmless). `team`: as in `reward`."""
     body: dict[str, Any] = {}
     if reward is not None:
         body["reward"] = reward
     if metadata:
         body["metadata"] = metadata
-    url = f"{proxy_root(base_url)}/rllm/sessions/{quote(session, safe='')}/finish"
+    url = f"{proxy_root(base_url)}/rllm/sessions/{quote(session, safe='')}/finish" + _team_query(team)
     return _post(url, api_key, body, timeout=timeout, retries=retries, idempotency_key=uuid.uuid4().hex)
+
+
+def _team_query(team: Optional[str]) -> str:
+    return f"?team={quote(team, safe='')}" if team else ""
 
 
 def set_policy_version(base_url: str, api_key: str, model: str, version: int, *, timeout: float = 30.0) -> dict[str, Any]:
@@ -129,7 +135,7 @@ class Follower:
 
     def __init__(self, base_url: str, api_key: str, *, after: Any = 0, session: Optional[str] = None,
                  finished: bool = False, model: Optional[str] = None, limit: int = 100, wait: float = 30.0,
-                 stop_when_idle: bool = False, max_backoff: float = 10.0) -> None:
+                 stop_when_idle: bool = False, max_backoff: float = 10.0, team: Optional[str] = None) -> None:
         self.url = f"{proxy_root(base_url)}/rllm/changes"
         self.api_key = api_key
         self.cursor: Any = after
@@ -140,6 +146,8 @@ class Follower:
             self.params["finished"] = "true"
         if model:
             self.params["model"] = model
+        if team:
+            self.params["team"] = team  # an admin following one team's session (docs/sessions.md)
         self.stop_when_idle = stop_when_idle
         self.max_backoff = max_backoff
         self.reconnects = 0
@@ -212,12 +220,13 @@ class Follower:
 
 
 def follow(base_url: str, api_key: str, *, after: Any = 0, session: Optional[str] = None, finished: bool = False,
-           model: Optional[str] = None, limit: int = 100, wait: float = 30.0, stop_when_idle: bool = False) -> Follower:
+           model: Optional[str] = None, limit: int = 100, wait: float = 30.0, stop_when_idle: bool = False,
+           team: Optional[str] = None) -> Follower:
     """Follow the change feed from `after` (0: the beginning, `"now"`: only what comes next):
     `for item in follow(url, key): ...`. Reconnects forever on errors; `.cursor` says where to
     resume. `stop_when_idle`: end once a wait of `wait` seconds brought nothing."""
     return Follower(base_url, api_key, after=after, session=session, finished=finished, model=model,
-                    limit=limit, wait=wait, stop_when_idle=stop_when_idle)
+                    limit=limit, wait=wait, stop_when_idle=stop_when_idle, team=team)
 
 
 __all__ = ["Follower", "finish", "follow", "pause", "pause_status", "proxy_root", "resume", "reward",

@@ -74,7 +74,8 @@ def run_tail(args: Any) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    filters = {"session": args.session, "finished": args.finished, "model": args.model}
+    filters = {"session": args.session, "finished": args.finished, "model": args.model,
+               "team": getattr(args, "team", None)}
     limit = args.limit or 100
     state: dict[str, Any] = {"cursor": after}
     if args.proxy:

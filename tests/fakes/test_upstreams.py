@@ -834,3 +834,25 @@ def test_standalone_process_serves_until_terminated():
         finally:
             proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_a_paced_stream_records_how_far_it_got_and_whether_the_client_left(vllm_upstream):
+    """What the disconnect tests read: `stream.end` is `client_gone` when the client hangs up."""
+    body = {"model": "drip-0.05-tokens-100", "stream": True, "messages": MESSAGES}
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", vllm_upstream.url("/v1/chat/completions"), json=body) as resp:
+            for n, _ in enumerate(resp.iter_lines()):
+                if n > 6:
+                    break
+        client.post(vllm_upstream.url("/v1/chat/completions"), json={**body, "model": "tokens-3"})
+    left, whole = vllm_upstream.requests
+    assert harness_wait(lambda: left["stream"]["end"]) == "client_gone"
+    assert 0 < left["stream"]["sent"] < left["stream"]["rounds"] and left["stream"]["ended_at"] > 0
+    assert whole["stream"]["end"] == "complete" and whole["stream"]["sent"] == whole["stream"]["rounds"]
+
+
+def harness_wait(predicate: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()

@@ -53,5 +53,5 @@ def test_admin_deletes_a_session_and_its_nested_sessions(proxy: Any, vllm_upstre
     proxy.flush()
     assert len(proxy.traces(outer)) == 2
     resp = proxy.client.delete(f"/rllm/sessions/{outer}")
-    assert resp.status_code == 200 and resp.json() == {"session": outer, "deleted": 2}
+    assert resp.status_code == 200 and resp.json() == {"session": outer, "team": None, "deleted": 2}
     assert proxy.traces(outer) == [] and proxy.traces(f"{outer}-inner") == []

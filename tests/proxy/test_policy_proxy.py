@@ -297,11 +297,18 @@ def test_responses_route_gets_the_policy_in_the_responses_api_names(gateway, ups
         assert body.get("enable_response_messages") is messages
         assert "logprobs" not in body and "return_token_ids" not in body
         client = resp.json()
-        assert "output_messages" not in client
+        assert client.get("output_messages") is None and client.get("input_messages") is None
+        # what the upstream echoes to a client that asked for nothing: vLLM null, OpenAI 0
+        assert client["top_logprobs"] == (None if upstream == "vllm" else 0)
         assert all(not part.get("logprobs") for item in client["output"] for part in item.get("content") or [])
         trace = gateway.trace(sid)
         assert trace["choices"][0]["logprobs"]  # the trace keeps them
         assert bool(trace["choices"][0]["token_ids"]) is bool(messages)
+        # `injected` says what was sent, in the Responses API's names
+        sent = {"include": ["message.output_text.logprobs"], "top_logprobs": top}
+        if messages:
+            sent["enable_response_messages"] = True
+        assert {k: v for k, v in trace["injected"].items() if k not in ("rule", "skipped")} == sent
         ups[upstream].clear()
 
 

@@ -14,7 +14,7 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
                                            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
 
 # Fields that legitimately differ between a streamed and a non-streamed call of one exchange.
-VOLATILE = {"trace_id", "session_id", "seq", "stream", "latency_ms", "ttft_ms", "created_at", "request", "cost_usd"}
+VOLATILE = {"trace_id", "session_id", "seq", "order", "stream", "latency_ms", "ttft_ms", "created_at", "request", "cost_usd"}
 
 
 def new_session() -> tuple[str, str]:

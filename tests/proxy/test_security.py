@@ -182,30 +182,36 @@ def test_signed_slugs_required_good_passes_tampered_unsigned_and_retired_fail(tr
     assert post(trust_proxy, "/v1/chat/completions", key, headers={"x-rllm-slug": unsigned}, json=CHAT).status_code == 401
 
 
+def read_session(proc, sid, key, **params):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(f"{proc.base_url}/rllm/sessions/{sid}/traces", headers=headers, params=params, timeout=30)
+
+
 def test_read_back_shows_a_team_key_only_its_own_teams_traces(trust_proxy):
+    """Sessions are namespaced by team: two teams writing session `sid` write two sessions."""
     sid = f"shared-{uuid.uuid4().hex[:6]}"
     slug = encode({"session_id": sid}, secret="new-secret-2026")
-    for key in ("sk-team-a-0000000001", "sk-team-a-0000000001", "sk-team-b-0000000002"):
+    for key in ("sk-team-a-0000000001", "sk-team-a-0000000001", "sk-team-b-0000000002", harness.MASTER_KEY):
         assert post(trust_proxy, f"/meta/{slug}/v1/chat/completions", key, json=CHAT).status_code == 200
     assert post(trust_proxy, "/rllm/flush", harness.MASTER_KEY).status_code == 200
 
-    def read(key):
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.get(f"{trust_proxy.base_url}/rllm/sessions/{sid}/traces", headers=headers, timeout=30)
-
-    admin = read(harness.MASTER_KEY).json()
-    assert admin["count"] == 3 and [t["seq"] for t in admin["traces"]] == [0, 1, 2]
-    team_a = read("sk-team-a-0000000001").json()
-    assert team_a["count"] == 2 and {t["caller"]["team_id"] for t in team_a["traces"]} == {"team-a"}
+    admin = read_session(trust_proxy, sid, harness.MASTER_KEY).json()
+    assert admin["count"] == 1 and admin["traces"][0]["caller"] == {"key_alias": "admin"}  # no team's namespace
+    admin_a = read_session(trust_proxy, sid, harness.MASTER_KEY, team="team-a").json()
+    assert admin_a["count"] == 2 and [t["seq"] for t in admin_a["traces"]] == [0, 1]
+    team_a = read_session(trust_proxy, sid, "sk-team-a-0000000001").json()
+    assert team_a["traces"] == admin_a["traces"] and team_a["team"] == "team-a"
     assert {t["caller"]["key_alias"] for t in team_a["traces"]} == {"agent-a"}
-    team_b = read("sk-team-b-0000000002").json()
+    team_b = read_session(trust_proxy, sid, "sk-team-b-0000000002").json()
     assert team_b["count"] == 1 and team_b["traces"][0]["caller"]["team_id"] == "team-b"
-    assert read("sk-noteam-000000003").status_code == 403
-    assert read(None).status_code == 401
+    assert team_b["traces"][0]["seq"] == 0
+    assert read_session(trust_proxy, sid, "sk-team-b-0000000002", team="team-a").status_code == 403
+    assert read_session(trust_proxy, sid, "sk-noteam-000000003").status_code == 403
+    assert read_session(trust_proxy, sid, None).status_code == 401
     assert post(trust_proxy, "/rllm/flush", "sk-team-a-0000000001").status_code == 403
     assert post(trust_proxy, "/rllm/flush", None).status_code == 401
     # no key material in what the read-back returns
-    assert "sk-team-a-0000000001" not in json.dumps(admin)
+    assert "sk-team-a-0000000001" not in json.dumps(admin_a)
 
 
 def test_team_limit_counts_only_the_teams_own_traces_and_delete_is_scoped(trust_proxy):
@@ -213,23 +219,75 @@ def test_team_limit_counts_only_the_teams_own_traces_and_delete_is_scoped(trust_
     slug = encode({"session_id": sid}, secret="new-secret-2026")
     for key in ("sk-team-b-0000000002", "sk-team-a-0000000001", "sk-team-a-0000000001"):
         assert post(trust_proxy, f"/meta/{slug}/v1/chat/completions", key, json=CHAT).status_code == 200
-    own = f"own-{uuid.uuid4().hex[:6]}"
-    own_slug = encode({"session_id": own}, secret="new-secret-2026")
-    assert post(trust_proxy, f"/meta/{own_slug}/v1/chat/completions", "sk-team-a-0000000001",
-                json=CHAT).status_code == 200
 
     def call(method, path, key, **kw):
         return httpx.request(method, f"{trust_proxy.base_url}{path}", headers={"Authorization": f"Bearer {key}"},
                              timeout=30, **kw)
 
-    # the team filter runs before the limit: team A's first trace, although team B's came first
     limited = call("GET", f"/rllm/sessions/{sid}/traces", "sk-team-a-0000000001", params={"limit": 1}).json()
     assert limited["count"] == 1 and limited["traces"][0]["caller"]["team_id"] == "team-a"
-    # a team may delete only a session that is all its own
-    assert call("DELETE", f"/rllm/sessions/{sid}", "sk-team-a-0000000001").status_code == 403
-    assert call("GET", f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY).json()["count"] == 3
-    gone = call("DELETE", f"/rllm/sessions/{own}", "sk-team-a-0000000001")
-    assert gone.status_code == 200 and gone.json()["deleted"] == 1
+    # a team deletes its own session: team B's session of the same name stays
+    assert call("DELETE", f"/rllm/sessions/{sid}", "sk-team-a-0000000001", params={"team": "team-b"}).status_code == 403
+    gone = call("DELETE", f"/rllm/sessions/{sid}", "sk-team-a-0000000001")
+    assert gone.status_code == 200 and gone.json()["deleted"] == 2
+    assert call("GET", f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY, params={"team": "team-b"}).json()["count"] == 1
     assert call("DELETE", f"/rllm/sessions/{sid}", "sk-noteam-000000003").status_code == 403
-    assert call("DELETE", f"/rllm/sessions/{sid}", harness.MASTER_KEY).json()["deleted"] == 3
-    assert call("GET", f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY).json()["count"] == 0
+    assert call("DELETE", f"/rllm/sessions/{sid}", harness.MASTER_KEY).json()["deleted"] == 0  # no team's: none
+    assert call("DELETE", f"/rllm/sessions/{sid}", harness.MASTER_KEY, params={"team": "team-b"}).json()["deleted"] == 1
+    assert call("GET", f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY, params={"team": "team-b"}).json()["count"] == 0
+
+
+def test_team_namespaces_hold_on_the_trainer_routes(trust_proxy):
+    """Trajectories, the session list, rewards and the change feed see a session in its
+    team's namespace: team B naming team A's session writes and reads its own."""
+    sid = f"ns-{uuid.uuid4().hex[:6]}"
+    slug = encode({"session_id": sid}, secret="new-secret-2026")
+    for n, key in enumerate(("sk-team-a-0000000001", "sk-team-b-0000000002", "sk-team-a-0000000001")):
+        body = {**CHAT, "messages": [{"role": "user", "content": f"turn {n}"}]}  # distinct: no retries
+        assert post(trust_proxy, f"/meta/{slug}/v1/chat/completions", key, json=body).status_code == 200
+    assert post(trust_proxy, "/rllm/flush", harness.MASTER_KEY).status_code == 200
+
+    def get(path, key, **params):
+        return httpx.get(f"{trust_proxy.base_url}{path}", headers={"Authorization": f"Bearer {key}"},
+                         params=params, timeout=30)
+
+    def calls(body):  # this upstream returns no token ids: each call is counted, not turned into a row
+        return body["count"] + body["skipped_without_ids"]
+
+    rows = get(f"/rllm/sessions/{sid}/trajectories", "sk-team-b-0000000002", view="per-call").json()
+    assert calls(rows) == 1 and rows["team"] == "team-b"
+    assert calls(get(f"/rllm/sessions/{sid}/trajectories", harness.MASTER_KEY, view="per-call", team="team-a").json()) == 2
+    listed = get("/rllm/sessions", harness.MASTER_KEY, q=sid).json()["sessions"]
+    assert sorted((s["team"], s["session_id"], s["traces"]) for s in listed) == [("team-a", sid, 2), ("team-b", sid, 1)]
+    one = get("/rllm/sessions", "sk-team-b-0000000002", session=sid).json()["sessions"]
+    assert [(s["team"], s["traces"]) for s in one] == [("team-b", 1)]
+    assert post(trust_proxy, f"/rllm/sessions/{sid}/reward", "sk-team-b-0000000002", json={"reward": 1.0}).status_code == 201
+    assert get(f"/rllm/sessions/{sid}/traces", "sk-team-a-0000000001").json()["rewards"] == []
+    assert [r["reward"] for r in get(f"/rllm/sessions/{sid}/traces", harness.MASTER_KEY, team="team-b").json()["rewards"]] == [1.0]
+    feed = get("/rllm/changes", harness.MASTER_KEY, session=sid, team="team-a").json()["items"]
+    assert [i["kind"] for i in feed] == ["trace", "trace"] and {i["session_id"] for i in feed} == {sid}
+    feed_b = get("/rllm/changes", "sk-team-b-0000000002", session=sid).json()["items"]
+    assert [i["kind"] for i in feed_b] == ["trace", "reward"]
+    assert get("/rllm/changes", "sk-team-b-0000000002", session=sid, team="team-a").status_code == 403
+
+
+def test_a_team_key_naming_another_teams_session_uid_writes_its_own_session(trust_proxy):
+    """rLLM-style slugs (session_name + nested uids): team B reusing team A's uid and name can
+    neither add to team A's session nor read it; the CLI finds each under its team."""
+    name, outer = f"sess_{uuid.uuid4().hex[:16]}", f"ctx_{uuid.uuid4().hex[:16]}"
+    a_slug = encode({"session_name": name, "session_uids": [outer]}, secret="new-secret-2026")
+    b_slug = encode({"session_name": name, "session_uids": [outer, "ctx_b_inner"]}, secret="new-secret-2026")
+    assert post(trust_proxy, f"/meta/{a_slug}/v1/chat/completions", "sk-team-a-0000000001", json=CHAT).status_code == 200
+    assert post(trust_proxy, f"/meta/{b_slug}/v1/chat/completions", "sk-team-b-0000000002", json=CHAT).status_code == 200
+    assert post(trust_proxy, "/rllm/flush", harness.MASTER_KEY).status_code == 200
+    for lookup in (name, outer):
+        a_view = read_session(trust_proxy, lookup, harness.MASTER_KEY, team="team-a").json()["traces"]
+        assert [t["caller"]["team_id"] for t in a_view] == ["team-a"]
+        b_view = read_session(trust_proxy, lookup, "sk-team-b-0000000002").json()["traces"]
+        assert [t["caller"]["team_id"] for t in b_view] == ["team-b"]
+        assert read_session(trust_proxy, lookup, harness.MASTER_KEY).json()["count"] == 0
+    cli = [sys.executable, "-m", "litellm_rllm.cli", "traces", "export", "--store", trust_proxy.store_url,
+           "--session", name]
+    exported = subprocess.run([*cli, "--team", "team-a"], capture_output=True, text=True, check=True).stdout
+    assert [json.loads(line)["caller"]["team_id"] for line in exported.splitlines()] == ["team-a"]
+    assert subprocess.run(cli, capture_output=True, text=True, check=True).stdout == ""

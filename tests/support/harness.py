@@ -119,10 +119,10 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {MASTER_KEY}"}
 
 
-def read_traces(store_url: str, session: Optional[str] = None) -> list[Any]:
+def read_traces(store_url: str, session: Optional[str] = None, team: Optional[str] = None) -> list[Any]:
     st = store.open(store_url)
     try:
-        return st.traces(session=session)
+        return st.traces(session=session, team=team)
     finally:
         st.close()
 

@@ -14,6 +14,7 @@ import pytest
 
 import litellm_rllm.store as store_mod
 from litellm_rllm.store import CorruptTraceError, TraceEncodeError, TraceStore
+from litellm_rllm.store.codec import to_utc_micros
 from litellm_rllm.trace import TopLogprob, Trace, TraceChoice, TraceError
 from tests.support.trainer_contract import TrainerStoreContract
 
@@ -131,11 +132,13 @@ def agent_session(sid: str, turns: int, step: int = 40, *, ids: bool = True, sta
 
 def as_read(traces: list[Trace]) -> list[str]:
     """What a store gives back for traces written in order into fresh sessions: JSON per trace,
-    seq in write order per session, logprobs as float32."""
+    seq in write order per session, `order` its start (these calls start one after another),
+    logprobs as float32."""
     seqs: dict[str, int] = {}
     out = []
     for trace in traces:
         copy = trace.model_copy(deep=True)
+        copy.order = to_utc_micros(trace.created_at)
         copy.seq = seqs.setdefault(trace.session_key(), 0)
         seqs[trace.session_key()] += 1
         for choice in copy.choices:
@@ -175,6 +178,8 @@ class StoreContract(TrainerStoreContract):
             writer.write([original])
         with store_mod.open(store_url) as reader:
             got = reader.get("chatcmpl-full")
+            assert got is not None and isinstance(got.order, int)
+            expected.order = got.order  # the row's place in the store's write order
             assert reader.traces(session="inner") == [expected]
             assert reader.traces(session="outer") == [expected]
         assert got == expected
@@ -206,7 +211,7 @@ class StoreContract(TrainerStoreContract):
         got = store.get("bare")
         assert got is not None and got.prompt_token_ids is None and got.choices[0].token_ids is None
         assert got.session_key() == ""
-        assert got.model_dump(exclude={"seq"}) == bare.model_dump(exclude={"seq"})
+        assert got.model_dump(exclude={"seq", "order"}) == bare.model_dump(exclude={"seq", "order"})
 
     def test_token_arrays_are_stored_packed_not_as_json(self, store: TraceStore, raw_blob: RawBlob) -> None:
         n = 1000
@@ -285,6 +290,65 @@ class StoreContract(TrainerStoreContract):
         assert [t.trace_id for t in store.traces(session="inner-b")] == ["i2"]
         assert [t.seq for t in store.traces(session="inner-a")] == [0, 1]
         assert store.traces(session="nope") == []
+
+    def test_nested_lookup_comes_back_in_call_order_with_an_order_key_that_says_so(self, store: TraceStore) -> None:
+        """`seq` counts per innermost session (so a merged view reads [0, 0, 1]); `order` is the
+        session-order key (the call's start, causal order first): a lookup that merges several
+        session keys is sorted by it, whatever order the commits came in."""
+        at = lambda ms: T0 + timedelta(milliseconds=ms)  # noqa: E731
+        store.write([make("noise-1", "elsewhere", created_at=at(5))])
+        store.write([make("c", None, uids=["outer", "inner"], created_at=at(30))])  # committed first
+        store.write([make("a", None, uids=["outer"], created_at=at(10)), make("noise-2", "elsewhere", created_at=at(0))])
+        store.write([make("b", None, uids=["outer", "inner"], created_at=at(20))])
+        merged = store.traces(session="outer")
+        assert [t.trace_id for t in merged] == ["a", "b", "c"]
+        assert [t.seq for t in merged] == [0, 0, 1]
+        orders = [t.order for t in merged]
+        assert orders == [to_utc_micros(at(ms)) for ms in (10, 20, 30)]
+        everything = {t.trace_id: t.order for t in store.traces()}  # write order, each with its key
+        assert list(everything) == ["noise-1", "c", "a", "noise-2", "b"] and everything["b"] == merged[1].order
+        got = store.get("c")
+        assert got is not None and got.order == merged[2].order
+        store.write([make("no-session", None, uids=[], created_at=at(40))])
+        [alone] = store.traces(session="")
+        assert alone.order == to_utc_micros(at(40))  # every read path sets it
+
+    def test_rllm_session_is_found_by_its_name_and_by_each_uid(self, store: TraceStore) -> None:
+        """rLLM's SDK sends `session_name` and `session_uids` (outer to inner), never a `session_id`."""
+        def rllm(trace_id: str, *uids: str, name: str = "sess_rllm") -> Trace:
+            return make(trace_id, None, uids=list(uids), metadata={"session_name": name})
+
+        store.write([rllm("r1", "ctx_outer"), rllm("x1", "ctx_other", name="sess_other")])
+        store.write([rllm("r2", "ctx_outer", "ctx_inner"), rllm("r3", "ctx_outer", "ctx_inner")])
+        store.write([rllm("r4", "ctx_outer")])
+        by_name = store.traces(session="sess_rllm")
+        assert [t.trace_id for t in by_name] == ["r1", "r2", "r3", "r4"]
+        assert [t.order for t in by_name] == sorted(t.order for t in by_name)
+        assert [t.trace_id for t in store.traces(session="ctx_outer")] == ["r1", "r2", "r3", "r4"]
+        assert [(t.trace_id, t.seq) for t in store.traces(session="ctx_inner")] == [("r2", 0), ("r3", 1)]
+        assert [t.trace_id for t in store.traces(session="sess_other")] == ["x1"]
+        assert by_name[0].session_id is None and by_name[0].metadata["session_name"] == "sess_rllm"
+        # a name alone is a session too: seq counts within it
+        store.write([make("n1", None, uids=[], metadata={"session_name": "only-a-name"}),
+                     make("n2", None, uids=[], metadata={"session_name": "only-a-name"})])
+        assert [t.seq for t in store.traces(session="only-a-name")] == [0, 1]
+
+    def test_sessions_are_namespaced_by_the_callers_team(self, store: TraceStore) -> None:
+        """A team key naming another team's session (id, uid or name) writes its own session."""
+        def call(trace_id: str, team: str | None, **kw: Any) -> Trace:
+            return make(trace_id, kw.pop("sid", "shared"), caller={"team_id": team} if team else {"key_alias": "admin"},
+                        **kw)
+
+        store.write([call("a1", "team-a"), call("b1", "team-b"), call("n1", None), call("a2", "team-a")])
+        store.write([call("b2", "team-b", sid=None, uids=["shared", "b-inner"])])
+        assert [(t.trace_id, t.seq) for t in store.traces(session="shared", team="team-a")] == [("a1", 0), ("a2", 1)]
+        assert [(t.trace_id, t.seq) for t in store.traces(session="shared", team="team-b")] == [("b1", 0), ("b2", 0)]
+        assert [t.trace_id for t in store.traces(session="shared")] == ["n1"]  # no team: its own namespace
+        assert store.traces(session="shared", team="team-c") == []
+        assert store.traces(session="b-inner") == []
+        summaries = {(s.team, s.session_id): s.traces for s in store.sessions()}
+        assert summaries == {("team-a", "shared"): 2, ("team-b", "shared"): 1, (None, "shared"): 1,
+                             ("team-b", "b-inner"): 1}
 
     def test_session_lookup_by_session_id_not_in_uids(self, store: TraceStore) -> None:
         store.write([make("a", "sid", uids=[]), make("b", None, uids=[])])

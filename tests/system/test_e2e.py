@@ -96,6 +96,10 @@ def test_client_going_away_mid_stream_leaves_one_incomplete_trace(proxy_proc, vl
     expected = [word_id(f"tok{i}") for i in range(400)]
     assert 4 <= len(ids) < 400 and ids == expected[: len(ids)]
     assert len(trace.choices[0].logprobs) == len(ids)
+    # the upstream was closed: the server stops generating for nobody
+    [req] = [r for r in vllm_upstream.requests if r["path"] == "/v1/chat/completions"]
+    assert harness.wait_for(lambda: req["stream"]["end"], 10) == "client_gone"
+    assert req["stream"]["sent"] < req["stream"]["rounds"]
     # the proxy is still serving
     r = httpx.post(proxy_proc.base_url + "/v1/chat/completions", headers=harness.auth(), timeout=30,
                    json={"model": "demo", "messages": [{"role": "user", "content": "x"}]})

@@ -120,9 +120,9 @@ def test_a_delete_waits_for_a_write_that_compacts_against_its_rows_and_makes_the
                 assert thread.is_alive()  # waiting for the write to end
                 conn.execute(
                     f"INSERT INTO {table} (trace_id, session_key, seq, created_us, status, model, doc, arrays, detail,"
-                    " base_id) VALUES (%s, %s, 1, %s, %s, %s, %s, %s, %s, %s)",
+                    " base_id, order_us) VALUES (%s, %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (child.trace_id, child.session_key, child.created_us, child.status, child.model, child.doc,
-                     child.arrays, child.detail, child.base_id))
+                     child.arrays, child.detail, child.base_id, child.created_us))
             thread.join(10)
         assert deleted == [1]
         [got] = deleter.traces()
@@ -386,3 +386,22 @@ def test_measure_bytes_per_completion_token_and_writer_throughput(
               f"writer: {rate:.0f} traces/s ({tokens} completion + 500 prompt tokens each)")
     assert 8.0 <= per_token < 8.1
     assert rate > 50
+
+
+def test_a_version_4_store_is_rekeyed_by_team_namespace_and_session_name(url: str) -> None:
+    """Schema step 5 (store/rekey.py), as for SQLite; the per-session counters follow."""
+    from tests.support.rekey_case import check_upgraded, write_v4_store
+
+    schema = parse_url(url)[1]
+    with store_mod.open(url) as store, raw(url) as conn:
+        def run(sql: str, params: tuple) -> list:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+        write_v4_store(store, run, "%s", f'"{schema}".')
+        conn.execute(f'DELETE FROM "{schema}".session_seq')
+        conn.execute(f'INSERT INTO "{schema}".session_seq (session_key, next_seq, max_order_us) SELECT session_key,'
+                     f' MAX(seq) + 1, MAX(order_us) FROM "{schema}".traces GROUP BY session_key')
+        conn.execute(f'DELETE FROM "{schema}".schema_version WHERE version = 5')
+    with store_mod.open(url) as store:
+        check_upgraded(store)

@@ -474,10 +474,11 @@ def test_session_view_shows_a_new_call_as_it_arrives(tab: Page, recorded: Record
 
 def test_call_view_colours_tokens_and_shows_alternatives_on_hover_and_keyboard_focus(
         tab: Page, recorded: Recorded, shots: Path) -> None:
-    [first] = [t for t in harness.read_traces(recorded.store_url, recorded.team_a) if t.seq == 0]
+    [first] = [t for t in harness.read_traces(recorded.store_url, recorded.team_a, team="team-a") if t.seq == 0]
     page = tab.login(harness.MASTER_KEY)
     page.wait_for_selector("#sessions")
-    page.goto(f"{recorded.base}/rllm/ui#/s/{recorded.team_a}/t/{first.trace_id}")
+    # team A's session, read with an admin key: in team A's namespace (docs/sessions.md)
+    page.goto(f"{recorded.base}/rllm/ui#/team/team-a/s/{recorded.team_a}/t/{first.trace_id}")
     strip = page.locator("#tokens-0")
     strip.wait_for()
     choice = first.choices[0]
@@ -515,13 +516,13 @@ def test_call_view_colours_tokens_and_shows_alternatives_on_hover_and_keyboard_f
     # the injected parameters, the rule, usage and the JSON route
     body = page.text_content("main")
     assert "rule" in body and "vllm" in body and "completion_tokens" in body
-    assert page.get_attribute("#json-route", "href") == f"/rllm/sessions/{recorded.team_a}/traces"
+    assert page.get_attribute("#json-route", "href") == f"/rllm/sessions/{recorded.team_a}/traces?team=team-a"
 
 
 def test_completeness_problem_is_marked_at_its_token(tab: Page, recorded: Recorded, shots: Path) -> None:
     page = tab.login(harness.MASTER_KEY)
     page.wait_for_selector("#sessions")
-    page.goto(f"{recorded.base}/rllm/ui#/s/{recorded.team_a}/t/{recorded.incomplete_trace}")
+    page.goto(f"{recorded.base}/rllm/ui#/team/team-a/s/{recorded.team_a}/t/{recorded.incomplete_trace}")
     page.wait_for_selector("#tokens-0")
     assert "10 token ids but 8 logprobs" in page.text_content("#completeness-0")
     # the mark sits right before token 8, the first without a logprob; 8 and 9 are flagged

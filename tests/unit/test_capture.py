@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from litellm_rllm.capture.response import check_completeness, choices_from_response, prompt_ids_from
+from litellm_rllm.capture.response import (
+    check_completeness,
+    choices_from_response,
+    logprobs_requested,
+    prompt_ids_from,
+)
 from litellm_rllm.capture.sse import SSEParser
 from litellm_rllm.capture.stream import StreamAccumulator
 from litellm_rllm.trace import TraceChoice
@@ -17,6 +22,40 @@ def test_completeness_flags_ids_logprobs_and_usage_mismatch():
     assert result.problems == ["3 token ids but 2 logprobs", "2 logprobs but usage says 3 completion tokens"]
     ok = check_completeness(TraceChoice(index=0, token_ids=[1, 2], logprobs=[-1.0, -2.0]), {"completion_tokens": 2})
     assert ok.ok and ok.problems == []
+
+
+def test_a_choice_without_logprobs_is_not_ok_when_they_were_requested():
+    """vLLM's Responses API tool-call turn: ids and usage agree, logprobs null."""
+    choice = TraceChoice(index=0, token_ids=list(range(12)), logprobs=None)
+    assert check_completeness(choice, {"output_tokens": 12}).ok  # nobody asked: nothing missing
+    result = check_completeness(choice, {"output_tokens": 12}, logprobs_requested=True)
+    assert not result.ok and result.problems == ["logprobs were requested but the choice has none (12 token ids)"]
+    bare = check_completeness(TraceChoice(index=0), None, logprobs_requested=True)
+    assert not bare.ok and bare.problems == ["logprobs were requested but the choice has none"]
+    short = check_completeness(TraceChoice(index=0, token_ids=[1, 2, 3], logprobs=[-1.0, -1.0]), None, True)
+    assert not short.ok and short.problems == ["3 token ids but 2 logprobs"]
+
+
+def test_logprobs_requested_reads_each_routes_own_names():
+    assert logprobs_requested({"logprobs": True})
+    assert logprobs_requested({"logprobs": 0})  # completions: the sampled token's logprob
+    assert logprobs_requested({"include": ["message.output_text.logprobs"], "top_logprobs": 0})
+    assert not logprobs_requested({"logprobs": False})
+    assert not logprobs_requested({"top_logprobs": 3, "include": ["reasoning.encrypted_content"]})
+    assert not logprobs_requested({})
+
+
+def test_responses_tool_call_with_token_ids_but_no_logprobs_is_flagged():
+    response = {"object": "response", "status": "completed", "usage": {"input_tokens": 5, "output_tokens": 3},
+                "output": [{"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"}],
+                "output_messages": [{"tokens": [7, 8, 9], "type": "raw_message_tokens"}]}
+    [choice] = choices_from_response(response, logprobs_requested=True)
+    assert choice.token_ids == [7, 8, 9] and choice.logprobs is None and choice.finish_reason == "tool_calls"
+    assert not choice.completeness.ok and "logprobs were requested" in choice.completeness.problems[0]
+    acc = StreamAccumulator()
+    acc.add({"type": "response.completed", "response": response})
+    [streamed] = acc.choices(logprobs_requested=True)
+    assert not streamed.completeness.ok
 
 
 def test_completions_format_gives_tokens_logprobs_and_per_choice_ids():

@@ -500,11 +500,21 @@ def test_split_path_round_trips_proxied_base_url() -> None:
     assert decode(slug).as_dict() == meta
 
 
+@pytest.mark.parametrize("meta", [{"session_id": "a\x1fb"}, {"session_name": "x\ny"},
+                                  {"session_uids": ["ok", "team-a\x1fsid"]}])
+def test_session_fields_with_control_characters_are_refused(meta):
+    """They are store keys, and U+001F separates a team's namespace from a key (sessions.py)."""
+    with pytest.raises(SlugError, match="control character"):
+        decode(encode(meta))
+
+
 # ---------------------------------------------------------------------------------------
 # Property tests (hypothesis): round-trip, and "SlugError or a dict, nothing else"
 # ---------------------------------------------------------------------------------------
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+# session ids, uids and names are store keys: no control characters (refused, tested below)
+_key_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=8)
 _user_keys = _text.filter(
     lambda k: k not in RESERVED_KEYS and k not in S.KNOWN_KEYS and not k.startswith(RESERVED_PREFIXES)
 )
@@ -526,9 +536,9 @@ _metadata = st.builds(
     st.fixed_dictionaries(
         {},
         optional={
-            "session_id": st.none() | _text,
-            "session_name": st.none() | _text,
-            "session_uids": st.lists(_text, max_size=3),
+            "session_id": st.none() | _key_text,
+            "session_name": st.none() | _key_text,
+            "session_uids": st.lists(_key_text, max_size=3),
             "sampling": st.none() | _sampling,
         },
     ),

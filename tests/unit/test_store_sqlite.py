@@ -227,3 +227,16 @@ def test_sessions_list_shows_each_sessions_cached_prompt_tokens(db: str, capsys:
     assert cli.main(["sessions", "list", "--store", f"sqlite:///{db}"]) == 0
     rows = {r["session_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert (rows["s1"]["cached_tokens"], rows["s2"]["cached_tokens"]) == (256, 0)
+
+
+def test_a_version_4_file_is_rekeyed_by_team_namespace_and_session_name(db: str) -> None:
+    """Schema step 5: traces written before team namespaces move to their team's session (seq
+    re-ranked), rewards follow, old rLLM sessions become findable by name."""
+    from tests.support.rekey_case import check_upgraded, write_v4_store
+
+    with SqliteStore(db) as store:
+        conn = store._conn  # noqa: SLF001 - the test reaches under the store on purpose
+        write_v4_store(store, lambda sql, params: conn.execute(sql, params).fetchall(), "?", "")
+        conn.execute("UPDATE schema_version SET version = 4")
+    with SqliteStore(db) as store:
+        check_upgraded(store)

@@ -8,7 +8,7 @@ from typing import Any
 
 from litellm.types.utils import ModelResponse, ModelResponseStream
 
-from litellm_rllm.callbacks.strip import strip_chunk, strip_response
+from litellm_rllm.callbacks.strip import VLLM_FORMS, strip_chunk, strip_response
 
 LOGPROBS = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
                          "top_logprobs": [{"token": "Hi", "logprob": -0.1}, {"token": "Yo", "logprob": -2.0}]}]}
@@ -78,11 +78,38 @@ def test_responses_api_body_and_stream_events_lose_logprobs_and_vllm_messages() 
         {"type": "output_text", "text": "Hi", "logprobs": [{"token": "Hi", "logprob": -0.1}]}]}],
         "input_messages": [{"tokens": [1, 2]}], "output_messages": [{"tokens": [42]}]}
     strip_response(body, ("logprobs", "return_token_ids"))
-    assert body["output"][0]["content"][0]["logprobs"] == []
-    assert "input_messages" not in body and "output_messages" not in body
+    assert body["output"][0]["content"][0]["logprobs"] == []  # OpenAI's form when not asked
+    assert body["input_messages"] is None and body["output_messages"] is None  # vLLM's
     delta = {"type": "response.output_text.delta", "delta": "Hi", "logprobs": [{"token": "Hi", "logprob": -0.1}]}
     strip_chunk(delta, ("logprobs",))
     assert delta["logprobs"] == [] and delta["delta"] == "Hi"
     done = {"type": "response.completed", "response": copy.deepcopy(body) | {"output_messages": [{"tokens": [42]}]}}
     strip_chunk(done, ("return_token_ids",))
-    assert "output_messages" not in done["response"]
+    assert done["response"]["output_messages"] is None
+
+
+def test_responses_api_gets_back_what_the_upstream_sends_a_client_that_did_not_ask() -> None:
+    """vLLM: null part logprobs and `top_logprobs: null`; OpenAI: `[]` and `0`."""
+    def body() -> dict:
+        return {"object": "response", "top_logprobs": 0, "output": [{"type": "message", "content": [
+            {"type": "output_text", "text": "Hi", "logprobs": [{"token": "Hi", "logprob": -0.1, "top_logprobs": []}]}]}]}
+
+    vllm = body()
+    strip_response(vllm, ("logprobs", "top_logprobs", VLLM_FORMS))
+    assert vllm["top_logprobs"] is None and vllm["output"][0]["content"][0]["logprobs"] is None
+    openai = body() | {"top_logprobs": 2}
+    strip_response(openai, ("logprobs", "top_logprobs"))
+    assert openai["top_logprobs"] == 0 and openai["output"][0]["content"][0]["logprobs"] == []
+    part_done = {"type": "response.content_part.done", "part": body()["output"][0]["content"][0]}
+    strip_chunk(part_done, ("logprobs", "top_logprobs", VLLM_FORMS))
+    assert part_done["part"]["logprobs"] is None
+
+
+def test_responses_client_that_asked_for_logprobs_keeps_them_without_injected_alternatives() -> None:
+    item = {"token": "Hi", "logprob": -0.1, "top_logprobs": [{"token": "Hi", "logprob": -0.1}, {"token": "Ho", "logprob": -2.0}]}
+    body = {"object": "response", "top_logprobs": 2,
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hi", "logprobs": [item]}]}]}
+    strip_response(body, ("top_logprobs", VLLM_FORMS))
+    assert body["output"][0]["content"][0]["logprobs"] == [{"token": "Hi", "logprob": -0.1, "top_logprobs": []}]
+    assert body["top_logprobs"] is None
+    assert len(item["top_logprobs"]) == 2  # replaced, not mutated: the trace's snapshot keeps them

@@ -161,15 +161,20 @@
   function parseHash() {
     const h = location.hash.replace(/^#/, '') || '/';
     const [path, query] = h.split('?');
-    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    let parts = path.split('/').filter(Boolean).map(decodeURIComponent);
     const params = new URLSearchParams(query || '');
+    let team = null;  // #/team/<team>/s/...: a session in a team's namespace (docs/sessions.md)
+    if (parts[0] === 'team' && parts.length >= 2) { team = parts[1]; parts = parts.slice(2); }
     if (parts[0] === 's' && parts.length >= 2) {
-      if (parts[2] === 't' && parts.length >= 4) return { view: 'call', session: parts[1], trace: parts[3], params };
-      return { view: 'session', session: parts[1], params };
+      if (parts[2] === 't' && parts.length >= 4) return { view: 'call', session: parts[1], trace: parts[3], team, params };
+      return { view: 'session', session: parts[1], team, params };
     }
     return { view: 'list', params };
   }
-  const sessionHref = (sid) => '#/s/' + encodeURIComponent(sid);
+  let curTeam = null;  // the shown session's team namespace (null: sessions of callers without a team)
+  const teamQ = (sep) => (curTeam ? sep + 'team=' + encodeURIComponent(curTeam) : '');
+  const sessionKey = (sid) => (curTeam || '') + '\u001f' + sid;
+  const sessionHref = (sid, team = curTeam) => (team ? '#/team/' + encodeURIComponent(team) : '#') + '/s/' + encodeURIComponent(sid);
   const callHref = (sid, tid) => sessionHref(sid) + '/t/' + encodeURIComponent(tid);
 
   function setCrumbs(items) {
@@ -188,6 +193,7 @@
     if (!getKey()) { showKeyForm(); return; }
     forgetBtn.hidden = false;
     const r = parseHash();
+    curTeam = r.team || null;
     if (r.view !== 'session') stopLive();
     try {
       if (r.view === 'list') await showList(r.params, token);
@@ -288,7 +294,7 @@
       if (s.drift) flags.push(badge(s.drift + ' drift', 'rel-drift', 'prompt re-tokenized: does not extend the previous call\'s tokens'));
       const start = new Date(s.first_at), end = new Date(s.last_at);
       tbody.appendChild(el('tr', null,
-        el('td', null, el('a', { className: 'sid', href: sessionHref(s.session_id), text: s.session_id })),
+        el('td', null, el('a', { className: 'sid', href: sessionHref(s.session_id, s.team || null), text: s.session_id, title: s.team ? 'team ' + s.team : '' })),
         el('td', { className: 'num', text: fmtNum(s.traces) }),
         el('td', null, timeEl(s.last_at)),
         el('td', { className: 'num', text: fmtMs(end - start) }),
@@ -335,15 +341,15 @@
   const cache = new Map(); // session id -> {traces, reward, summary, merged}
 
   async function loadSession(sid, force) {
-    let entry = cache.get(sid);
+    let entry = cache.get(sessionKey(sid));
     if (entry && !force) return entry;
     const enc = encodeURIComponent(sid);
     const [data, summary] = await Promise.all([
-      api('/rllm/sessions/' + enc + '/traces'),
-      api('/rllm/sessions?session=' + enc).then((p) => p.sessions[0] || null, () => null),
+      api('/rllm/sessions/' + enc + '/traces' + teamQ('?')),
+      api('/rllm/sessions?session=' + enc + teamQ('&')).then((p) => p.sessions[0] || null, () => null),
     ]);
     entry = { traces: data.traces || [], response: data, summary, merged: undefined }; // merged view re-read too
-    cache.set(sid, entry);
+    cache.set(sessionKey(sid), entry);
     return entry;
   }
 
@@ -372,7 +378,7 @@
 
   function startLive(sid, shown, onChange) {
     stopLive();
-    const state = { sid, stop: false, timer: null, abort: null, seen: summarySig(shown.summary), shown };
+    const state = { sid: sessionKey(sid), stop: false, timer: null, abort: null, seen: summarySig(shown.summary), shown };
     live = state;
     const changed = async () => {
       try {
@@ -386,7 +392,7 @@
     const poll = async () => {
       if (state.stop) return;
       try {
-        const page = await api('/rllm/sessions?session=' + encodeURIComponent(sid));
+        const page = await api('/rllm/sessions?session=' + encodeURIComponent(sid) + teamQ('&'));
         const s = page.sessions[0];
         if (summarySig(s) !== state.seen) await changed();
       } catch (e) { if (e.status === 401) { handleError(e); return; } }
@@ -397,6 +403,7 @@
       let after = null, caughtUp = false, pages = 0;
       while (!state.stop) {
         const q = new URLSearchParams({ session: sid, limit: '200', wait: caughtUp ? '25' : '0' });
+        if (curTeam) q.set('team', curTeam);
         if (after !== null) q.set('after', after);
         state.abort = new AbortController();
         const body = await api('/rllm/changes?' + q.toString(), { signal: state.abort.signal });
@@ -412,7 +419,7 @@
       liveEl.textContent = '● live (polling every ' + POLL_MS / 1000 + ' s)';
       poll();  // the session's summary every POLL_MS as well: a feed that misses a wake-up is covered
       try {
-        await api('/rllm/changes?limit=1&wait=0&session=' + encodeURIComponent(sid));
+        await api('/rllm/changes?limit=1&wait=0&session=' + encodeURIComponent(sid) + teamQ('&'));
         liveEl.textContent = '● live (change feed)';
         await follow();
       } catch (e) {
@@ -424,11 +431,11 @@
   // ------------------------------------------------------------------ a session
   async function showSession(sid, token) {
     setCrumbs([{ text: 'Sessions', href: '#/' }, { text: sid }]);
-    if (!cache.has(sid)) { clear(main); main.appendChild(el('p', { className: 'muted', text: 'Loading session…' })); }
-    const entry = await loadSession(sid, !live || live.sid !== sid);
+    if (!cache.has(sessionKey(sid))) { clear(main); main.appendChild(el('p', { className: 'muted', text: 'Loading session…' })); }
+    const entry = await loadSession(sid, !live || live.sid !== sessionKey(sid));
     if (token !== renderToken) return;
     renderSession(sid, entry);
-    if (!live || live.sid !== sid) {
+    if (!live || live.sid !== sessionKey(sid)) {
       startLive(sid, entry, (e) => {
         const r = parseHash();
         if (r.view === 'session' && r.session === sid) { renderSession(sid, e, true); loadMerged(sid, e, renderToken); }
@@ -532,7 +539,7 @@
   async function loadMerged(sid, entry, token) {
     if (entry.merged === undefined) {
       try {
-        const resp = await fetch('/rllm/sessions/' + encodeURIComponent(sid) + '/trajectories?view=merged',
+        const resp = await fetch('/rllm/sessions/' + encodeURIComponent(sid) + '/trajectories?view=merged' + teamQ('&'),
           { headers: { Authorization: 'Bearer ' + getKey() }, cache: 'no-store', credentials: 'omit' });
         const body = resp.status === 200 ? await resp.json() : null;
         entry.merged = body ? rowsOf(body) : null;
@@ -625,7 +632,7 @@
     const t = entry.traces[idx];
     const prev = entry.traces[idx - 1], next = entry.traces[idx + 1];
     main.appendChild(el('h1', null, 'Call #' + t.seq + ' ', badge(t.status, 'b-' + t.status)));
-    const jsonPath = '/rllm/sessions/' + encodeURIComponent(sid) + '/traces';
+    const jsonPath = '/rllm/sessions/' + encodeURIComponent(sid) + '/traces' + teamQ('?');
     const actions = el('div', { className: 'toolbar' },
       prev ? el('a', { href: callHref(sid, prev.trace_id), text: '← #' + prev.seq }) : null,
       next ? el('a', { href: callHref(sid, next.trace_id), text: '#' + next.seq + ' →' }) : null,
