@@ -103,7 +103,6 @@ class Plugin:
             return self._writer
 
     def _make_writer(self) -> "TraceWriter":
-        from .. import store
         from ..builder import build_trace, prepare, weight
         from ..writer import TraceWriter
         from ..writer.encoders import InlineEncoder
@@ -116,9 +115,11 @@ class Plugin:
                                         min_weight=cfg.writer_build_process_min_bytes)
         else:
             encoder = InlineEncoder(build_trace)
-        url = cfg.store
+        from ..writer.store_process import open_for_proxy
+
+        url, isolate = cfg.store, cfg.store_process
         return TraceWriter(
-            lambda: store.open(url),
+            lambda: open_for_proxy(url, isolate=isolate),
             encoder=encoder,
             batch_size=cfg.writer_batch_size,
             max_queue=cfg.writer_max_queue,
@@ -134,9 +135,9 @@ class Plugin:
             return self._reader
         with self._lock:
             if self._reader is None:
-                from .. import store
+                from ..writer.store_process import open_for_proxy  # never creates a missing SQLite file
 
-                self._reader = store.open(self.settings.store)
+                self._reader = open_for_proxy(self.settings.store, reader=True, isolate=self.settings.store_process)
             return self._reader
 
     @property

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from starlette.requests import Request
 
+from .flush_report import bad_param, check_since, completeness, flush_answer
 from .slug_route import SlugRoute
 
 if TYPE_CHECKING:
@@ -104,28 +105,25 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
 
     @router.post("/rllm/flush", tags=["litellm-rllm"])
     async def rllm_flush(timeout: float = Query(60.0, gt=0, le=600), user: Any = Depends(_caller)) -> Any:
-        """Returns once every call that finished before this request is durable.
-
-        200 `{"flushed": true}`: everything is in the store. 503 `{"flushed": false,
-        "durable": true, "spooled": N}`: the store is unreachable, N traces wait in the local
-        spool (fsynced, replayed when the store is back); retry later."""
+        """Returns once every call that finished before this request is handled: 200 when all
+        are in the store, 503 while some wait in the spool or in memory, 409 once any was lost
+        since the last flush (see flush_report)."""
         _require_admin(user)
         writer = plugin.writer
-        if not await writer.aflush(timeout):
-            raise HTTPException(status_code=504, detail=f"traces not durable within {timeout}s")
-        stats = writer.stats()
-        pending = int(stats.get("spool_pending", 0) or 0)
-        if pending:
-            return JSONResponse(status_code=503, content={"flushed": False, "durable": True, "spooled": pending,
-                                                          "writer": stats})
-        return {"flushed": True, "spooled": 0, "writer": stats}
+        status, body = flush_answer(writer, await writer.aflush(timeout), timeout)
+        return JSONResponse(status_code=status, content=body, headers={"Retry-After": "1"} if status == 503 else None)
 
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
                                   user: Any = Depends(_caller)) -> Any:
-        """The session's traces (nested sessions included) in `seq` order, after a flush."""
+        """The session's traces (nested sessions included) in `seq` order, after a flush;
+        `complete: false, pending: N` while N of them wait outside the store."""
+        problem = check_since(since)
+        if problem:
+            return bad_param("since", problem)
         team = _team_scope(user)
-        await plugin.writer.aflush(60.0)
+        flushed = await plugin.writer.aflush(60.0)
+        fields, headers = completeness(plugin.writer, session, flushed)
 
         def read() -> list[dict[str, Any]]:
             rows = team_traces(plugin.reader.iter_traces(session=session, since=since), team, limit)
@@ -134,9 +132,11 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         try:
             traces = await asyncio.to_thread(read)
         except Exception as exc:
-            log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
-            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
-        return {"session": session, "count": len(traces), "traces": traces}
+            log.error("litellm-rllm: reading session %s failed: %s: %.200s", session, type(exc).__name__, exc)
+            detail = ("the trace store's file is missing (deleted?); the writer recreates it with the next trace"
+                      if isinstance(exc, FileNotFoundError) else "the trace store is unreachable; retry later")
+            raise HTTPException(status_code=503, detail=detail) from None
+        return JSONResponse({"session": session, "count": len(traces), **fields, "traces": traces}, headers=headers)
 
     @router.get("/rllm/stats", tags=["litellm-rllm"])
     async def rllm_stats(user: Any = Depends(_caller)) -> Any:

@@ -76,15 +76,24 @@ class StoreCaller:
     ) -> Any:
         """``fn(*args)`` in the helper thread; its result, or its exception re-raised.
 
-        Raises ``StoreBusy`` while an earlier call still runs, ``StoreTimeout`` past
+        Raises ``StoreBusy`` if an earlier call still runs at the deadline, ``StoreTimeout`` past
         ``deadline`` (monotonic) or once ``give_up()`` is true. ``on_late(result, error)`` is
         called in the helper thread if the call ends after the writer gave up on it."""
-        with self._lock:
-            if self.busy:
+        while True:
+            with self._lock:
+                previous = self._job
+                if previous is None or previous.done.is_set():
+                    job = self._job = _Job(fn, args)
+                    job.on_late = on_late
+                    self._ensure_thread()
+                    break
+            # an earlier call still runs (one the writer gave up on, or the store's opening):
+            # wait for it within this call's own time
+            if previous.done.wait(POLL_S):
+                continue
+            if (deadline is not None and time.monotonic() >= deadline) or (give_up is not None and give_up()) \
+                    or deadline is None:
                 raise StoreBusy(f"the previous store call has been running for {self.busy_for():.1f}s")
-            job = self._job = _Job(fn, args)
-            job.on_late = on_late
-            self._ensure_thread()
         self._wake.set()
         while not job.done.wait(POLL_S):
             now = time.monotonic()
@@ -99,6 +108,19 @@ class StoreCaller:
         if job.error is not None:
             raise job.error
         return job.result
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` without waiting for it (opening the store at start); False if a
+        call is running. Its outcome is only logged if it fails."""
+        with self._lock:
+            if self.busy:
+                return False
+            job = self._job = _Job(fn, args)
+            job.abandoned = True
+            job.on_late = _log_failure
+            self._ensure_thread()
+        self._wake.set()
+        return True
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no call runs (True) or ``timeout`` passes (False)."""
@@ -128,7 +150,9 @@ class StoreCaller:
             with self._lock:
                 job.done.set()
                 late = job.abandoned
-            if late:
+            if late and job.on_late is _log_failure:
+                _log_failure(job.result, job.error)
+            elif late:
                 self.late += 1
                 took = time.monotonic() - job.started
                 logger.warning(
@@ -140,6 +164,11 @@ class StoreCaller:
                         job.on_late(job.result, job.error)
                     except Exception:  # noqa: BLE001
                         logger.exception("trace writer: handling a late store answer failed")
+
+
+def _log_failure(_result: Any, error: Optional[BaseException]) -> None:
+    if error is not None:
+        logger.warning("trace writer: opening the store failed (%r); retried with the first write", error)
 
 
 __all__ = ["POLL_S", "StoreBusy", "StoreCaller", "StoreTimeout"]

@@ -395,7 +395,8 @@ class TraceWriter:
     # ------------------------------------------------------------------------- writer thread
 
     def _run(self) -> None:
-        next_check = 0.0
+        next_check = time.monotonic() + _STORE_CHECK_INTERVAL
+        self._caller.start(self._open_store)  # a store process starts in ~1 s: not in a write's time
         while True:
             barriers: list[_Barrier] = []
             try:
@@ -881,6 +882,11 @@ class TraceWriter:
             self._caller.call(check, deadline=time.monotonic() + self._spool_after)
         except Exception as exc:  # noqa: BLE001 - the next write finds out too
             logger.debug("trace writer: store check failed: %r", exc)
+
+    def _open_store(self) -> None:
+        check = getattr(self._ensure_store(), "check", None)
+        if check is not None:
+            check()
 
     def _ensure_store(self) -> TraceStore:
         if self._store is None:
