@@ -367,6 +367,8 @@ class SqliteStore(TraceStore):
         """A keyset-paginated query (its last two parameters are ``key > ?`` and ``LIMIT ?``,
         the key being the first column it selects), its leading parameters, and the key to
         start after; None when nothing can match."""
+        with self._lock:
+            self._live()  # a read starts on the file that is at the path now
         # The unary + keeps SQLite walking the write-order index instead of created_us.
         time_sql = "" if since_us is None else " AND +t.created_us >= ?"
         time_params: tuple[Any, ...] = () if since_us is None else (since_us,)
@@ -383,8 +385,6 @@ class SqliteStore(TraceStore):
                 f" WHERE t.session_key = ''{time_sql} AND t.seq > ? ORDER BY t.seq LIMIT ?"
             )
             return query, time_params, -1
-        with self._lock:
-            self._live()  # a read starts on the file that is at the path now
         start = 0
         if since_us is not None:
             # created_at is only roughly monotonic in write order: start the walk at the
