@@ -254,7 +254,8 @@ class TraceWriter:
         if now - self._last_drop_log < _DROP_LOG_INTERVAL:
             return
         self._last_drop_log = now
-        reason = "writer is closed" if self._closed else f"queue is full ({self._max_queue})"
+        reason = "writer is closed" if self._closed else (
+            f"queue is full (writer_max_queue {self._max_queue}, {self._held_traces} of them held in memory)")
         logger.error(
             "trace writer: %s, trace %s dropped (%d dropped so far; next report in %.0fs)",
             reason,

@@ -257,7 +257,7 @@ def test_close_with_the_store_down_leaves_everything_in_the_spool(db: str, tmp_p
 
 def _answer_line(session: str, index: int, resp: httpx.Response, base: str) -> dict[str, Any]:
     return {"session": session, "index": index, "status": resp.status_code, "proxy": base,
-            "call_id": resp.headers.get("x-litellm-call-id")}
+            "call_id": resp.headers.get("x-litellm-call-id"), "t": time.time()}
 
 
 async def _load(args: argparse.Namespace) -> None:
@@ -292,7 +292,8 @@ async def _load(args: argparse.Namespace) -> None:
                     try:
                         resp = await client.post(f"{base}/meta/{slug}/v1/chat/completions", json=body)
                     except httpx.HTTPError as exc:
-                        out.write(json.dumps({"session": sid, "index": index, "error": repr(exc)[:200]}) + "\n")
+                        out.write(json.dumps({"session": sid, "index": index, "error": repr(exc)[:200],
+                                              "t": time.time()}) + "\n")
                         if args.stop_on_error:
                             return
                         await asyncio.sleep(0.2)
