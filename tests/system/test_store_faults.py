@@ -205,22 +205,15 @@ def test_unwritable_shm_kills_only_the_store_process_and_the_proxy_serves_on(
 # ====================================================================================== 4 SIGKILL on a lock
 
 
-def test_sigkill_while_the_sqlite_writer_waits_on_a_lock_loses_at_most_the_last_moment(
-    tmp_path: Path, upstream_urls: dict[str, str], vllm_upstream: Any
-) -> None:
-    """Another process holds the SQLite write lock: the writer's call waits in SQLite's busy
-    timeout, the backlog goes to the spool after `spool_after` (1 s) all the same, and a session
-    read says it is incomplete. SIGKILL then loses only what was not yet spooled (the last
-    second or so, at most `writer_batch_size` + 2,048 traces); the next proxy replays the rest."""
-    folder = tmp_path / "store"
-    db = folder / "traces.db"
-    proxy = sqlite_proxy(tmp_path, upstream_urls, db)
-    blocker = None
+def sigkill_on_a_held_lock(tmp_path: Path, proxy: harness.ProxyProcess, store_url: str, hold: Any) -> None:
+    """Hold the store's write lock (``hold()`` -> a release function) under load, read a session
+    and flush mid-fault, SIGKILL the proxy, release, start a new proxy on the same config and
+    spool, and check what was lost."""
+    release = None
     try:
         load, out, stop = run_load(tmp_path, proxy, "kill")
         wait_answers(out, 20)
-        blocker = sqlite3.connect(str(db), isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the write lock, held
+        release = hold()
         time.sleep(4)
         mid = faults.writer_stats(proxy.base_url)
         session_answered = len([a for a in answers(out) if a["session"] == "kill-2" and a.get("status") == 200])
@@ -230,16 +223,15 @@ def test_sigkill_while_the_sqlite_writer_waits_on_a_lock_loses_at_most_the_last_
         proxy.proc.send_signal(signal.SIGKILL)
         proxy.proc.wait(30)
         stop_load(load, stop)
-        blocker.rollback()
-        blocker.close()
-        blocker = None
+        release()
+        release = None
         proxy.stop()
         proxy = harness.ProxyProcess(proxy.config).wait_ready()  # replays the spool it inherits
         faults.flush_until_200(proxy.base_url)
         reread = httpx.get(f"{proxy.base_url}/rllm/sessions/kill-2/traces", headers=harness.auth(), timeout=60)
     finally:
-        if blocker is not None:
-            blocker.close()
+        if release is not None:
+            release()
         proxy.stop()
     assert mid["spooled"] > 0 and mid["queue_depth"] < 256 + 2048 and mid["failed"] == 0, mid
     assert mid["store_call_running_ms"] > 1000, mid  # the call still waits on the lock
@@ -249,8 +241,109 @@ def test_sigkill_while_the_sqlite_writer_waits_on_a_lock_loses_at_most_the_last_
     assert body["count"] + body["pending"] >= session_answered
     assert flush_status == 503 and flushed["spooled"] > 0, flushed
     answered = [a for a in answers(out) if a.get("status") == 200]
-    missing = faults.check_stored_once(f"sqlite:///{db}", answered, may_miss=lambda a: a["t"] > killed_at - 2.0)
+    missing = faults.check_stored_once(store_url, answered, may_miss=lambda a: a["t"] > killed_at - 2.0)
     assert len(missing) <= 256 + 2048
     assert reread.json()["complete"] is True
-    print(f"[SIGKILL on a held lock] {len(answered)} answered; mid-fault spooled {mid['spooled']}, queue "
-          f"{mid['queue_depth']}; {len(missing)} lost, all answered in the last 2 s before the kill")
+    print(f"[SIGKILL on a held lock, {store_url.split(':')[0]}] {len(answered)} answered; mid-fault spooled "
+          f"{mid['spooled']}, queue {mid['queue_depth']}; {len(missing)} lost, all answered in the last 2 s "
+          f"before the kill")
+
+
+def test_sigkill_while_the_sqlite_writer_waits_on_a_lock_loses_at_most_the_last_moment(
+    tmp_path: Path, upstream_urls: dict[str, str], vllm_upstream: Any
+) -> None:
+    """Another process holds the SQLite write lock: the writer's call waits in SQLite's busy
+    timeout, the backlog goes to the spool after `spool_after` (1 s) all the same, and a session
+    read says it is incomplete. SIGKILL then loses only what was not yet spooled (the last
+    second or so, at most `writer_batch_size` + 2,048 traces); the next proxy replays the rest."""
+    db = tmp_path / "store" / "traces.db"
+    proxy = sqlite_proxy(tmp_path, upstream_urls, db)
+
+    def hold() -> Any:
+        blocker = sqlite3.connect(str(db), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock, held
+
+        def release() -> None:
+            blocker.rollback()
+            blocker.close()
+        return release
+
+    sigkill_on_a_held_lock(tmp_path, proxy, f"sqlite:///{db}", hold)
+
+
+def test_sigkill_while_the_postgres_writer_waits_on_a_lock_loses_at_most_the_last_moment(
+    pg_server: Any, tmp_path: Path, upstream_urls: dict[str, str], vllm_upstream: Any
+) -> None:
+    """The same with PostgreSQL: a session holds a lock on the table every write takes a row
+    lock in, so the writer's transaction waits (no client timeout cuts a lock wait)."""
+    import psycopg
+
+    from litellm_rllm.store.postgres import parse_url
+    from tests.support.pg import unique_schema, with_schema
+
+    store_url = with_schema(pg_server.url(), unique_schema("lock"))
+    config = harness.write_config(tmp_path, upstreams=upstream_urls, store_url=store_url,
+                                  extra_settings={"spool_dir": "spool"})
+    proxy = harness.ProxyProcess(config).wait_ready()
+    conninfo, schema = parse_url(store_url)
+
+    def hold() -> Any:
+        blocker = psycopg.connect(conninfo)
+        blocker.execute(f'LOCK TABLE "{schema}".session_seq IN SHARE ROW EXCLUSIVE MODE')
+
+        def release() -> None:
+            blocker.rollback()
+            blocker.close()
+        return release
+
+    sigkill_on_a_held_lock(tmp_path, proxy, store_url, hold)
+
+
+# ====================================================================================== 5 replay rate
+
+
+def test_postgres_back_after_an_outage_the_spool_replays_faster_than_the_load(
+    tmp_path: Path, upstream_urls: dict[str, str], vllm_upstream: Any
+) -> None:
+    """PostgreSQL stopped for 8 s under load, then started again while the load goes on: the
+    spool must drain while calls keep coming (replayed in large batches, one transaction each),
+    not only once the load stops."""
+    from tests.support.pg import start_server_or_skip
+
+    server = start_server_or_skip()  # this test's own: it is stopped
+    try:
+        server.create_database()
+        config = harness.write_config(tmp_path, upstreams=upstream_urls, store_url=server.url(),
+                                      extra_settings={"spool_dir": "spool"})
+        proxy = harness.ProxyProcess(config).wait_ready()
+        samples: list[tuple[float, int, dict[str, Any]]] = []
+        try:
+            load, out, stop = run_load(tmp_path, proxy, "replay")
+            wait_answers(out, 20)
+            server.stop()
+            time.sleep(8)
+            outage = faults.writer_stats(proxy.base_url)
+            server.start()
+            back_at = time.monotonic()
+            while time.monotonic() - back_at < 10:
+                samples.append((time.monotonic() - back_at, len(answers(out)), faults.writer_stats(proxy.base_url)))
+                time.sleep(0.5)
+            stop_load(load, stop)
+            final = faults.flush_until_200(proxy.base_url)[-1][1]
+        finally:
+            proxy.stop()
+        answered = all_served(out)
+        faults.check_stored_once(server.url(), answered)
+    finally:
+        server.destroy()
+    assert outage["spool_pending"] > 20 and outage["failed"] == 0, outage
+    drained = next((t for t, _, w in samples if w["spool_pending"] == 0), None)
+    assert drained is not None, [(round(t, 1), w["spool_pending"]) for t, _, w in samples]
+    start_answers = samples[0][1]
+    end_answers = samples[-1][1]
+    load_rate = (end_answers - start_answers) / (samples[-1][0] - samples[0][0])
+    replayed = outage["spool_pending"] / max(drained, 0.5)  # at least this fast: it was all gone by then
+    assert replayed > load_rate, (replayed, load_rate)
+    assert final["lost_total"] == 0
+    print(f"[PostgreSQL outage] {outage['spool_pending']} spooled traces drained {drained:.1f}s after the "
+          f"restart (>= {replayed:.0f} traces/s) under a load of {load_rate:.1f} calls/s")
