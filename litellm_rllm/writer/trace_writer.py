@@ -187,6 +187,7 @@ class TraceWriter:
         self._replay_bytes = replay_bytes
         self._replay_timeout = replay_timeout
         self._close_deadline: Optional[float] = None
+        self._barriers_waiting = 0
         self._spool_retry_at = 0.0
         self._last_hold_log = float("-inf")
         self._last_spool_error_log = float("-inf")
@@ -298,6 +299,7 @@ class TraceWriter:
             if self._exited:  # nothing pops any more; list() copies the deque atomically
                 return not any(type(x) is not _Barrier for x in list(self._queue))
             self._queue.append(barrier)
+            self._barriers_waiting += 1
         self._wake.set()
         return None
 
@@ -402,7 +404,9 @@ class TraceWriter:
             barriers: list[_Barrier] = []
             try:
                 self._wake.clear()
-                items, barriers = self._take()
+                # While batches go to the spool, take larger ones: one fsync each keeps up with
+                # any request rate (the SIGKILL loss bound is the queue plus one batch).
+                items, barriers = self._take(self._replay_batch if self._has_backlog() else None)
                 if items and not barriers:
                     barriers = self._linger_for_more(items)
                 if items:
@@ -427,6 +431,9 @@ class TraceWriter:
             finally:
                 for barrier in barriers:
                     barrier.release()
+                if barriers:
+                    with self._lock:
+                        self._barriers_waiting -= len(barriers)
         try:
             self._exit_drain()
         except Exception:  # noqa: BLE001
@@ -511,19 +518,22 @@ class TraceWriter:
 
     def _place(self, rows: list[EncodedTrace]) -> None:
         """One encoded batch to the store, the spool or memory, behind whatever already waits
-        (so per-session order, hence ``seq``, is the submit order)."""
-        if self._backlog_due():
-            self._drain()
-        if self._held:
-            self._hold(rows, "older traces wait in memory")
-            return
-        if self._spool is not None:
-            if self._spool.has_pending():
+        (so per-session order, hence ``seq``, is the submit order). While something waits the
+        batch goes behind it first (durable in the spool before any replay), then the replay."""
+        if not self._has_backlog() and self._backlog_due():
+            self._drain()  # the periodic look for dead processes' spool files
+        if self._has_backlog():
+            if self._held:
+                self._held_to_spool()
+            if self._held:
+                self._hold(rows, "older traces wait in memory")
+            else:
                 self._failover(rows, None)
-                return
-            if len(self._queue) > self._spool_backlog:
-                self._failover(rows, f"queue past {self._spool_backlog} (store too slow)")
-                return
+            self._drain()
+            return
+        if self._spool is not None and len(self._queue) > self._spool_backlog:
+            self._failover(rows, f"queue past {self._spool_backlog} (store too slow)")
+            return
         self._write(rows)
 
     def _store_write(self, rows: Sequence[EncodedTrace]) -> EncodedWriteResult:
@@ -534,6 +544,13 @@ class TraceWriter:
         """A waiting writer gives up on a store call once the queue is past the spool backlog:
         the SIGKILL loss bound is the queue plus one batch, at any request rate."""
         return len(self._queue) > self._spool_backlog
+
+    def _replay_give_up(self) -> Callable[[], bool]:
+        """A replay may take longer than a write (large batches), but not while the queue grows
+        past the backlog, nor past ``spool_after`` while a flush waits for an answer."""
+        started = time.monotonic()
+        return lambda: self._backlog_too_long() or (
+            self._barriers_waiting > 0 and time.monotonic() - started > self._spool_after)
 
     def _write(self, traces: list[EncodedTrace]) -> None:
         """One batch, retried with backoff (exactly-once makes a retry after an unknown
@@ -717,7 +734,7 @@ class TraceWriter:
             rows = self._held[0]
             try:
                 result = self._caller.call(self._store_write, rows, deadline=time.monotonic() + self._replay_timeout,
-                                           give_up=self._backlog_too_long)
+                                           give_up=self._replay_give_up())
             except TraceEncodeError as exc:
                 self._lose([t for t in rows if t.trace_id in exc.errors], "the store refuses them")
                 self._pending.remove(rows)
@@ -787,7 +804,7 @@ class TraceWriter:
             rows = [row for record in records for row in record.rows]
             try:
                 result = self._caller.call(self._store_write, rows, deadline=time.monotonic() + self._replay_timeout,
-                                           give_up=self._backlog_too_long)
+                                           give_up=self._replay_give_up())
             except TraceEncodeError as exc:  # values the backend refuses; never loop
                 self._lose([t for t in rows if t.trace_id in exc.errors], "the store refuses them")
                 try:

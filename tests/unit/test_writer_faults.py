@@ -236,3 +236,35 @@ def test_close_with_the_store_refusing_keeps_the_spool_and_does_not_wait(db: str
     finally:
         again.close()
         store.close()
+
+
+def test_flush_answer_is_503_while_traces_wait_409_once_per_loss_and_200_only_when_all_are_stored(
+    db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from litellm_rllm.callbacks.flush_report import flush_answer
+
+    store = FaultyStore(db)
+    spool = FullDiskSpool(str(tmp_path / "spool"))
+    writer = TraceWriter(store, retry_delays=FAST, batch_size=1, max_queue=3, spool=spool, probe_interval=0.05,
+                         close_at_exit=False)
+    try:
+        store.down = True
+        writer.submit(make("a0"))
+        status, body = flush_answer(writer, writer.flush(10), 10)
+        assert (status, body["flushed"], body["durable"], body["spooled"], body["held"]) == (503, False, True, 1, 0)
+        spool.full = True
+        for i in range(1, 6):  # past max_queue: some are lost
+            writer.submit(make(f"a{i}"))
+            writer.flush(10)
+        status, body = flush_answer(writer, True, 10)
+        assert status == 409 and body["lost"] == body["lost_total"] > 0 and body["flushed"] is False, body
+        assert "traces lost since the last flush" in caplog.text
+        status, body = flush_answer(writer, True, 10)
+        assert status == 503 and body["durable"] is False and body["held"] > 0, body  # reported once
+        store.down, spool.full = False, False
+        assert wait_until(lambda: writer.flush(1) and flush_answer(writer, True, 10)[0] == 200)
+        status, body = flush_answer(writer, writer.flush(10), 10)
+        assert status == 200 and body["flushed"] is True and body["lost_total"] > 0
+    finally:
+        writer.close()
+        store.close()
