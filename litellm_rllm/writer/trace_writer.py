@@ -406,7 +406,7 @@ class TraceWriter:
                 self._wake.clear()
                 # While batches go to the spool, take larger ones: one fsync each keeps up with
                 # any request rate (the SIGKILL loss bound is the queue plus one batch).
-                items, barriers = self._take(self._replay_batch if self._has_backlog() else None)
+                items, barriers = self._take(max(self._batch_size, self._replay_batch) if self._has_backlog() else None)
                 if items and not barriers:
                     barriers = self._linger_for_more(items)
                 if items:
