@@ -7,18 +7,29 @@ drains the deque in batches: an encoder turns each batch into encoded rows (in t
 in a helper process: ``encoders.py``, ``build_process.py``), then one store transaction.
 
 Ordering/barrier: the deque is FIFO and has one consumer, so ``flush`` appends a marker and
-waits until the thread has passed it: everything submitted before the call is then durable
-(written, spooled, or definitively failed and counted).
+waits until the thread has passed it: everything submitted before the call is then handled
+(written, spooled, held in memory, or definitively lost and counted).
 
-Spool (optional, ``spool=``): a batch the store did not take (retries exhausted, or the store
-cannot be opened) or that would wait too long (the queue is past ``spool_backlog``: the store is
-too slow) is appended to a local fsynced spool file instead, and serving goes on. While the
-spool holds traces, new batches go behind them in the spool (so per-session order, hence
-``seq``, is the submit order), and the thread replays the spool into the store, oldest first,
-whenever the store answers again: a probe every ``probe_interval`` seconds, and at every flush
-barrier. Replaying is idempotent (the store skips known trace ids). A batch the spool cannot
-take (full: ``spool_max_bytes``; or a disk error) is counted as ``failed`` /
-``spool_dropped`` and its trace ids logged: nothing is dropped silently.
+Store calls run in a store-call thread (``store_call.py``): a call that hangs (a lock wait, a
+silent server) is left running after ``spool_after`` seconds, or as soon as the queue passes
+``spool_backlog``, and its batch goes to the spool, so the queue (what a SIGKILL loses) stays
+bounded at any request rate.
+
+Spool (optional, ``spool=``): a batch the store did not take (retries exhausted, the store
+cannot be opened, a call that hangs) or that would wait too long (the queue is past
+``spool_backlog``: the store is too slow) is appended to a local fsynced spool file instead,
+and serving goes on. While traces wait, new batches go behind them (so per-session order,
+hence ``seq``, is the submit order), and the thread replays the spool into the store, oldest
+first, in batches of up to ``replay_batch`` traces per transaction, whenever the store answers
+again: a probe every ``probe_interval`` seconds, and at every flush barrier. Replaying is
+idempotent (the store skips known trace ids).
+
+Held (in memory): a batch neither the store nor the spool takes (the spool's disk is full or
+failing, ``spool_max_bytes`` reached, or no spool) waits in memory, in order, and goes to the
+spool or the store as soon as either takes it again. The queue and the held traces together
+are bounded by ``max_queue``; past it traces are lost: counted (``failed`` / ``dropped``) and
+logged with their ids, and ``take_lost`` reports them once (the flush route's 409). Nothing is
+dropped silently. ``pending_for(uid)`` counts a session's traces not in the store yet.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ DEFAULT_RETRY_DELAYS: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
 _DROP_LOG_INTERVAL = 10.0  # seconds between "queue full" error lines (a full queue floods)
 _ORPHAN_SCAN_INTERVAL = 60.0  # seconds between looks for spool files of dead processes
 _STORE_CHECK_INTERVAL = 1.0  # seconds between an idle writer's store checks (a deleted file)
+_SLOW_PROBE_S = 0.05  # a failed replay that took this long is a store that times out
 
 
 class _Barrier:
@@ -106,7 +118,9 @@ class TraceWriter:
     depth past which batches are spooled rather than waiting for a slow store (default:
     8 batches, at least 2,048 items); ``probe_interval`` the seconds between replay attempts
     while the store is down; ``drain_budget`` the seconds a replay may run before the thread
-    also serves the queue.
+    also serves the queue; ``replay_batch`` / ``replay_bytes`` the most one replay transaction
+    takes; ``replay_timeout`` how long the writer waits for one (less while a flush waits).
+    ``spool_after`` also bounds every wait for a store call (module docstring).
     """
 
     def __init__(
@@ -338,8 +352,15 @@ class TraceWriter:
         Spool: ``spooled`` traces were appended to it; once replayed they count in ``written``
         or ``duplicates`` (and in ``replayed``); ``spool_pending`` are in it now, not yet in the
         store (``spool_bytes`` on disk, including files adopted from dead processes);
-        ``spool_dropped`` did not fit (also in ``failed``); ``adopted`` were replayed from
-        spools that earlier or dead processes left behind (not in ``submitted``)."""
+        ``spool_dropped`` did not fit in it nor in memory (also in ``failed``); ``adopted`` were
+        replayed from spools that earlier or dead processes left behind (not in ``submitted``).
+
+        Faults: ``held`` traces wait in memory (neither the store nor the spool took them),
+        ``recovered`` were held and then written; ``lost`` = ``dropped`` + ``failed`` +
+        ``build_errors``; ``store_calls_late`` store calls ended after the writer stopped
+        waiting for them; ``store_call_running_ms`` is how long the current one has run; the
+        store's own counters (``store_reopened``, ``store_process_lost``, ``wal_bytes``, ...)
+        as of its last answer."""
         with self._lock:
             submitted, dropped, depth = self._submitted, self._dropped, len(self._queue)
         spool = self._spool
@@ -612,6 +633,8 @@ class TraceWriter:
         """Keep ``rows`` in memory until the store or the spool takes them; bounded by
         ``max_queue`` traces together with the queue (then lost: counted and logged)."""
         if self._held_traces + len(rows) > self._max_queue:
+            if self._spool is not None:
+                self._spool_dropped += len(rows)
             self._lose(rows, f"neither the store nor the spool takes traces and {self._held_traces} "
                              f"are held in memory already (writer_max_queue {self._max_queue})")
             return
@@ -715,8 +738,11 @@ class TraceWriter:
         if not self._has_backlog():
             return True
         if self._last_failure is not None:
-            gap = self._last_probe_cost if forced else max(self._probe_interval, self._last_probe_cost)
-            if now - self._last_failure < gap or self._caller.busy:
+            # A flush tries at once, unless failed tries would then take over half the thread's
+            # time (a store that times out rather than refuses); otherwise every probe_interval.
+            slow = self._last_probe_cost if self._last_probe_cost >= _SLOW_PROBE_S else 0.0
+            gap = slow if forced else max(self._probe_interval, self._last_probe_cost)
+            if now - self._last_failure < gap or (self._caller.busy and not forced):
                 self._held_to_spool()
                 return False
         deadline = now + self._drain_budget
