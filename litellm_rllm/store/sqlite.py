@@ -59,6 +59,7 @@ CHECKPOINT_BYTES = 1 << 20  # the checkpointer's pace (see _Checkpointer)
 CHECKPOINT_MAX_WAIT_S = 0.1
 CHECKPOINT_RETRY_S = 0.5  # a failing checkpointer tries again this often (a full disk)
 CHECKPOINT_TRUNCATE_BUSY_MS = 100  # a TRUNCATE checkpoint waits this long for readers/writers
+CHECKPOINT_TRUNCATE_TRIES = 20  # then it gives up truncating (PASSIVE again; journal_size_limit)
 _IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
 
 _V1 = (
@@ -202,6 +203,8 @@ class SqliteStore(TraceStore):
         self._identity: Optional[tuple[int, int]] = None
         self.reopened = 0  # times the file was found deleted or replaced, and opened anew
         self.reconnects = 0  # connections replaced after an I/O error
+        self._checkpoint_errors = 0  # of checkpointers replaced with their connection
+        self._wal_recovering = False  # the next checkpointer starts with TRUNCATE checkpoints
         self._conn: Optional[sqlite3.Connection] = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -260,6 +263,8 @@ class SqliteStore(TraceStore):
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.stop()
+            self._checkpoint_errors += checkpointer.errors
+            self._wal_recovering = self._wal_recovering or checkpointer.failing
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -279,7 +284,7 @@ class SqliteStore(TraceStore):
         except OSError:
             wal = 0
         return {"store_reopened": self.reopened, "store_reconnects": self.reconnects, "wal_bytes": wal,
-                "checkpoint_errors": checkpointer.errors if checkpointer is not None else 0}
+                "checkpoint_errors": self._checkpoint_errors + (checkpointer.errors if checkpointer is not None else 0)}
 
     @classmethod
     def from_url(cls, url: str) -> "SqliteStore":
@@ -310,6 +315,7 @@ class SqliteStore(TraceStore):
                     except sqlite3.Error as exc:
                         if _needs_new_connection(exc):  # e.g. a read-only or vanished file
                             self.reconnects += 1
+                            self._wal_recovering = True  # the WAL may have grown meanwhile
                             self._drop_connection()
                         raise
                     if self._identity is None or _file_identity(self.path) == self._identity:
@@ -432,7 +438,9 @@ class SqliteStore(TraceStore):
             if self._checkpointer is None:
                 with self._lock:
                     if self._checkpointer is None and not self._closed:
-                        self._checkpointer = _Checkpointer(self.path, self._busy_timeout)
+                        self._checkpointer = _Checkpointer(self.path, self._busy_timeout,
+                                                           recovering=self._wal_recovering)
+                        self._wal_recovering = False
             if self._checkpointer is not None:
                 self._checkpointer.poke(committed_bytes)
         except Exception:  # noqa: BLE001 - e.g. no new threads at interpreter shutdown
@@ -472,7 +480,7 @@ class _Checkpointer:
     """
 
     def __init__(self, path: str, busy_timeout: float, batch_bytes: int = CHECKPOINT_BYTES,
-                 max_wait: float = CHECKPOINT_MAX_WAIT_S) -> None:
+                 max_wait: float = CHECKPOINT_MAX_WAIT_S, recovering: bool = False) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
         self._batch_bytes = batch_bytes
@@ -482,6 +490,7 @@ class _Checkpointer:
         self._enough = threading.Event()
         self._stopping = False
         self.errors = 0
+        self.failing = recovering  # after errors (here or in the connection before): TRUNCATE first
         self._thread = threading.Thread(
             target=self._run, name="litellm-rllm-sqlite-checkpointer", daemon=True
         )
@@ -505,7 +514,8 @@ class _Checkpointer:
         again every ``CHECKPOINT_RETRY_S``; the first checkpoint after errors is a TRUNCATE,
         so the WAL grown meanwhile goes back to zero bytes once space returns."""
         conn: Optional[sqlite3.Connection] = None
-        failing_since: Optional[float] = None
+        failing_since: Optional[float] = time.monotonic() if self.failing else None
+        busy_tries = 0
         last_log = float("-inf")
         while not self._stopping:
             if failing_since is None:
@@ -528,14 +538,22 @@ class _Checkpointer:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     continue
                 busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if busy:
-                    continue  # readers or a writer in the way: again in a moment
+                if busy:  # readers or a writer in the way: again in a moment, a few times
+                    busy_tries += 1
+                    if busy_tries < CHECKPOINT_TRUNCATE_TRIES:
+                        continue
+                    logger.warning("SQLite checkpointer for %s: checkpoints work again; the WAL stays in use "
+                                   "by readers, journal_size_limit cuts it back when it restarts", self._path)
+                    failing_since, self.failing, busy_tries = None, False, 0
+                    continue
                 logger.warning("SQLite checkpointer for %s: checkpoints work again after %.1fs of errors; "
                                "WAL truncated", self._path, time.monotonic() - failing_since)
                 failing_since = None
+                self.failing = False
             except Exception as exc:  # noqa: BLE001 - never stop: the WAL would grow unbounded
                 self.errors += 1
                 now = time.monotonic()
+                self.failing = True
                 if failing_since is None:
                     failing_since = now
                 if now - last_log >= 10.0:

@@ -742,7 +742,8 @@ class TraceWriter:
             # time (a store that times out rather than refuses); otherwise every probe_interval.
             slow = self._last_probe_cost if self._last_probe_cost >= _SLOW_PROBE_S else 0.0
             gap = slow if forced else max(self._probe_interval, self._last_probe_cost)
-            if now - self._last_failure < gap or (self._caller.busy and not forced):
+            hung = self._caller.busy and (not forced or self._caller.busy_for() > self._spool_after)
+            if now - self._last_failure < gap or hung:
                 self._held_to_spool()
                 return False
         deadline = now + self._drain_budget

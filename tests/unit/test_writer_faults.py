@@ -268,3 +268,23 @@ def test_flush_answer_is_503_while_traces_wait_409_once_per_loss_and_200_only_wh
     finally:
         writer.close()
         store.close()
+
+
+def test_spool_whose_folder_was_deleted_writes_a_new_file_with_what_was_pending(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "spool"
+    spool = Spool(str(folder))
+    try:
+        assert spool.append([make("p0", "x"), make("p1", "x")])
+        shutil.rmtree(folder)  # the operator's mistake: the file is gone, our fd is not
+        assert spool.append([make("p2", "x")])
+        assert (folder / "spool-0.rllm").exists() and spool.pending_traces == 3
+    finally:
+        spool.close()
+    again = Spool(str(folder))  # what a restarted process finds there
+    try:
+        rows = [row.trace_id for record in again.own.iter_records() for row in record.rows]
+        assert rows == ["p0", "p1", "p2"]
+    finally:
+        again.close()
