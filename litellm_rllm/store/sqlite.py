@@ -546,8 +546,8 @@ class _Checkpointer:
                                    "by readers, journal_size_limit cuts it back when it restarts", self._path)
                     failing_since, self.failing, busy_tries = None, False, 0
                     continue
-                logger.warning("SQLite checkpointer for %s: checkpoints work again after %.1fs of errors; "
-                               "WAL truncated", self._path, time.monotonic() - failing_since)
+                logger.warning("SQLite checkpointer for %s: checkpoints work again after errors; WAL truncated",
+                               self._path)
                 failing_since = None
                 self.failing = False
             except Exception as exc:  # noqa: BLE001 - never stop: the WAL would grow unbounded
