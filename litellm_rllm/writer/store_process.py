@@ -214,10 +214,7 @@ class StoreProcess(TraceStore):
             except Exception:  # noqa: BLE001 - a listener must not turn a commit into an error
                 pass
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _FORWARDED:
-            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
 
     def _read_plan(self, session: Optional[str], since_us: Optional[int]) -> Any:
         return self._call("_read_plan", session, since_us)
@@ -262,6 +259,21 @@ class StoreProcess(TraceStore):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _forwarder(name: str) -> Any:
+    def call(self: StoreProcess, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = f"``{name}`` of the SQLite store, run in the store process."
+    return call
+
+
+# The trainer's store calls (inherited from TrainerStore, whose own versions need the tables in
+# this process) and the other forwarded reads: each runs in the child.
+for _name in _FORWARDED:
+    setattr(StoreProcess, _name, _forwarder(_name))
 
 
 def open_for_proxy(url: str, *, reader: bool = False, isolate: bool = True) -> TraceStore:
