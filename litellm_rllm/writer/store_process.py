@@ -261,9 +261,17 @@ class StoreProcess(TraceStore):
             proc.wait()
 
 
+# Forwarded writes that add feed items: this proxy's followers are woken after them, as after
+# ``write_encoded`` (the child's store has no listeners; they live here).
+_FEED_WRITES = frozenset({"add_reward", "finish"})
+
+
 def _forwarder(name: str) -> Any:
     def call(self: StoreProcess, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, *args, **kwargs)
+        result = self._call(name, *args, **kwargs)
+        if name in _FEED_WRITES and not getattr(result, "duplicate", True):
+            self._committed()
+        return result
 
     call.__name__ = name
     call.__doc__ = f"``{name}`` of the SQLite store, run in the store process."

@@ -88,3 +88,20 @@ def test_store_process_reader_reports_a_missing_file_without_creating_it(tmp_pat
         assert not path.parent.exists()
     finally:
         reader.close()
+
+
+def test_store_process_wakes_its_feed_listeners_after_a_new_reward_or_finish_not_a_repeat(tmp_path: Path) -> None:
+    store = StoreProcess(str(tmp_path / "traces.db"))
+    fired: list[int] = []
+    store.add_commit_listener(lambda: fired.append(1))
+    try:
+        store.write([make("t1", "ep")])
+        assert len(fired) == 1
+        assert store.add_reward("ep", 0.5, idempotency_key="k").duplicate is False
+        assert store.add_reward("ep", 0.5, idempotency_key="k").duplicate is True
+        assert store.finish("ep", 1.0).duplicate is False
+        assert store.finish("ep", 1.0).duplicate is True
+        assert len(fired) == 3  # the trace, the reward, the finish: not the repeats
+        assert [c.kind for c in store.changes(0, 10).items] == ["trace", "reward", "finish"]
+    finally:
+        store.close()
