@@ -39,6 +39,7 @@ __all__ = [
     "HEADER",
     "Follower",
     "Session",
+    "TracesLost",
     "current_metadata",
     "current_session",
     "current_slug",
@@ -279,18 +280,30 @@ def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, An
     """Block until every call the proxy finished before now is durable.
 
     Returns `{"flushed": true, ...}` once everything is in the store, or `{"flushed": false,
-    "durable": true, "spooled": N}` while the store is unreachable and N traces wait in the
-    proxy's local spool (retry later). Call it on each proxy a rollout used (each has its own
-    writer). Needs the master key or an admin key.
+    "spooled": N, "held": M}` while the store does not take traces and they wait in the proxy's
+    local spool or its memory (retry later). Raises `TracesLost` when traces were lost since the
+    previous flush (HTTP 409). Call it on each proxy a rollout used (each has its own writer).
+    Needs the master key or an admin key.
     """
     import httpx
 
     resp = httpx.post(f"{_proxy_root(base_url)}/rllm/flush", params={"timeout": timeout},
                       headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout + 10)
-    if resp.status_code == 503 and resp.json().get("durable"):
+    if resp.status_code == 503 and "flushed" in resp.json():
         return resp.json()
+    if resp.status_code == 409:
+        raise TracesLost(resp.json())
     resp.raise_for_status()
     return resp.json()
+
+
+class TracesLost(RuntimeError):
+    """The proxy lost traces since the previous flush (`.answer["lost"]` of them; its log names
+    them): the data of this period is incomplete."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+        super().__init__(f"{answer.get('lost')} traces were lost since the previous flush")
 
 
 def proxies_of(base_url: str) -> list[str]:

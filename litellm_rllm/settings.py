@@ -53,6 +53,9 @@ class Settings(BaseModel):
     # directory (one subfolder per store); relative to the proxy config's folder. 0 = no spool.
     spool_dir: Optional[str] = None
     spool_max_bytes: int = Field(1 << 30, ge=0)
+    # SQLite calls run in a helper process: a SIGBUS from SQLite's shared memory (-shm) ends
+    # that process, not the proxy (docs/storage-faults.md). False: in the proxy process.
+    store_process: bool = True
     policies_reload_interval_s: float = Field(1.0, gt=0, le=3600)
     # Calls to OpenAI-format upstreams (hosted_vllm/, openai/) are captured from the upstream's
     # bytes, which keep what LiteLLM's parsing drops. Off: capture LiteLLM's parsed responses.

@@ -129,7 +129,6 @@ class Plugin:
             return self._writer
 
     def _make_writer(self) -> "TraceWriter":
-        from .. import store
         from ..builder import build_trace, prepare, weight
         from ..writer import TraceWriter
         from ..writer.encoders import InlineEncoder
@@ -142,9 +141,11 @@ class Plugin:
                                         min_weight=cfg.writer_build_process_min_bytes)
         else:
             encoder = InlineEncoder(build_trace)
-        url = cfg.store
+        from ..writer.store_process import open_for_proxy
+
+        url, isolate = cfg.store, cfg.store_process
         return TraceWriter(
-            lambda: self._feeding(store.open(url, create=True)),
+            lambda: self._feeding(open_for_proxy(url, isolate=isolate)),
             encoder=encoder,
             batch_size=cfg.writer_batch_size,
             max_queue=cfg.writer_max_queue,
@@ -162,9 +163,10 @@ class Plugin:
         self.live  # created outside the lock (it takes it)
         with self._lock:
             if self._reader is None:
-                from .. import store
+                from ..writer.store_process import open_for_proxy  # never creates a missing SQLite file
 
-                self._reader = self._feeding(store.open(self.settings.store, create=True))
+                self._reader = self._feeding(open_for_proxy(self.settings.store, reader=True,
+                                                            isolate=self.settings.store_process))
             return self._reader
 
     def _feeding(self, st: "TraceStore") -> "TraceStore":
@@ -178,11 +180,12 @@ class Plugin:
         if self._live is None:
             with self._lock:
                 if self._live is None:
-                    from .. import store
                     from ..trainer.live import LiveState
+                    from ..writer.store_process import open_for_proxy
 
                     cfg, url = self.settings, self.settings.store
-                    self._live = LiveState(lambda: store.open(url), poll_s=cfg.live_poll_interval_s,
+                    self._live = LiveState(lambda: open_for_proxy(url, isolate=cfg.store_process),
+                                           poll_s=cfg.live_poll_interval_s,
                                            feed_poll_s=cfg.feed_poll_interval_s, stale_after_s=cfg.live_stale_after_s,
                                            counters=self.counters, heartbeat_state=lambda: self.gate.snapshot())
         return self._live

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from starlette.requests import Request
 
 from ..trainer.schema import TrainerInputError
+from .flush_report import bad_param, check_since, completeness, flush_answer
 from .slug_route import SlugRoute
 from .trainer_api import bad_request, install_trainer_routes, read_filters, session_extras, session_namespace
 
@@ -111,21 +112,13 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
 
     @router.post("/rllm/flush", tags=["litellm-rllm"])
     async def rllm_flush(timeout: float = Query(60.0, gt=0, le=600), user: Any = Depends(_caller)) -> Any:
-        """Returns once every call that finished before this request is durable.
-
-        200 `{"flushed": true}`: everything is in the store. 503 `{"flushed": false,
-        "durable": true, "spooled": N}`: the store is unreachable, N traces wait in the local
-        spool (fsynced, replayed when the store is back); retry later."""
+        """Returns once every call that finished before this request is handled: 200 when all
+        are in the store, 503 while some wait in the spool or in memory, 409 once any was lost
+        since the last flush (see flush_report)."""
         _require_admin(user)
         writer = plugin.writer
-        if not await writer.aflush(timeout):
-            raise HTTPException(status_code=504, detail=f"traces not durable within {timeout}s")
-        stats = writer.stats()
-        pending = int(stats.get("spool_pending", 0) or 0)
-        if pending:
-            return JSONResponse(status_code=503, content={"flushed": False, "durable": True, "spooled": pending,
-                                                          "writer": stats})
-        return {"flushed": True, "spooled": 0, "writer": stats}
+        status, body = flush_answer(writer, await writer.aflush(timeout), timeout)
+        return JSONResponse(status_code=status, content=body, headers={"Retry-After": "1"} if status == 503 else None)
 
     @router.get("/rllm/sessions/{session}/traces", tags=["litellm-rllm"])
     async def rllm_session_traces(session: str, since: Optional[str] = None, limit: Optional[int] = Query(None, gt=0),
@@ -133,7 +126,11 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
                                   team: Optional[str] = None, user: Any = Depends(_caller)) -> Any:
         """The session's traces (its id, name or any uid: nested sessions included) in call
         order (`seq` within a session key, `order` across them), after a flush, with its
-        `rewards` and `finished`; `min_policy_version` / `max_staleness` filter by version."""
+        `rewards` and `finished`; `min_policy_version` / `max_staleness` filter by version;
+        `complete: false, pending: N` while N of them wait outside the store."""
+        problem = check_since(since)
+        if problem:
+            return bad_param("since", problem)
         scope = _team_scope(user)
         namespace = session_namespace(scope, team)
         team = scope
@@ -141,7 +138,8 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
             lo, stale = read_filters(min_policy_version, max_staleness)
         except TrainerInputError as exc:
             return bad_request(exc)
-        await plugin.writer.aflush(60.0)
+        flushed = await plugin.writer.aflush(60.0)
+        fields, headers = completeness(plugin.writer, session, flushed)
 
         def read() -> tuple[int, int, bytes, dict[str, Any]]:
             from ..training import attach_lineage
@@ -157,11 +155,14 @@ def install_rllm_routes(plugin: "Plugin") -> bool:
         try:
             count, cached, body, extras = await asyncio.to_thread(read)
         except Exception as exc:
-            log.error("litellm-rllm: reading session %s failed: %s", session, type(exc).__name__)
-            raise HTTPException(status_code=503, detail="the trace store is unreachable; retry later") from None
+            log.error("litellm-rllm: reading session %s failed: %s: %.200s", session, type(exc).__name__, exc)
+            detail = ("the trace store's file is missing (deleted?); the writer recreates it with the next trace"
+                      if isinstance(exc, FileNotFoundError) else "the trace store is unreachable; retry later")
+            raise HTTPException(status_code=503, detail=detail) from None
         head = json.dumps({"session": session, "team": namespace, "count": count, "cached_tokens": cached,
-                           **extras})[:-1].encode()
-        return Response(content=head + b', "traces": [' + body + b"]}", media_type="application/json")
+                           **extras, **fields})
+        return Response(content=head[:-1].encode() + b', "traces": [' + body + b"]}", media_type="application/json",
+                        headers=headers)
 
     @router.get("/rllm/sessions/{session}/trajectories", tags=["litellm-rllm"])
     async def rllm_session_trajectories(session: str, view: str = "merged", since: Optional[str] = None,

@@ -49,6 +49,7 @@ log = logging.getLogger("litellm_rllm")
 
 MAX_LIMIT = 1000
 MAX_WAIT_S = 300.0
+ORDER_WAIT_S = 10.0  # a reward waits this long at most for the proxy's writer (then is stored anyway)
 
 
 def bad_request(exc: TrainerInputError) -> JSONResponse:
@@ -193,6 +194,7 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
             return plugin.reader.add_reward(session, value, trace_id=trace_id, metadata=metadata,
                                             idempotency_key=key, team_id=team, team=namespace)
 
+        await _after_own_traces()
         return await _store_write("storing a reward", write)
 
     @router.post("/rllm/sessions/{session}/finish", tags=["litellm-rllm"])
@@ -213,7 +215,15 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
             check_team_may_write(session, team, None, namespace)
             return plugin.reader.finish(session, value, metadata=metadata, team_id=team, team=namespace)
 
+        await _after_own_traces()
         return await _store_write("storing a finish", write)
+
+    async def _after_own_traces() -> None:
+        """Wait (at most `ORDER_WAIT_S`) until this proxy's writer has handled every call that
+        finished before the request, so a reward or finish posted to the proxy that served the
+        session's calls comes after their traces in the feed (and the team check sees them).
+        Calls another proxy served: flush that proxy first (docs/trainer.md)."""
+        await plugin.writer.aflush(ORDER_WAIT_S)
 
     async def _store_write(what: str, fn: Callable[[], Any]) -> Any:
         try:

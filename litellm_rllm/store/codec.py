@@ -81,6 +81,9 @@ class TraceEncodeError(ValueError):
             f"{len(errors)} trace(s) cannot be encoded, e.g. {first_id!r}: {first_err!r}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the store process's pipe
+        return (type(self), (self.errors,))
+
 
 @dataclass(slots=True)
 class EncodedTrace:

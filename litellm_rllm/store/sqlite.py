@@ -18,6 +18,11 @@ Why it is shaped this way:
   connection checkpoints by itself only when the WAL passes 64 MiB (checkpointer lagging or
   gone).
 * 16 KiB pages: a 10-20 KB trace takes 1-2 pages instead of 3-5 at the 4 KiB default.
+* Faults (docs/storage-faults.md): every call first checks that the file the connection holds is
+  still the one at the path (an ``os.stat``; a deleted or replaced folder is reopened, or, for a
+  store opened with ``create=False``, reported as ``StoreMissing`` instead of recreated empty);
+  a connection that failed with an I/O error is replaced on the next call; the checkpointer
+  never stops on errors and truncates the WAL once checkpoints succeed again.
 
 Layout (schema version 2)::
 
@@ -45,8 +50,8 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from urllib.parse import quote
 
 from litellm_rllm.store.base import (
     SESSION_START, EncodedWriteResult, SessionSummary, TraceStore, sessions_from_rows,
@@ -69,9 +74,12 @@ CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages 
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
 # dead): at 16 KiB pages that is a 64 MiB WAL. A WAL file grown past the limit is cut back to it.
 WRITER_AUTOCHECKPOINT_PAGES = 4096
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
+WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is cut back to this whenever it restarts
 CHECKPOINT_BYTES = 1 << 20  # the checkpointer's pace (see _Checkpointer)
 CHECKPOINT_MAX_WAIT_S = 0.1
+CHECKPOINT_RETRY_S = 0.5  # a failing checkpointer tries again this often (a full disk)
+CHECKPOINT_TRUNCATE_BUSY_MS = 100  # a TRUNCATE checkpoint waits this long for readers/writers
+CHECKPOINT_TRUNCATE_TRIES = 20  # then it gives up truncating (PASSIVE again; journal_size_limit)
 _IN_CHUNK = 500  # stay far below SQLite's bound-parameter limit
 
 _V1 = (
@@ -220,24 +228,6 @@ def path_from_url(url: str) -> str:
     return path if path == ":memory:" else os.path.expanduser(path)
 
 
-def _connect(path: str, busy_timeout: float, create: bool) -> sqlite3.Connection:
-    """A connection to ``path``; without ``create``, only to an existing file (``mode=rw``:
-    SQLite itself refuses to create it, so a file removed after the check is not re-made)."""
-    if create or path == ":memory:":
-        return sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-    absolute = os.path.abspath(path)
-    if not os.path.isfile(absolute):
-        raise StoreNotFoundError(missing_store_message(path))
-    uri = "file:" + urllib.parse.quote(absolute) + "?mode=rw"
-    try:
-        return sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
-                               check_same_thread=False)
-    except sqlite3.OperationalError:
-        if not os.path.isfile(absolute):
-            raise StoreNotFoundError(missing_store_message(path)) from None
-        raise
-
-
 def missing_store_message(path: str) -> str:
     """``no trace store at /abs/path``, plus the URL the user probably meant: in
     ``sqlite:///tmp/x.db`` the path is relative (three slashes; four for an absolute path)."""
@@ -251,8 +241,29 @@ def missing_store_message(path: str) -> str:
     return message
 
 
+class StoreMissing(StoreNotFoundError, FileNotFoundError):
+    """A store opened with ``create=False`` has no file at its path (deleted, or never made)."""
+
+
+def _file_identity(path: str) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _needs_new_connection(exc: BaseException) -> bool:
+    """An error after which this connection is not worth keeping (read-only or vanished
+    file, I/O error, full disk), unlike a busy or locked database."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.Error) and "locked" not in text and "busy" not in text
+
+
 class SqliteStore(SqliteTrainerMixin, TraceStore):
-    """One connection guarded by a lock: safe to share between the writer thread and readers."""
+    """One connection guarded by a lock: safe to share between the writer thread and readers.
+
+    ``create=False`` (readers): a missing file is ``StoreMissing``, never a new empty store."""
 
     def __init__(
         self, path: str, *, busy_timeout: float = 30.0, background_checkpoint: bool = True,
@@ -265,12 +276,32 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         self._busy_timeout = busy_timeout
         self._checkpointer: Optional[_Checkpointer] = None
         self._background_checkpoint = background_checkpoint and path != ":memory:"
-        if path != ":memory:" and create:
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
+        self._create = create
         self._lock = threading.RLock()
         self._closed = False
-        conn = _connect(path, busy_timeout, create)
+        self._identity: Optional[tuple[int, int]] = None
+        self.reopened = 0  # times the file was found deleted or replaced, and opened anew
+        self.reconnects = 0  # connections replaced after an I/O error
+        self._checkpoint_errors = 0  # of checkpointers replaced with their connection
+        self._wal_recovering = False  # the next checkpointer starts with TRUNCATE checkpoints
+        self._conn: Optional[sqlite3.Connection] = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        path, busy_timeout = self.path, self._busy_timeout
+        target, uri = path, False
+        if path != ":memory:":
+            if self._create:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            else:
+                target, uri = "file:" + quote(os.path.abspath(path)) + "?mode=rw", True
+        try:
+            conn = sqlite3.connect(
+                target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
+            )
+        except sqlite3.OperationalError as exc:
+            if not self._create and not os.path.exists(path):
+                raise StoreMissing(f"{missing_store_message(path)}: the SQLite trace store does not exist") from None
+            raise exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -284,7 +315,55 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        self._identity = None if path == ":memory:" else _file_identity(path)
+        return conn
+
+    def _live(self) -> sqlite3.Connection:
+        """The connection, after checking that its file is still the one at the path (one
+        ``os.stat``): a deleted or replaced file is reopened (``create=False``: StoreMissing
+        when there is none). Call with the lock held."""
+        self._check_open()
+        if self._identity is not None and _file_identity(self.path) != self._identity:
+            self._reopen("the file this store had open is no longer at its path (deleted or replaced)")
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _reopen(self, why: str) -> None:
+        self._drop_connection()
+        self.reopened += 1
+        self._identity = None
+        action = "a new file is created there" if self._create else "reading the file now there, if any"
+        logger.error("SQLite trace store %s: %s; %s (traces committed to the old file since are not in it)",
+                     self.path, why, action)
+        self._conn = self._connect()
+
+    def _drop_connection(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+            self._checkpoint_errors += checkpointer.errors
+            self._wal_recovering = self._wal_recovering or checkpointer.failing
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def check(self) -> None:
+        """Is our file still the one at the path? Reopens it if not (see ``_live``)."""
+        with self._lock:
+            self._live()
+
+    def stats(self) -> dict[str, int]:
+        checkpointer = self._checkpointer
+        try:
+            wal = os.path.getsize(self.path + "-wal") if self.path != ":memory:" else 0
+        except OSError:
+            wal = 0
+        return {"store_reopened": self.reopened, "store_reconnects": self.reconnects, "wal_bytes": wal,
+                "checkpoint_errors": self._checkpoint_errors + (checkpointer.errors if checkpointer is not None else 0)}
 
     @classmethod
     def from_url(cls, url: str, *, create: bool = True) -> "SqliteStore":
@@ -304,14 +383,29 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         plans = self._compaction_plans(encoded) if encoded else None
         rows: list[EncodedTrace] = []
         if encoded:
-            with self._lock, self._transaction() as conn:
-                existing = _existing_ids(conn, list(first))
-                fresh = [k for tid, k in first.items() if tid not in existing]
-                if fresh:
-                    whole = [encoded[k] for k in fresh]
-                    rows = whole if plans is None else self.compactor.choose(
-                        plans, fresh, lambda ids: _existing_ids(conn, ids))
-                    self._insert(conn, rows, fresh, seqs, whole)
+            with self._lock:
+                for _attempt in range(2):
+                    seqs.clear()
+                    conn = self._live()
+                    try:
+                        with _Transaction(conn):
+                            existing = _existing_ids(conn, list(first))
+                            fresh = [k for tid, k in first.items() if tid not in existing]
+                            if fresh:
+                                whole = [encoded[k] for k in fresh]
+                                rows = whole if plans is None else self.compactor.choose(
+                                    plans, fresh, lambda ids: _existing_ids(conn, ids))
+                                self._insert(conn, rows, fresh, seqs, whole)
+                    except sqlite3.Error as exc:
+                        if _needs_new_connection(exc):  # e.g. a read-only or vanished file
+                            self.reconnects += 1
+                            self._wal_recovering = True  # the WAL may have grown meanwhile
+                            self._drop_connection()
+                        raise
+                    if self._identity is None or _file_identity(self.path) == self._identity:
+                        break
+                    # The file went away while we wrote: these rows may be in the old one only.
+                    self._reopen("the file was deleted or replaced during a write; writing the batch again")
             if plans is not None:
                 self.compactor.remember(plans, seqs)
         if seqs:
@@ -393,15 +487,13 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         return deleted
 
     def _transaction(self) -> "_Transaction":
-        self._check_open()
-        return _Transaction(self._conn)
+        return _Transaction(self._live())
 
     # ------------------------------------------------------------------------- read
 
     def _fetch_page(self, query: str, params: tuple[Any, ...], key: Any, n: int) -> list[Any]:
         with self._lock:
-            self._check_open()
-            return self._conn.execute(query, (*params, *key, n)).fetchall()
+            return self._live().execute(query, (*params, *key, n)).fetchall()
 
     def _read_plan(
         self, session: Optional[str], since_us: Optional[int]
@@ -409,6 +501,8 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         """A keyset-paginated query (its last parameters are the key to start after and
         ``LIMIT ?``, the key being the columns before the last seven it selects), its leading
         parameters, and the key to start after; None when nothing can match."""
+        with self._lock:
+            self._live()  # a read starts on the file that is at the path now
         # The unary + keeps SQLite walking the write-order index instead of created_us.
         time_sql = "" if since_us is None else " AND +t.created_us >= ?"
         time_params: tuple[Any, ...] = () if since_us is None else (since_us,)
@@ -432,8 +526,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             # created_at is only roughly monotonic in write order: start the walk at the
             # first matching row (found on the created_us index), then filter row by row.
             with self._lock:
-                self._check_open()
-                first = self._conn.execute(
+                first = self._live().execute(
                     "SELECT MIN(id) FROM traces WHERE created_us >= ?", (since_us,)
                 ).fetchone()[0]
             if first is None:
@@ -449,15 +542,13 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
     def _rows_by_id(self, trace_ids: list[str]) -> list[Any]:
         out: list[Any] = []
         with self._lock:
-            self._check_open()
             for chunk, marks in _chunks(trace_ids):
-                out += self._conn.execute(f"SELECT {_COLS} FROM traces t WHERE t.trace_id IN ({marks})", chunk)
+                out += self._live().execute(f"SELECT {_COLS} FROM traces t WHERE t.trace_id IN ({marks})", chunk)
         return out
 
     def sessions(self) -> list[SessionSummary]:
         with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
+            rows = self._live().execute(
                 "SELECT session_key, status, COUNT(*), MIN(seq), MAX(seq), MIN(created_us),"
                 " MAX(created_us), MIN(id), SUM(cached_tokens) FROM traces GROUP BY session_key, status"
             ).fetchall()
@@ -465,16 +556,14 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
 
     def count(self) -> int:
         with self._lock:
-            self._check_open()
-            return int(self._conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0])
+            return int(self._live().execute("SELECT COUNT(*) FROM traces").fetchone()[0])
 
     # ------------------------------------------------------------------------- lifecycle
 
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (benchmarks, backups); optional."""
         with self._lock:
-            self._check_open()
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._live().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _poke_checkpointer(self, committed_bytes: int) -> None:
         """Never raises: the data is committed already, and without the thread the writer
@@ -483,7 +572,9 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             if self._checkpointer is None:
                 with self._lock:
                     if self._checkpointer is None and not self._closed:
-                        self._checkpointer = _Checkpointer(self.path, self._busy_timeout)
+                        self._checkpointer = _Checkpointer(self.path, self._busy_timeout,
+                                                           recovering=self._wal_recovering)
+                        self._wal_recovering = False
             if self._checkpointer is not None:
                 self._checkpointer.poke(committed_bytes)
         except Exception:  # noqa: BLE001 - e.g. no new threads at interpreter shutdown
@@ -499,7 +590,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         if checkpointer is not None:
             checkpointer.stop()
         with self._lock:
-            self._conn.close()
+            self._drop_connection()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -513,8 +604,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
 
         def run(sql: str, params: Sequence[Any]) -> list[Any]:
             with self._lock:
-                self._check_open()
-                return self._conn.execute(sql, tuple(params)).fetchall()
+                return self._live().execute(sql, tuple(params)).fetchall()
 
         team_sql, team_params = "", []
         if query.team is not None:
@@ -626,7 +716,7 @@ class _Checkpointer:
     """
 
     def __init__(self, path: str, busy_timeout: float, batch_bytes: int = CHECKPOINT_BYTES,
-                 max_wait: float = CHECKPOINT_MAX_WAIT_S) -> None:
+                 max_wait: float = CHECKPOINT_MAX_WAIT_S, recovering: bool = False) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
         self._batch_bytes = batch_bytes
@@ -635,6 +725,8 @@ class _Checkpointer:
         self._wake = threading.Event()
         self._enough = threading.Event()
         self._stopping = False
+        self.errors = 0
+        self.failing = recovering  # after errors (here or in the connection before): TRUNCATE first
         self._thread = threading.Thread(
             target=self._run, name="litellm-rllm-sqlite-checkpointer", daemon=True
         )
@@ -654,27 +746,73 @@ class _Checkpointer:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        """Never stops on an error (a full disk, a vanished file): it logs, reconnects and tries
+        again every ``CHECKPOINT_RETRY_S``; the first checkpoint after errors is a TRUNCATE,
+        so the WAL grown meanwhile goes back to zero bytes once space returns."""
         conn: Optional[sqlite3.Connection] = None
-        try:
-            conn = sqlite3.connect(
-                self._path, timeout=self._busy_timeout, isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA synchronous = NORMAL")
-            while not self._stopping:
+        failing_since: Optional[float] = time.monotonic() if self.failing else None
+        busy_tries = 0
+        last_log = float("-inf")
+        while not self._stopping:
+            if failing_since is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 if self._stopping:
                     break
                 self._enough.wait(self._max_wait)  # small commits: let more join this checkpoint
                 self._enough.clear()
-                self._pending = 0
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except Exception:  # noqa: BLE001 - the writer's own autocheckpoint takes over
-            logger.exception("SQLite checkpointer for %s stopped", self._path)
-        finally:
-            if conn is not None:
-                conn.close()
+            else:
+                self._wake.wait(CHECKPOINT_RETRY_S)
+                self._wake.clear()
+                if self._stopping:
+                    break
+            self._pending = 0
+            try:
+                if conn is None:
+                    conn = self._connect()
+                if failing_since is None:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    continue
+                busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:  # readers or a writer in the way: again in a moment, a few times
+                    busy_tries += 1
+                    if busy_tries < CHECKPOINT_TRUNCATE_TRIES:
+                        continue
+                    logger.warning("SQLite checkpointer for %s: checkpoints work again; the WAL stays in use "
+                                   "by readers, journal_size_limit cuts it back when it restarts", self._path)
+                    failing_since, self.failing, busy_tries = None, False, 0
+                    continue
+                logger.warning("SQLite checkpointer for %s: checkpoints work again after errors; WAL truncated",
+                               self._path)
+                failing_since = None
+                self.failing = False
+            except Exception as exc:  # noqa: BLE001 - never stop: the WAL would grow unbounded
+                self.errors += 1
+                now = time.monotonic()
+                self.failing = True
+                if failing_since is None:
+                    failing_since = now
+                if now - last_log >= 10.0:
+                    last_log = now
+                    logger.error("SQLite checkpointer for %s: checkpoint failed (%r, %d errors so far); "
+                                 "retrying every %.1fs", self._path, exc, self.errors, CHECKPOINT_RETRY_S)
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    conn = None
+        if conn is not None:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        if not os.path.exists(self._path):  # never create a file here: that is the store's call
+            raise FileNotFoundError(self._path)
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_TRUNCATE_BUSY_MS}")
+        return conn
 
 
 class _Transaction:
@@ -739,4 +877,4 @@ def _row_bytes(enc: EncodedTrace) -> int:
 def open_sqlite(url: str, *, create: bool = True) -> SqliteStore:
     return SqliteStore.from_url(url, create=create)
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "migrate", "open_sqlite", "path_from_url"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "StoreMissing", "migrate", "open_sqlite", "path_from_url"]

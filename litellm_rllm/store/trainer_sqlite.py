@@ -83,8 +83,7 @@ class SqliteTrainerMixin(TrainerStore):
     def _trainer_read(self, fn: Callable[[Any], T]) -> T:
         """One read transaction: a WAL snapshot, so every query in ``fn`` sees one state."""
         with self._lock:
-            self._check_open()
-            conn = self._conn
+            conn = self._live()  # type: ignore[attr-defined] - the store's checked connection
             conn.execute("BEGIN")
             try:
                 return fn(conn)

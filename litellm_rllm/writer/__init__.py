@@ -5,7 +5,10 @@
 * `encoders`: items -> encoded rows in the writer thread (`InlineEncoder`);
 * `build_process`: the same in a helper process (`BuildProcess`) for long replies, so the
   proxy's GIL stays free;
-* `spool`: the local disk spool that holds rows while the store is down, replayed in order.
+* `spool`: the local disk spool that holds rows while the store is down, replayed in order;
+* `store_call`: store calls with a deadline, so a hung store never holds the queue;
+* `store_process`: the proxy's SQLite in a helper process (a SIGBUS can't end the proxy);
+* `pending`: per-session counts of traces not in the store yet (read-back completeness).
 """
 
 from litellm_rllm.writer.trace_writer import TraceWriter

@@ -36,7 +36,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from litellm_rllm.store.codec import EncodedTrace, encode_all, from_stored
 from litellm_rllm.trace import Trace
@@ -144,6 +144,11 @@ class SpoolFile:
         self._scan()
         # everything present when this process took the file came from an earlier one
         self.inherited_end = self.size if inherited_end is None else inherited_end
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        return os.pread(self._fd, n, offset)
 
     # ------------------------------------------------------------------ reading
 
@@ -194,6 +199,50 @@ class SpoolFile:
             self.read_offset + _HEAD.size + length,
             self.read_offset < self.inherited_end,
         )
+
+    def peek_many(self, max_traces: int, max_bytes: int) -> list[Record]:
+        """The first records not yet acknowledged, as many as fit in ``max_traces`` traces and
+        ``max_bytes`` payload bytes (at least one): the writer replays them in one store
+        transaction, which is what makes a replay faster than the load that filled the spool
+        (small batches spooled one by one at a moderate rate)."""
+        out: list[Record] = []
+        offset, traces, size = self.read_offset, 0, 0
+        while offset < self.size:
+            header = os.pread(self._fd, _HEAD.size, offset)
+            magic, length, crc = _HEAD.unpack(header)
+            if out and (size + length > max_bytes):
+                break
+            payload = os.pread(self._fd, length, offset + _HEAD.size)
+            if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+                if out:
+                    break  # replay the good ones first; the next peek reports the bad one
+                raise SpoolError(f"trace spool {self.path}: corrupt record at {offset}")
+            n = _U32.unpack_from(payload, 0)[0]
+            if out and traces + n > max_traces:
+                break
+            end = offset + _HEAD.size + length
+            out.append(Record(decode_payload(payload), end, offset < self.inherited_end))
+            offset, traces, size = end, traces + n, size + length
+        return out
+
+    def iter_records(self) -> "Iterator[Record]":
+        """Every record not yet acknowledged, oldest first (counting what waits, by session)."""
+        offset = self.read_offset
+        while offset < self.size:
+            header = os.pread(self._fd, _HEAD.size, offset)
+            _magic, length, _crc = _HEAD.unpack(header)
+            payload = os.pread(self._fd, length, offset + _HEAD.size)
+            end = offset + _HEAD.size + length
+            yield Record(decode_payload(payload), end, offset < self.inherited_end)
+            offset = end
+
+    def ack_many(self, records: Sequence[Record]) -> None:
+        """Every record of a ``peek_many`` is in the store."""
+        if not records:
+            return
+        self.records -= len(records) - 1
+        self.traces -= sum(len(r.rows) for r in records[:-1])
+        self.ack(records[-1])
 
     def ack(self, record: Record) -> None:
         """The record is in the store: move past it; an emptied file is truncated."""
@@ -318,10 +367,44 @@ class Spool:
         record = encode_record(traces)
         if self.own.size + len(record) > self.max_bytes:
             return False
+        self._follow_path()
         self.own.append(record)
         self.own.records += 1
         self.own.traces += len(traces)
         return True
+
+    def _follow_path(self) -> None:
+        """If our file is no longer at its path (the folder was deleted, or recreated), write a
+        new file there with what is still pending, so appends and a later process find it."""
+        own = self.own
+        try:
+            st = os.stat(own.path)
+            if (st.st_dev, st.st_ino) == own.identity:
+                return
+        except FileNotFoundError:
+            pass
+        os.makedirs(self.directory, exist_ok=True)
+        fd = _try_lock(own.path)
+        if fd is None:
+            raise SpoolError(f"trace spool {own.path} was replaced by a file another process holds")
+        try:
+            os.ftruncate(fd, 0)
+            offset = own.read_offset
+            while offset < own.size:
+                chunk = own.read_at(offset, min(own.size - offset, 1 << 20))
+                os.write(fd, chunk)
+                offset += len(chunk)
+            os.fsync(fd)
+            moved = SpoolFile(own.path, fd, inherited_end=max(0, own.inherited_end - own.read_offset))
+        except BaseException:
+            os.close(fd)
+            raise
+        logger.error(
+            "trace spool %s: the file was deleted or replaced under this process; its %d pending "
+            "traces were written to a new file there", own.path, moved.traces,
+        )
+        own.close()
+        self.own = moved
 
     def adopt_orphans(self) -> int:
         """Lock every other slot's non-empty file whose owner is gone and add it to

@@ -7,18 +7,29 @@ drains the deque in batches: an encoder turns each batch into encoded rows (in t
 in a helper process: ``encoders.py``, ``build_process.py``), then one store transaction.
 
 Ordering/barrier: the deque is FIFO and has one consumer, so ``flush`` appends a marker and
-waits until the thread has passed it: everything submitted before the call is then durable
-(written, spooled, or definitively failed and counted).
+waits until the thread has passed it: everything submitted before the call is then handled
+(written, spooled, held in memory, or definitively lost and counted).
 
-Spool (optional, ``spool=``): a batch the store did not take (retries exhausted, or the store
-cannot be opened) or that would wait too long (the queue is past ``spool_backlog``: the store is
-too slow) is appended to a local fsynced spool file instead, and serving goes on. While the
-spool holds traces, new batches go behind them in the spool (so per-session order, hence
-``seq``, is the submit order), and the thread replays the spool into the store, oldest first,
-whenever the store answers again: a probe every ``probe_interval`` seconds, and at every flush
-barrier. Replaying is idempotent (the store skips known trace ids). A batch the spool cannot
-take (full: ``spool_max_bytes``; or a disk error) is counted as ``failed`` /
-``spool_dropped`` and its trace ids logged: nothing is dropped silently.
+Store calls run in a store-call thread (``store_call.py``): a call that hangs (a lock wait, a
+silent server) is left running after ``spool_after`` seconds, or as soon as the queue passes
+``spool_backlog``, and its batch goes to the spool, so the queue (what a SIGKILL loses) stays
+bounded at any request rate.
+
+Spool (optional, ``spool=``): a batch the store did not take (retries exhausted, the store
+cannot be opened, a call that hangs) or that would wait too long (the queue is past
+``spool_backlog``: the store is too slow) is appended to a local fsynced spool file instead,
+and serving goes on. While traces wait, new batches go behind them (so per-session order,
+hence ``seq``, is the submit order), and the thread replays the spool into the store, oldest
+first, in batches of up to ``replay_batch`` traces per transaction, whenever the store answers
+again: a probe every ``probe_interval`` seconds, and at every flush barrier. Replaying is
+idempotent (the store skips known trace ids).
+
+Held (in memory): a batch neither the store nor the spool takes (the spool's disk is full or
+failing, ``spool_max_bytes`` reached, or no spool) waits in memory, in order, and goes to the
+spool or the store as soon as either takes it again. The queue and the held traces together
+are bounded by ``max_queue``; past it traces are lost: counted (``failed`` / ``dropped``) and
+logged with their ids, and ``take_lost`` reports them once (the flush route's 409). Nothing is
+dropped silently. ``pending_for(uid)`` counts a session's traces not in the store yet.
 """
 
 from __future__ import annotations
@@ -32,10 +43,12 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional, Sequence, Union
 
-from litellm_rllm.store.base import TraceStore
+from litellm_rllm.store.base import EncodedWriteResult, TraceStore
 from litellm_rllm.store.codec import EncodedTrace, TraceEncodeError
 from litellm_rllm.writer.encoders import BuildFn, Encoder, InlineEncoder, trace_id_of
+from litellm_rllm.writer.pending import SessionCounts, item_uids
 from litellm_rllm.writer.spool import Spool, SpoolFile
+from litellm_rllm.writer.store_call import StoreBusy, StoreCaller, StoreTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +57,8 @@ StoreOrFactory = Union[TraceStore, Callable[[], TraceStore]]
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
 _DROP_LOG_INTERVAL = 10.0  # seconds between "queue full" error lines (a full queue floods)
 _ORPHAN_SCAN_INTERVAL = 60.0  # seconds between looks for spool files of dead processes
+_STORE_CHECK_INTERVAL = 1.0  # seconds between an idle writer's store checks (a deleted file)
+_SLOW_PROBE_S = 0.05  # a failed replay that took this long is a store that times out
 
 
 class _Barrier:
@@ -74,6 +89,17 @@ def _resolve(future: "asyncio.Future[bool]") -> None:
         future.set_result(True)
 
 
+def _store_stats(store: Optional[TraceStore]) -> dict[str, int]:
+    """A store's own fault counters (reopened files, lost helper processes, ...), if it has any."""
+    stats = getattr(store, "stats", None)
+    if stats is None:
+        return {}
+    try:
+        return dict(stats())
+    except Exception:  # noqa: BLE001 - counters are best effort
+        return {}
+
+
 class TraceWriter:
     """Batches submitted items into a TraceStore from one background daemon thread.
 
@@ -92,7 +118,9 @@ class TraceWriter:
     depth past which batches are spooled rather than waiting for a slow store (default:
     8 batches, at least 2,048 items); ``probe_interval`` the seconds between replay attempts
     while the store is down; ``drain_budget`` the seconds a replay may run before the thread
-    also serves the queue.
+    also serves the queue; ``replay_batch`` / ``replay_bytes`` the most one replay transaction
+    takes; ``replay_timeout`` how long the writer waits for one (less while a flush waits).
+    ``spool_after`` also bounds every wait for a store call (module docstring).
     """
 
     def __init__(
@@ -116,6 +144,9 @@ class TraceWriter:
         linger: float = 0.005,
         encoder: Optional[Encoder] = None,
         commit_delay: float = 0.0,
+        replay_batch: int = 2048,
+        replay_bytes: int = 32 << 20,
+        replay_timeout: float = 10.0,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -158,6 +189,24 @@ class TraceWriter:
         self._spool_dropped = 0
         self._replayed = 0
         self._adopted = 0
+        self._recovered = 0  # held in memory, then written
+        self._spool_errors = 0
+        self._lost_reported = 0  # `lost` at the last take_lost()
+        # Batches neither the store nor the spool took (a full disk, a hung store without a
+        # spool): kept in order, in memory, until one of them does. Bounded by max_queue.
+        self._held: deque[list[EncodedTrace]] = deque()
+        self._held_traces = 0
+        self._pending = SessionCounts()  # rows spooled or held, per session uid
+        self._counted_own = False
+        self._caller = StoreCaller(name + "-store")
+        self._replay_batch = replay_batch
+        self._replay_bytes = replay_bytes
+        self._replay_timeout = replay_timeout
+        self._close_deadline: Optional[float] = None
+        self._barriers_waiting = 0
+        self._spool_retry_at = 0.0
+        self._last_hold_log = float("-inf")
+        self._last_spool_error_log = float("-inf")
 
         self._spool: Optional[Spool] = None
         if isinstance(spool, Spool):
@@ -198,7 +247,7 @@ class TraceWriter:
         """
         try:
             with self._lock:
-                if self._closed or len(self._queue) >= self._max_queue:
+                if self._closed or len(self._queue) + self._held_traces >= self._max_queue:
                     self._dropped += 1
                     accepted = False
                 else:
@@ -222,7 +271,8 @@ class TraceWriter:
         if now - self._last_drop_log < _DROP_LOG_INTERVAL:
             return
         self._last_drop_log = now
-        reason = "writer is closed" if self._closed else f"queue is full ({self._max_queue})"
+        reason = "writer is closed" if self._closed else (
+            f"queue is full (writer_max_queue {self._max_queue}, {self._held_traces} of them held in memory)")
         logger.error(
             "trace writer: %s, trace %s dropped (%d dropped so far; next report in %.0fs)",
             reason,
@@ -265,6 +315,7 @@ class TraceWriter:
             if self._exited:  # nothing pops any more; list() copies the deque atomically
                 return not any(type(x) is not _Barrier for x in list(self._queue))
             self._queue.append(barrier)
+            self._barriers_waiting += 1
         self._wake.set()
         return None
 
@@ -280,6 +331,7 @@ class TraceWriter:
         if first and self._close_at_exit:
             atexit.unregister(self._close_at_interpreter_exit)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._close_deadline = deadline if deadline is not None else time.monotonic() + 60.0
         ok = self.flush(timeout)
         if not ok:
             self._abort.set()
@@ -302,8 +354,15 @@ class TraceWriter:
         Spool: ``spooled`` traces were appended to it; once replayed they count in ``written``
         or ``duplicates`` (and in ``replayed``); ``spool_pending`` are in it now, not yet in the
         store (``spool_bytes`` on disk, including files adopted from dead processes);
-        ``spool_dropped`` did not fit (also in ``failed``); ``adopted`` were replayed from
-        spools that earlier or dead processes left behind (not in ``submitted``).
+        ``spool_dropped`` did not fit in it nor in memory (also in ``failed``); ``adopted`` were
+        replayed from spools that earlier or dead processes left behind (not in ``submitted``).
+
+        Faults: ``held`` traces wait in memory (neither the store nor the spool took them),
+        ``recovered`` were held and then written; ``lost`` = ``dropped`` + ``failed`` +
+        ``build_errors``; ``store_calls_late`` store calls ended after the writer stopped
+        waiting for them; ``store_call_running_ms`` is how long the current one has run; the
+        store's own counters (``store_reopened``, ``store_process_lost``, ``wal_bytes``, ...)
+        as of its last answer.
         ``oldest_queued_s``: seconds since the call at the head of the queue ended (the
         writer's lag; 0 when the queue is empty or holds no call records)."""
         with self._lock:
@@ -326,8 +385,33 @@ class TraceWriter:
             "spool_dropped": self._spool_dropped,
             "replayed": self._replayed,
             "adopted": self._adopted,
+            "held": self._held_traces,
+            "recovered": self._recovered,
+            "spool_errors": self._spool_errors,
+            "lost": self._lost_total(submitted_dropped=dropped),
+            "store_calls_late": self._caller.late,
+            "store_call_running_ms": int(self._caller.busy_for() * 1000),
             **self._encoder.stats(),
+            **_store_stats(self._store),
         }
+
+    def _lost_total(self, submitted_dropped: Optional[int] = None) -> int:
+        dropped = self._dropped if submitted_dropped is None else submitted_dropped
+        return dropped + self._failed + self._build_errors
+
+    def take_lost(self) -> int:
+        """Traces lost (``dropped`` + ``failed`` + ``build_errors``) since the previous call:
+        the flush route reports each loss once."""
+        with self._lock:
+            total = self._lost_total()
+            new, self._lost_reported = total - self._lost_reported, total
+        return new
+
+    def pending_for(self, uid: str) -> int:
+        """Traces of session ``uid`` (its id or any nested uid) not in the store yet: spooled,
+        held in memory, or still queued (read-back completeness)."""
+        queued = sum(1 for item in list(self._queue) if type(item) is not _Barrier and uid in item_uids(item))
+        return self._pending.get(uid) + queued
 
     @property
     def spool(self) -> Optional[Spool]:
@@ -341,20 +425,28 @@ class TraceWriter:
     # ------------------------------------------------------------------------- writer thread
 
     def _run(self) -> None:
+        next_check = time.monotonic() + _STORE_CHECK_INTERVAL
+        self._caller.start(self._open_store)  # a store process starts in ~1 s: not in a write's time
         while True:
             barriers: list[_Barrier] = []
             try:
                 self._wake.clear()
-                items, barriers = self._take()
+                # While batches go to the spool, take larger ones: one fsync each keeps up with
+                # any request rate (the SIGKILL loss bound is the queue plus one batch).
+                items, barriers = self._take(max(self._batch_size, self._replay_batch) if self._has_backlog() else None)
                 if items and not barriers:
                     barriers = self._linger_for_more(items)
                 if items:
                     self._process(items)
-                if barriers and self._spool_has_work():
-                    self._drain_spool(forced=True)
+                if barriers and self._backlog_due():
+                    self._drain(forced=True)
                 if not items and not barriers:
-                    if self._spool_has_work():
-                        self._drain_spool()
+                    if self._backlog_due():
+                        self._drain()
+                    now = time.monotonic()
+                    if now >= next_check:  # an idle store still notices a deleted file
+                        next_check = now + _STORE_CHECK_INTERVAL
+                        self._check_store()
                     with self._lock:
                         if self._stopping and not self._queue:
                             self._exited = True
@@ -366,7 +458,15 @@ class TraceWriter:
             finally:
                 for barrier in barriers:
                     barrier.release()
+                if barriers:
+                    with self._lock:
+                        self._barriers_waiting -= len(barriers)
+        try:
+            self._exit_drain()
+        except Exception:  # noqa: BLE001
+            logger.exception("trace writer: draining at exit failed")
         self._close_owned_store()
+        self._caller.stop()
         try:
             self._encoder.close()
         except Exception:  # noqa: BLE001
@@ -441,21 +541,49 @@ class TraceWriter:
                 self._build_errors += 1
                 logger.error("trace writer: building trace %s failed: %s", out.item_id, out.detail)
         if rows:
-            self._write(rows)
+            self._place(rows)
+
+    def _place(self, rows: list[EncodedTrace]) -> None:
+        """One encoded batch to the store, the spool or memory, behind whatever already waits
+        (so per-session order, hence ``seq``, is the submit order). While something waits the
+        batch goes behind it first (durable in the spool before any replay), then the replay."""
+        if not self._has_backlog() and self._backlog_due():
+            self._drain()  # the periodic look for dead processes' spool files
+        if self._has_backlog():
+            if self._held:
+                self._held_to_spool()
+            if self._held:
+                self._hold(rows, "older traces wait in memory")
+            else:
+                self._failover(rows, None)
+            self._drain()
+            return
+        if self._spool is not None and len(self._queue) > self._spool_backlog:
+            self._failover(rows, f"queue past {self._spool_backlog} (store too slow)")
+            return
+        self._write(rows)
+
+    def _store_write(self, rows: Sequence[EncodedTrace]) -> EncodedWriteResult:
+        """Runs in the store-call thread (the store is opened there too)."""
+        return self._ensure_store().write_encoded(rows)
+
+    def _backlog_too_long(self) -> bool:
+        """A waiting writer gives up on a store call once the queue is past the spool backlog:
+        the SIGKILL loss bound is the queue plus one batch, at any request rate."""
+        return len(self._queue) > self._spool_backlog
+
+    def _replay_give_up(self) -> Callable[[], bool]:
+        """A replay may take longer than a write (large batches), but not while the queue grows
+        past the backlog, nor past ``spool_after`` while a flush waits for an answer."""
+        started = time.monotonic()
+        return lambda: self._backlog_too_long() or (
+            self._barriers_waiting > 0 and time.monotonic() - started > self._spool_after)
 
     def _write(self, traces: list[EncodedTrace]) -> None:
         """One batch, retried with backoff (exactly-once makes a retry after an unknown
-        outcome safe), then handed to ``_handle_failed_batch``. With a spool: behind what is
-        already spooled, or straight to the spool when the queue shows the store too slow."""
-        if self._spool is not None:
-            if self._spool_has_work():
-                self._drain_spool()
-            if self._spool.has_pending():
-                self._spool_batch(traces)
-                return
-            if len(self._queue) > self._spool_backlog:
-                self._spool_batch(traces, reason=f"queue past {self._spool_backlog} (store too slow)")
-                return
+        outcome safe), then handed to ``_failover``. Each try gets at most ``spool_after``
+        seconds in all: a store call that hangs (busy waits, lock waits, a silent server) is
+        left running and the batch spooled."""
         pending = traces
         attempt = 0
         if self._commit_delay:
@@ -463,19 +591,20 @@ class TraceWriter:
         started = time.monotonic()
         while pending:
             try:
-                result = self._ensure_store().write_encoded(pending)
+                result = self._caller.call(
+                    self._store_write, pending, deadline=started + self._spool_after,
+                    give_up=self._backlog_too_long if self._spool is not None else None,
+                )
             except TraceEncodeError as exc:  # values the backend refuses (PostgreSQL)
                 keep = [t for t in pending if t.trace_id not in exc.errors]
                 if len(keep) < len(pending):
-                    self._failed += len(pending) - len(keep)
-                    for trace_id, error in exc.errors.items():
-                        logger.error(
-                            "trace writer: trace %s cannot be stored, dropped: %r", trace_id, error
-                        )
+                    self._lose([t for t in pending if t.trace_id in exc.errors],
+                               "the store refuses them: " + "; ".join(
+                                   f"{k}: {v!r}" for k, v in list(exc.errors.items())[:5]))
                     pending = keep
                     continue
                 error: BaseException = exc
-            except Exception as exc:  # noqa: BLE001 - retried, then counted
+            except Exception as exc:  # noqa: BLE001 - retried, then spooled or held
                 error = exc
             else:
                 duplicates = len(result.duplicates)
@@ -484,76 +613,82 @@ class TraceWriter:
                 self._last_failure = None
                 return
             self._last_failure = time.monotonic()
+            hung = isinstance(error, (StoreTimeout, StoreBusy))
             spool_now = self._spool is not None and (
-                attempt < len(self._retry_delays)
-                and self._last_failure - started + self._retry_delays[attempt] > self._spool_after
+                hung or (attempt < len(self._retry_delays)
+                         and self._last_failure - started + self._retry_delays[attempt] > self._spool_after)
             )
             if attempt >= len(self._retry_delays) or self._abort.is_set() or spool_now:
-                self._handle_failed_batch(pending, error)
+                self._failover(pending, repr(error))
                 return
             delay = self._retry_delays[attempt]
             attempt += 1
             logger.warning(
                 "trace writer: writing %d traces failed (attempt %d of %d), retrying in %.2fs: %r",
-                len(pending),
-                attempt,
-                len(self._retry_delays) + 1,
-                delay,
-                error,
+                len(pending), attempt, len(self._retry_delays) + 1, delay, error,
             )
             self._abort.wait(delay)
 
-    def _handle_failed_batch(self, traces: list[EncodedTrace], error: BaseException) -> None:
-        """The retries are exhausted for ``traces``: spooled when there is a spool, else
-        counted as ``failed`` with their ids logged."""
-        if self._spool is not None:
-            self._spool_batch(traces, reason=repr(error))
+    # ------------------------------------------------------------------------- backlog
+
+    def _failover(self, rows: list[EncodedTrace], reason: Optional[str]) -> None:
+        """The store did not take ``rows`` (or must not yet): the spool, else memory."""
+        if self._spool is not None and self._spool_batch(rows, reason):
             return
-        self._failed += len(traces)
-        logger.error(
-            "trace writer: giving up on %d traces after %d attempts (%r); trace ids: %s",
-            len(traces),
-            len(self._retry_delays) + 1,
-            error,
-            ", ".join(t.trace_id for t in traces),
-        )
+        self._hold(rows, reason or "the store is unavailable")
 
-    # ------------------------------------------------------------------------- spool
+    def _hold(self, rows: list[EncodedTrace], reason: str) -> None:
+        """Keep ``rows`` in memory until the store or the spool takes them; bounded by
+        ``max_queue`` traces together with the queue (then lost: counted and logged)."""
+        if self._held_traces + len(rows) > self._max_queue:
+            if self._spool is not None:
+                self._spool_dropped += len(rows)
+            self._lose(rows, f"neither the store nor the spool takes traces and {self._held_traces} "
+                             f"are held in memory already (writer_max_queue {self._max_queue})")
+            return
+        entering = not self._held
+        self._held.append(rows)
+        self._held_traces += len(rows)
+        self._pending.add(rows)
+        now = time.monotonic()
+        if entering or now - self._last_hold_log >= _DROP_LOG_INTERVAL:
+            self._last_hold_log = now
+            logger.error(
+                "trace writer: %d traces held in memory (%s; %s); %d held now, at most %d; they are "
+                "written once the store or the spool takes them again",
+                len(rows), reason, "no spool" if self._spool is None else "the spool cannot take them",
+                self._held_traces, self._max_queue,
+            )
 
-    def _spool_batch(self, traces: list[EncodedTrace], reason: Optional[str] = None) -> None:
-        """Append ``traces`` to the spool (fsynced); what it cannot take is counted and logged."""
+    def _lose(self, rows: Sequence[EncodedTrace], why: str) -> None:
+        self._failed += len(rows)
+        logger.error("trace writer: %d traces lost (%s): %s", len(rows), why,
+                     ", ".join(t.trace_id for t in rows))
+
+    def _spool_batch(self, traces: list[EncodedTrace], reason: Optional[str] = None) -> bool:
+        """Append ``traces`` to the spool (fsynced). False when the spool cannot take them (full,
+        or a disk error): the caller holds them in memory. Unencodable ones are lost."""
         spool = self._spool
         assert spool is not None
+        if self._spool_retry_at > time.monotonic():
+            return False  # it failed a moment ago: don't pay an encoding per batch to fail again
         pending = traces
         while pending:
             try:
                 stored = spool.append(pending)
             except TraceEncodeError as exc:
-                keep = [t for t in pending if t.trace_id not in exc.errors]
-                self._failed += len(pending) - len(keep)
-                for trace_id, err in exc.errors.items():
-                    logger.error("trace writer: trace %s cannot be stored, dropped: %r", trace_id, err)
-                pending = keep
+                self._lose([t for t in pending if t.trace_id in exc.errors], "cannot be encoded")
+                pending = [t for t in pending if t.trace_id not in exc.errors]
                 continue
-            except Exception as exc:  # noqa: BLE001 - disk error: counted, logged, never raised
-                self._failed += len(pending)
-                self._spool_dropped += len(pending)
-                logger.error(
-                    "trace writer: the spool %s cannot take %d traces (%r); dropped: %s",
-                    spool.own.path, len(pending), exc, ", ".join(t.trace_id for t in pending),
-                )
-                return
+            except Exception as exc:  # noqa: BLE001 - disk error: held in memory, never raised
+                self._spool_failed(f"{exc!r}")
+                return False
             if not stored:
-                self._failed += len(pending)
-                self._spool_dropped += len(pending)
-                logger.error(
-                    "trace writer: the spool %s is full (%d bytes max, spool_max_bytes); "
-                    "%d traces dropped (%d so far): %s",
-                    spool.own.path, spool.max_bytes, len(pending), self._spool_dropped,
-                    ", ".join(t.trace_id for t in pending),
-                )
-                return
+                self._spool_failed(f"full: spool_max_bytes {spool.max_bytes}")
+                return False
             self._spooled += len(pending)
+            self._pending.add(pending)
+            self._spool_retry_at = 0.0
             now = time.monotonic()
             entering = spool.pending_traces == len(pending)  # the spool was empty before
             if entering or now - self._last_spool_log >= _DROP_LOG_INTERVAL:
@@ -563,91 +698,176 @@ class TraceWriter:
                     len(pending), spool.own.path, reason or "the store is still unavailable",
                     spool.pending_traces,
                 )
-            return
-
-    def _spool_has_work(self) -> bool:
-        spool = self._spool
-        if spool is None:
-            return False
-        return spool.has_pending() or time.monotonic() >= self._next_orphan_scan
-
-    def _drain_spool(self, forced: bool = False) -> bool:
-        """Replay spooled batches, oldest first (dead processes' spools, then ours).
-
-        Returns True when nothing is left. Stops at the first store error, and after
-        ``drain_budget`` seconds when items wait in the queue. After an error the next try waits
-        ``probe_interval``; a flush barrier (``forced``) tries at once, unless the last failed
-        try ended less than its own duration ago (a store that times out, not refuses)."""
-        spool = self._spool
-        if spool is None:
             return True
+        return True
+
+    def _spool_failed(self, why: str) -> None:
+        self._spool_errors += 1
+        self._spool_retry_at = time.monotonic() + self._probe_interval
         now = time.monotonic()
-        if now >= self._next_orphan_scan:
+        if now - self._last_spool_error_log >= _DROP_LOG_INTERVAL:
+            self._last_spool_error_log = now
+            logger.error("trace writer: the spool %s cannot take traces (%s); retrying every %.1fs",
+                         self._spool.own.path if self._spool else None, why, self._probe_interval)
+
+    def _held_to_spool(self) -> None:
+        """Move held batches to the spool, oldest first, while it takes them."""
+        if self._spool is None:
+            return
+        while self._held:
+            rows = self._held[0]
+            if not self._spool_batch(rows, "held in memory until the spool could take them"):
+                return
+            self._held.popleft()
+            self._held_traces -= len(rows)
+            self._pending.remove(rows)  # counted again by _spool_batch
+
+    def _has_backlog(self) -> bool:
+        spool = self._spool
+        return bool(self._held) or (spool is not None and spool.has_pending())
+
+    def _backlog_due(self) -> bool:
+        return self._has_backlog() or (self._spool is not None and time.monotonic() >= self._next_orphan_scan)
+
+    def _drain(self, forced: bool = False) -> bool:
+        """Replay what waits into the store, oldest first: dead processes' spools, ours, then
+        the batches held in memory. True when nothing waits any more.
+
+        Stops at the first store error, and after ``drain_budget`` seconds when items wait in
+        the queue. After an error the next try waits ``probe_interval``; a flush barrier
+        (``forced``) tries at once, unless the last failed try ended less than its own duration
+        ago (a store that times out, not refuses). Meanwhile held batches go to the spool if it
+        takes them again."""
+        spool = self._spool
+        now = time.monotonic()
+        if spool is not None and now >= self._next_orphan_scan:
             self._next_orphan_scan = now + _ORPHAN_SCAN_INTERVAL
-            try:
-                spool.adopt_orphans()
-            except Exception:  # noqa: BLE001 - retried at the next scan
-                logger.exception("trace writer: looking for orphaned spool files failed")
-        if not spool.has_pending():
+            self._adopt(spool)
+        if not self._has_backlog():
             return True
         if self._last_failure is not None:
             # A flush tries at once, unless failed tries would then take over half the thread's
             # time (a store that times out rather than refuses); otherwise every probe_interval.
-            gap = self._last_probe_cost if forced else max(self._probe_interval, self._last_probe_cost)
-            if now - self._last_failure < gap:
+            slow = self._last_probe_cost if self._last_probe_cost >= _SLOW_PROBE_S else 0.0
+            gap = slow if forced else max(self._probe_interval, self._last_probe_cost)
+            hung = self._caller.busy and (not forced or self._caller.busy_for() > self._spool_after)
+            if now - self._last_failure < gap or hung:
+                self._held_to_spool()
                 return False
         deadline = now + self._drain_budget
-        for source in spool.files():
-            adopted = source is not spool.own
-            if not self._drain_file(source, adopted=adopted, deadline=deadline):
-                if self._last_failure is not None and self._last_failure >= now:
-                    self._last_probe_cost = self._last_failure - now
+        if spool is not None:
+            for source in spool.files():
+                adopted = source is not spool.own
+                if not self._drain_file(source, adopted=adopted, deadline=deadline):
+                    if self._last_failure is not None and self._last_failure >= now:
+                        self._last_probe_cost = self._last_failure - now
+                    self._held_to_spool()
+                    return False
+                if adopted:
+                    spool.release(source)
+        while self._held:
+            rows = self._held[0]
+            try:
+                result = self._caller.call(self._store_write, rows, deadline=time.monotonic() + self._replay_timeout,
+                                           give_up=self._replay_give_up())
+            except TraceEncodeError as exc:
+                self._lose([t for t in rows if t.trace_id in exc.errors], "the store refuses them")
+                self._pending.remove(rows)
+                keep = [t for t in rows if t.trace_id not in exc.errors]
+                self._held_traces -= len(rows) - len(keep)
+                self._pending.add(keep)
+                self._held[0] = keep
+                if not keep:
+                    self._held.popleft()
+                continue
+            except Exception as exc:  # noqa: BLE001 - the store is still down
+                self._store_down(exc, "held in memory", self._held_traces)
+                self._held_to_spool()
                 return False
-            if adopted:
-                spool.release(source)
+            self._last_failure = None
+            self._held.popleft()
+            self._held_traces -= len(rows)
+            self._pending.remove(rows)
+            duplicates = len(result.duplicates)
+            self._written += len(rows) - duplicates
+            self._duplicates += duplicates
+            self._recovered += len(rows)
+            if not self._held:
+                logger.warning("trace writer: the traces held in memory are in the store (%d since start)",
+                               self._recovered)
+            if self._queue and time.monotonic() > deadline:
+                return False
         return True
+
+    def _adopt(self, spool: Spool) -> None:
+        """Take dead processes' spool files (and, once, what ours inherited) into the pending
+        counts."""
+        try:
+            if not self._counted_own:
+                self._counted_own = True
+                self._count_pending(spool.own)
+            before = set(map(id, spool.adopted))
+            spool.adopt_orphans()
+            for source in spool.adopted:
+                if id(source) not in before:
+                    self._count_pending(source)
+        except Exception:  # noqa: BLE001 - retried at the next scan
+            logger.exception("trace writer: looking for orphaned spool files failed")
+
+    def _count_pending(self, source: SpoolFile) -> None:
+        for record in source.iter_records():
+            self._pending.add(record.rows)
 
     def _drain_file(self, source: SpoolFile, *, adopted: bool, deadline: Optional[float]) -> bool:
         replayed = 0
         while True:
             try:
-                record = source.peek()
+                records = source.peek_many(self._replay_batch, self._replay_bytes)
             except Exception:  # noqa: BLE001 - a corrupt record: counted, the file emptied
                 lost = source.traces
                 self._failed += lost
+                self._pending.clear()  # recounted below from what is left
                 logger.exception(
                     "trace writer: the spool %s is corrupt; its %d remaining traces are lost",
                     source.path, lost,
                 )
                 source.ack_all()
+                self._recount()
                 return True
-            if record is None:
+            if not records:
                 break
+            rows = [row for record in records for row in record.rows]
             try:
-                result = self._ensure_store().write_encoded(record.rows)
+                result = self._caller.call(self._store_write, rows, deadline=time.monotonic() + self._replay_timeout,
+                                           give_up=self._replay_give_up())
             except TraceEncodeError as exc:  # values the backend refuses; never loop
-                keep = [t for t in record.rows if t.trace_id not in exc.errors]
-                self._failed += len(record.rows) - len(keep)
-                logger.error("trace writer: spooled traces cannot be stored, dropped: %s", list(exc.errors))
+                self._lose([t for t in rows if t.trace_id in exc.errors], "the store refuses them")
                 try:
-                    result = self._ensure_store().write_encoded(keep)
+                    result = self._caller.call(self._store_write, [t for t in rows if t.trace_id not in exc.errors],
+                                               deadline=time.monotonic() + self._replay_timeout)
                 except Exception as exc2:  # noqa: BLE001
-                    self._store_down(exc2, source)
+                    self._store_down(exc2, source.path, source.traces)
                     return False
+                self._pending.remove(t for t in rows if t.trace_id in exc.errors)
+                rows = [t for t in rows if t.trace_id not in exc.errors]
             except Exception as exc:  # noqa: BLE001 - the store is still down
-                self._store_down(exc, source)
+                self._store_down(exc, source.path, source.traces)
                 return False
             self._last_failure = None
-            done_here = len(result.seqs)
+            done_here = len(rows)
             duplicates = len(result.duplicates)
-            if adopted or record.inherited:
+            inherited = sum(len(r.rows) for r in records if r.inherited)
+            if adopted:
                 self._adopted += done_here
             else:
-                self._written += done_here - duplicates
-                self._duplicates += duplicates
-                self._replayed += done_here
+                self._adopted += inherited
+                own = done_here - inherited
+                self._written += max(0, own - duplicates)
+                self._duplicates += min(own, duplicates)
+                self._replayed += own
             replayed += done_here
-            source.ack(record)
+            source.ack_many(records)
+            self._pending.remove(rows)
             if deadline is not None and time.monotonic() > deadline and self._queue:
                 break
         done = source.records == 0
@@ -661,7 +881,15 @@ class TraceWriter:
             )
         return done
 
-    def _store_down(self, exc: BaseException, source: SpoolFile) -> None:
+    def _recount(self) -> None:
+        self._pending.clear()
+        for rows in self._held:
+            self._pending.add(rows)
+        if self._spool is not None:
+            for source in self._spool.files():
+                self._count_pending(source)
+
+    def _store_down(self, exc: BaseException, where: str, waiting: int) -> None:
         self._last_failure = time.monotonic()
         now = self._last_failure
         if now - self._last_spool_log >= _DROP_LOG_INTERVAL:
@@ -669,8 +897,49 @@ class TraceWriter:
             logger.warning(
                 "trace writer: the store is still unavailable (%r); %d traces wait in %s, "
                 "next try in %.1fs",
-                exc, source.traces, source.path, self._probe_interval,
+                exc, waiting, where, self._probe_interval,
             )
+
+    def _exit_drain(self) -> None:
+        """At close: what waits goes to the store if it answers within the close budget (a
+        store call still running is waited for; a store that refuses is not); held batches
+        that neither the store nor the spool take then are lost, counted and logged."""
+        deadline = self._close_deadline if self._close_deadline is not None else time.monotonic()
+        while self._has_backlog() and not self._abort.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._caller.wait_idle(remaining):
+                break
+            self._last_failure = None
+            if self._drain(forced=True):
+                break
+            if not self._caller.busy:  # it refused rather than hung: don't wait for it
+                break
+        if self._held:
+            self._spool_retry_at = 0.0
+            self._held_to_spool()
+        if self._held:
+            rows = [row for batch in self._held for row in batch]
+            self._held.clear()
+            self._held_traces = 0
+            self._pending.remove(rows)
+            self._lose(rows, "the writer stops and neither the store nor the spool takes them")
+
+    def _check_store(self) -> None:
+        """Let a store that can check itself (SQLite: is our file still the one at the path?)
+        do so while no traffic does it."""
+        store = self._store
+        check = getattr(store, "check", None)
+        if check is None or self._caller.busy:
+            return
+        try:
+            self._caller.call(check, deadline=time.monotonic() + self._spool_after)
+        except Exception as exc:  # noqa: BLE001 - the next write finds out too
+            logger.debug("trace writer: store check failed: %r", exc)
+
+    def _open_store(self) -> None:
+        check = getattr(self._ensure_store(), "check", None)
+        if check is not None:
+            check()
 
     def _ensure_store(self) -> TraceStore:
         if self._store is None:
@@ -680,8 +949,10 @@ class TraceWriter:
 
     def _close_owned_store(self) -> None:
         if self._factory is not None and self._store is not None:
-            try:
-                self._store.close()
+            try:  # in the store-call thread: a store call still hanging must not hang the exit
+                self._caller.call(self._store.close, deadline=time.monotonic() + 5.0)
+            except StoreBusy:
+                logger.warning("trace writer: a store call still hangs at exit; the store is left open")
             except Exception:  # noqa: BLE001
                 logger.exception("trace writer: closing the store failed")
 

@@ -155,21 +155,31 @@ def test_store_that_cannot_be_opened_spools_and_replays_once_it_can(db: str, tmp
         writer.close()
 
 
-def test_full_spool_counts_and_logs_what_it_drops(db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_spool_holds_traces_in_memory_up_to_the_bound_then_counts_and_logs_losses(
+    db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = SwitchStore(db)
     store.down = True
-    writer = TraceWriter(store, retry_delays=FAST, batch_size=1, spool=str(tmp_path / "spool"),
-                         spool_max_bytes=1500, close_at_exit=False)
+    writer = TraceWriter(store, retry_delays=FAST, batch_size=1, max_queue=4, spool=str(tmp_path / "spool"),
+                         spool_max_bytes=1500, probe_interval=0.05, close_at_exit=False)
     try:
         for i in range(10):
             writer.submit(make(f"big-{i}", metadata={"pad": "x" * 400}))
+            assert writer.flush(10)
+        stats = writer.stats()
+        assert stats["spooled"] >= 1 and stats["held"] == 4, stats
+        assert stats["spooled"] + stats["held"] + stats["dropped"] == 10 and stats["failed"] == 0
+        assert (tmp_path / "spool" / "spool-0.rllm").stat().st_size <= 1500
+        assert "spool" in caplog.text and "full" in caplog.text and "held in memory" in caplog.text
+        assert writer.take_lost() == stats["dropped"] > 0 and writer.take_lost() == 0  # each loss once
+        assert writer.pending_for("s") == stats["spooled"] + stats["held"]
+        store.down = False  # the store is back: the spool, then the held batches, in order
         assert writer.flush(10)
         stats = writer.stats()
-        assert stats["spooled"] >= 1 and stats["spool_dropped"] >= 1
-        assert stats["spooled"] + stats["spool_dropped"] == 10
-        assert stats["failed"] == stats["spool_dropped"]
-        assert "spool" in caplog.text and "full" in caplog.text and "big-9" in caplog.text
-        assert (tmp_path / "spool" / "spool-0.rllm").stat().st_size <= 1500
+        assert (stats["held"], stats["spool_pending"], stats["written"]) == (0, 0, 10 - stats["dropped"]), stats
+        kept = [t.trace_id for t in read_back(db)]
+        assert kept == sorted(kept, key=lambda x: int(x.split("-")[1])) and len(kept) == 10 - stats["dropped"]
+        assert writer.pending_for("s") == 0
     finally:
         writer.close()
         store.close()
@@ -275,7 +285,7 @@ def test_close_with_the_store_down_leaves_everything_in_the_spool(db: str, tmp_p
 
 def _answer_line(session: str, index: int, resp: httpx.Response, base: str) -> dict[str, Any]:
     return {"session": session, "index": index, "status": resp.status_code, "proxy": base,
-            "call_id": resp.headers.get("x-litellm-call-id")}
+            "call_id": resp.headers.get("x-litellm-call-id"), "t": time.time()}
 
 
 async def _load(args: argparse.Namespace) -> None:
@@ -310,7 +320,8 @@ async def _load(args: argparse.Namespace) -> None:
                     try:
                         resp = await client.post(f"{base}/meta/{slug}/v1/chat/completions", json=body)
                     except httpx.HTTPError as exc:
-                        out.write(json.dumps({"session": sid, "index": index, "error": repr(exc)[:200]}) + "\n")
+                        out.write(json.dumps({"session": sid, "index": index, "error": repr(exc)[:200],
+                                              "t": time.time()}) + "\n")
                         if args.stop_on_error:
                             return
                         await asyncio.sleep(0.2)
