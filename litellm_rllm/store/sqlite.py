@@ -11,7 +11,9 @@ Why it is shaped this way:
   (never corrupting the file); the fsync happens at checkpoints. The right trade for
   training data at 10k traces/s.
 * Row ids are assigned explicitly under the write lock (MAX(id)+1...), so ``trace_uids`` can
-  point at integer row ids and a session read walks one index in write order.
+  point at integer row ids and a session read walks one index in write order. Never reused:
+  past the feed's last trace row too, so a deleted trace's feed row (kept: the feed is
+  history) can't come back as a later trace that took its id.
 * A small checkpointer thread (own connection) copies the WAL into the database after each
   MiB of commits, or 100 ms after a smaller one. That copy and its fsync are about a third of
   the cost of a write and release the GIL, so they overlap the writer's next batch; the writer
@@ -260,6 +262,14 @@ def _needs_new_connection(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and "locked" not in text and "busy" not in text
 
 
+def _next_row_base(conn: sqlite3.Connection) -> int:
+    """The highest row id ever given: the table's, or a deleted one the feed still names (its
+    rows are appended in id order, so the last trace row holds it; a pos-index walk back)."""
+    top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM traces").fetchone()[0]
+    fed = conn.execute("SELECT ref FROM feed WHERE kind = 'trace' ORDER BY pos DESC LIMIT 1").fetchone()
+    return max(int(top), int(fed[0]) if fed else 0)
+
+
 class SqliteStore(SqliteTrainerMixin, TraceStore):
     """One connection guarded by a lock: safe to share between the writer thread and readers.
 
@@ -427,7 +437,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
     ) -> None:
         """Insert new traces (we hold the write lock): row ids continue the maximum, each session's
         seqs are ranks in session order (``session_order.place``; later rows may shift)."""
-        row_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM traces").fetchone()[0]
+        row_id = _next_row_base(conn)
         # a call's context for session order comes from its whole row (a compacted one holds a suffix)
         items = [OrderItem.new(k, enc.trace_id, enc.created_us, enc.arrays) for k, enc in enumerate(whole or fresh)]
         by_key: dict[str, list[OrderItem]] = {}

@@ -35,6 +35,19 @@ def drain(st: TraceStore, after: int = 0, limit: int = 3, **filters: Any) -> tup
 
 
 class TrainerStoreContract:
+    # ---------------------------------------------------------------------------- feed vs delete
+
+    def test_a_deleted_sessions_feed_rows_never_point_at_a_later_sessions_traces(self, store: TraceStore) -> None:
+        """Row ids are never reused: the feed's rows of a deleted trace must not come back as a
+        new trace that took its id (SQLite once gave MAX(id)+1 again after deleting the last rows)."""
+        store.write([traced("old-1", "old"), traced("old-2", "old")])
+        assert store.delete(session="old") == 2
+        store.write([traced("new-1", "new"), traced("new-2", "new")])
+        items, _ = drain(store, session="new")
+        assert [(i.kind, i.trace.trace_id if i.trace else None) for i in items] == [
+            ("trace", "new-1"), ("trace", "new-2")]
+        assert all(i.trace is None or i.trace.session_id != "old" for i in drain(store)[0])
+
     # ---------------------------------------------------------------------------- rewards
 
     def test_reward_with_a_used_idempotency_key_is_returned_not_stored_again(self, store: TraceStore) -> None:
