@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ def ensure_binary(path: Optional[str] = None) -> Path:
     ~15-30 min on two cores)."""
     if path:
         return Path(path)
-    out = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True, check=True)
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON") or sys.executable}  # its pip fetches the sdist
+    out = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True, check=True, env=env)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
