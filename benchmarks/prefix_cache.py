@@ -14,8 +14,9 @@ prompt tokens, and the median client latency.
     python benchmarks/prefix_cache.py --llama               # 2 llama.cpp servers, tiny local model
 
 With `--replicas`, real OpenAI-format servers (vLLM with `--enable-prompt-tokens-details`, or
-llama.cpp's server) are used as they are; each mode uses its own session ids, so one mode's
-cache entries don't serve the next one's prompts (except the shared system prompt).
+llama.cpp's server) are used as they are; each mode uses its own session ids (of one length, so
+every mode's prompts have the same token counts), so one mode's cache entries don't serve the next
+one's prompts (except the shared system prompt).
 
 With `--llama`, two real llama.cpp `llama-server`s (built once from llama-cpp-python's PyPI sdist by
 benchmarks/llama/build.sh, serving a tiny random-weight model written by
@@ -237,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for k, mode in enumerate(args.modes.split(",")):
             api_bases, running = _replicas(args, Path(tmp) / mode)
             try:
-                result = run_mode(mode, api_bases, args, offset=k * 100_000, folder=Path(tmp))
+                result = run_mode(mode, api_bases, args, offset=(k + 1) * 100_000, folder=Path(tmp))
             finally:
                 for r in running:
                     r.stop()
