@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -217,6 +219,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.llama and args.replicas:
         p.error("--llama and --replicas exclude each other")
+    if args.llama_server and not os.access(args.llama_server, os.X_OK):
+        p.error(f"--llama-server: {args.llama_server} is not an executable file")
     args.replica_count = args.replica_count or (2 if args.llama else 4)
     args.sessions = args.sessions or (20 if args.llama else 40)
     args.concurrency = args.concurrency or (4 if args.llama else 8)
@@ -228,6 +232,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.llama_model = ensure_model(args.layers, args.embd)
         except ImportError:
             print("error: --llama needs the gguf package (pip install 'litellm-rllm[bench]')", file=sys.stderr)
+            return 2
+        except subprocess.CalledProcessError as e:
+            print(f"error: benchmarks/llama/build.sh failed (exit {e.returncode}): see its output above", file=sys.stderr)
             return 2
         args.llama_settings = ServerSettings(slots=args.slots, cache_ram_mib=args.cache_ram)
         print(f"llama-server: {args.llama_binary}; model {args.llama_model.name} "
