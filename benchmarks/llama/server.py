@@ -33,7 +33,7 @@ def ensure_model(layers: int, embd: int) -> Path:
     """The tiny random-weight model, written once per shape into the cache."""
     from benchmarks.llama.tiny_model import write_model
 
-    path = CACHE / "models" / f"tiny-l{layers}-e{embd}.gguf"
+    path = CACHE / "models" / f"tiny-v2-l{layers}-e{embd}.gguf"  # v2: steering that holds at any width
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         write_model(tmp, layers=layers, embd=embd, ff=3 * embd, heads=max(1, embd // 64))

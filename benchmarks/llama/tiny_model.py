@@ -8,9 +8,10 @@ ChatML's <|im_start|>/<|im_end|> (a ChatML chat template is embedded). One promp
 one token, so prompts re-tokenize the same way turn after turn (a stable prefix for the cache).
 
 The weights are random but steered: every token embedding carries a constant component in
-dimension 0 that the output matrix maps to a large positive logit for printable characters and a
-large negative one for the rest, so replies are printable ASCII (no broken UTF-8, no early
-end-of-sequence: every reply is max_tokens long).
+dimension 0 that the output matrix maps to a large positive logit for the printable character
+tokens and a large negative one for the rest, so replies are printable ASCII made of the tokens
+the prompt's tokenizer would choose (no byte tokens, no broken UTF-8, no early end-of-sequence:
+every reply is max_tokens long and comes back into the next prompt as the same tokens).
 
     python benchmarks/llama/tiny_model.py OUT.gguf [--layers 4 --embd 256 --ff 768 --heads 4]
 """
@@ -89,7 +90,10 @@ def write_model(path: Path, *, layers: int = 4, embd: int = 256, ff: int = 768, 
 
     # numpy shapes are (rows=out, cols=in); GGUF stores them reversed, as llama.cpp expects.
     embed = rand(n_vocab, embd)
-    embed[:, 0] = 1.0  # the constant component the output steers on
+    # The constant component the output steers on, large enough to dominate the normalized final
+    # state at any width (at 1.0 an n_embd 512 model sampled byte tokens for ASCII characters,
+    # which re-tokenize as the character tokens: the previous reply fell out of the cached prefix).
+    embed[:, 0] = 10.0
     w.add_tensor("token_embd.weight", embed)
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(embd, dtype=np.float32))
