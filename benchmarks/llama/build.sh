@@ -18,7 +18,8 @@ command -v cmake >/dev/null && command -v ninja >/dev/null && command -v c++ >/d
 mkdir -p "$CACHE/sdist"
 SDIST="${LLAMA_SDIST:-$CACHE/sdist/llama_cpp_python-$VERSION.tar.gz}"
 if [[ ! -f "$SDIST" ]]; then
-  "$PY" -m pip download --no-binary :all: --no-deps --dest "$CACHE/sdist" "llama-cpp-python==$VERSION" >&2
+  # --no-binary for this package only: its build dependencies (pip prepares its metadata) come as wheels
+  "$PY" -m pip download --no-binary llama-cpp-python --no-deps --dest "$CACHE/sdist" "llama-cpp-python==$VERSION" >&2
 fi
 SRC="$CACHE/src-$VERSION"
 if [[ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]]; then
