@@ -51,10 +51,12 @@ def fleet_config(folder: Path, api_bases: list[str], store_url: str, *, mode: st
 
 async def run_sessions(bases: list[str], sessions: range, turns: int, concurrency: int,
                        on_done: Any = None, model: str = "policy",
-                       timings: Optional[dict[str, list[float]]] = None) -> dict[str, list[int]]:
+                       timings: Optional[dict[str, list[float]]] = None,
+                       replies: Optional[dict[str, list[dict[str, Any]]]] = None) -> dict[str, list[int]]:
     """Each session: `turns` sequential chat calls whose history grows by the reply and a new
     user message; call k goes to proxy k % 2 (a round-robin balancer). Returns the statuses
-    per session (and each call's latency in seconds into ``timings``)."""
+    per session (each call's latency in seconds into ``timings``, each answer's `usage` and
+    llama.cpp's `timings` into ``replies``)."""
     statuses: dict[str, list[int]] = {}
     sem = asyncio.Semaphore(concurrency)
     # Idle connections expire before uvicorn's 5 s keep-alive does: no request on a closed socket.
@@ -79,7 +81,11 @@ async def run_sessions(bases: list[str], sessions: range, turns: int, concurrenc
                     got.append(r.status_code)
                     if r.status_code != 200:
                         continue
-                    messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+                    body = r.json()
+                    if replies is not None:
+                        replies.setdefault(sid, []).append({"turn": turn, "usage": body.get("usage"),
+                                                          "timings": body.get("timings")})
+                    messages.append({"role": "assistant", "content": body["choices"][0]["message"]["content"]})
             if on_done is not None:
                 on_done(sid)
 
