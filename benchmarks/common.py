@@ -86,10 +86,11 @@ class Upstream:
 
 def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Optional[str] = None,
                  memory_tokens: int = 2000, memory_drip_s: float = 0.0,
-                 settings: Optional[dict[str, Any]] = None) -> Path:
-    """A proxy config: the same model list for both; the plugin's adds the three callbacks, a
-    store, the repo's policies (configs/policies.yaml, copied next to the config) and
-    `settings` (more `callback_settings.litellm_rllm` keys)."""
+                 settings: Optional[dict[str, Any]] = None, callbacks: Optional[Sequence[str]] = None) -> Path:
+    """A proxy config: the same model list for both; the plugin's adds the three callbacks (or
+    `callbacks`: some of them, or benchmark-only stand-ins), a store, the repo's policies
+    (configs/policies.yaml, copied next to the config) and `settings` (more
+    `callback_settings.litellm_rllm` keys)."""
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "model_list": model_list(api_base, memory_tokens, memory_drip_s),
@@ -98,7 +99,7 @@ def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Option
     }
     if plugin:
         shutil.copy(REPO / "configs" / "policies.yaml", folder / "policies.yaml")
-        config["litellm_settings"]["callbacks"] = list(RLLM_CALLBACKS)
+        config["litellm_settings"]["callbacks"] = list(callbacks if callbacks is not None else RLLM_CALLBACKS)
         config["callback_settings"] = {"litellm_rllm": {
             "store": store_url or f"sqlite:///{folder / 'traces.db'}", "policies_file": "policies.yaml",
             **(settings or {})}}
