@@ -1,7 +1,8 @@
 """Where the plugin's CPU goes, by ablation, in one run: proxy CPU per call for each variant.
 
-    python benchmarks/attribution.py [--modes nonstream,stream] [--rounds 6] [--requests 40]
-        [--streams 10] [--tokens 256] [--variants bare,bare2,plugin,...] [--json out.json]
+    python benchmarks/attribution.py [--modes nonstream,stream] [--rounds 16] [--requests 20]
+        [--streams 4] [--tokens 256] [--variants bare,bare2,plugin,...] [--baseline REV]
+        [--json out.json]
 
 One `litellm --config` subprocess per variant, all up at once, all pinned to the same CPU (the
 upstream and this client on the others), one request at a time. Each round visits every
@@ -16,6 +17,10 @@ over `--requests` calls plus a short settle for its writer. Variants:
 * `tap_off`: the plugin with `raw_capture: false` (LiteLLM's parsed response, no tee);
 * `no_build`, `no_encode`, `no_commit`: the plugin with the writer's build (prepare +
   build_trace), encode (codec.encode) or SQLite commit replaced by a no-op.
+
+`--baseline REV` adds `plugin@REV`: the full plugin with `litellm_rllm` from that git revision
+(`git archive` into the run's temp folder), measured in the same rounds: before/after a change
+with the machine's drift paired out.
 
 The last four swap one stage on the plugin's writer from a benchmark-only entry
 (`benchmarks/ablations/writer_stages.py`, listed in place of the tracer); the package has no
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -132,7 +138,7 @@ def table(res: dict[str, dict[str, list[float]]], names: list[str]) -> list[dict
     bare = res.get("bare")
     for name in names:
         ns = res[name]["ns"]
-        row = {"variant": name, "what": VARIANTS[name][2], "ms": statistics.median(ns),
+        row = {"variant": name, "what": VARIANTS[name.split("@")[0]][2] + (" at " + name.split("@")[1] if "@" in name else ""), "ms": statistics.median(ns),
                "ms_ticks": statistics.median(res[name]["ticks"]), "rounds": ns}
         if bare is not None:
             diffs = [a - b for a, b in zip(ns, bare["ns"])]
@@ -157,12 +163,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="nonstream,stream")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--requests", type=int, default=40, help="non-streamed calls per variant and round")
-    ap.add_argument("--streams", type=int, default=10, help="streams per variant and round")
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=20, help="non-streamed calls per variant and round")
+    ap.add_argument("--streams", type=int, default=4, help="streams per variant and round")
+    ap.add_argument("--baseline", help="git revision: add plugin@REV, the full plugin as of REV")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--settle", type=float, default=0.3)
+    ap.add_argument("--settle", type=float, default=0.2)
     ap.add_argument("--pin", choices=("auto", "none"), default="auto")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -180,11 +187,21 @@ def main() -> None:
     proxies: dict[str, common.Proxy] = {}
     report: dict[str, Any] = {"tokens": a.tokens, "rounds": a.rounds, "variants": names, "modes": {}}
     try:
+        sources: dict[str, Optional[Path]] = {name: None for name in names}
+        if a.baseline:
+            src = work / "baseline-src"
+            src.mkdir()
+            archive = subprocess.run(["git", "-C", str(common.REPO), "archive", a.baseline, "litellm_rllm"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            base = f"plugin@{a.baseline}"
+            names.insert(names.index("plugin") + 1 if "plugin" in names else len(names), base)
+            sources[base] = src
         for name in names:
-            callbacks, settings, _ = VARIANTS[name]
+            callbacks, settings, _ = VARIANTS[name.split("@")[0]]
             config = common.write_config(work / name, plugin=callbacks is not None, api_base=upstream.api_base,
                                          settings=settings, callbacks=callbacks)
-            proxies[name] = common.Proxy(name, config, cpus=plan["proxy"])
+            proxies[name] = common.Proxy(name, config, cpus=plan["proxy"], src=sources[name])
         log(f"starting {len(proxies)} proxies (load {loadavg()})")
         for proxy in proxies.values():
             proxy.wait_ready(900)
@@ -212,8 +229,8 @@ def main() -> None:
                                          "load_after": load_after}
         # the ablations must not have broken capture: every plugin variant stored its calls
         for name, proxy in proxies.items():
-            if VARIANTS[name][0] is None or T not in VARIANTS[name][0] and not any(
-                    c.startswith(ABLATED) for c in VARIANTS[name][0]):
+            callbacks = VARIANTS[name.split("@")[0]][0]
+            if callbacks is None or T not in callbacks and not any(c.startswith(ABLATED) for c in callbacks):
                 continue
             r = httpx.post(proxy.base_url + "/rllm/flush", headers=common.auth(), timeout=120)
             stats = httpx.get(proxy.base_url + "/rllm/stats", headers=common.auth(), timeout=30).json()["writer"]

@@ -119,10 +119,12 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def probe_env(gc_path: Path) -> dict[str, str]:
-    """The proxy's environment plus the GC probe (benchmarks/gcprobe/sitecustomize.py)."""
+def probe_env(gc_path: Path, src: Optional[Path] = None) -> dict[str, str]:
+    """The proxy's environment plus the GC probe (benchmarks/gcprobe/sitecustomize.py); `src`:
+    import `litellm_rllm` from that folder (another revision's copy) instead of this repo."""
     e = env(RLLM_BENCH_GC_STATS=str(gc_path))
-    e["PYTHONPATH"] = str(REPO / "benchmarks" / "gcprobe") + os.pathsep + e["PYTHONPATH"]
+    first = [str(REPO / "benchmarks" / "gcprobe")] + ([str(src)] if src is not None else [])
+    e["PYTHONPATH"] = os.pathsep.join(first + [e["PYTHONPATH"]])
     return e
 
 
@@ -131,10 +133,10 @@ class Proxy(ProxyProcess):
     set before exec), with the GC probe, and CPU / RSS / GC readings."""
 
     def __init__(self, name: str, config: Path, cpus: Optional[Sequence[int]] = None,
-                 wrapper: Sequence[str] = ()) -> None:
+                 wrapper: Sequence[str] = (), src: Optional[Path] = None) -> None:
         self.name = name
         self.gc_path = config.parent / "gc.json"
-        super().__init__(config, env=probe_env(self.gc_path), wrapper=wrapper, preexec_fn=_preexec(cpus),
+        super().__init__(config, env=probe_env(self.gc_path, src), wrapper=wrapper, preexec_fn=_preexec(cpus),
                          log_path=config.parent / "proxy.log")
 
     def wait_ready(self, timeout: float = 180.0) -> "Proxy":

@@ -116,6 +116,7 @@ class TraceWriter:
         linger: float = 0.005,
         encoder: Optional[Encoder] = None,
         commit_delay: float = 0.0,
+        commit_interval: float = 0.0,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -135,6 +136,8 @@ class TraceWriter:
         self._poll = poll_interval
         self._linger = linger
         self._commit_delay = commit_delay  # fault drills: a writer whose commits land late
+        self._commit_interval = commit_interval  # group commit: batches start at most this often
+        self._last_batch = float("-inf")  # monotonic time the last batch was taken for writing
         self._exit_timeout = exit_timeout
 
         self._queue: deque[Any] = deque()
@@ -349,6 +352,7 @@ class TraceWriter:
                 if items and not barriers:
                     barriers = self._linger_for_more(items)
                 if items:
+                    self._last_batch = time.monotonic()
                     self._process(items)
                 if barriers and self._spool_has_work():
                     self._drain_spool(forced=True)
@@ -385,10 +389,12 @@ class TraceWriter:
                 logger.exception("trace writer: closing the spool failed")
 
     def _linger_for_more(self, items: list[Any]) -> list[_Barrier]:
-        """Group commit: a short batch waits up to `linger` seconds for more items (one
-        transaction per call costs more than the call's whole trace otherwise, at moderate
-        rates). A barrier, a full batch or shutdown ends the wait at once."""
-        deadline = time.monotonic() + self._linger
+        """Group commit: a short batch waits up to `linger` seconds for more items, and until
+        `commit_interval` after the previous batch (one transaction per call costs as much as
+        building the call's trace, at moderate rates; a call after a quiet spell goes at once).
+        A barrier, a full batch or shutdown ends the wait at once."""
+        now = time.monotonic()
+        deadline = max(now + self._linger, self._last_batch + self._commit_interval)
         while len(items) < self._batch_size and not self._stopping:
             if not self._queue:
                 remaining = deadline - time.monotonic()
