@@ -81,9 +81,10 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def task_cpu_ns(pid: int) -> int:
-    """Sum of every live thread's run time (schedstat, ns) of `pid` and its descendants."""
-    total = 0
+def task_cpu_ns(pid: int) -> tuple[int, int]:
+    """Run time (schedstat, ns) of `pid`'s main thread (the event loop) and of everything else:
+    its other live threads (the writer, SQLite's checkpointer, LiteLLM's) and descendants."""
+    main = other = 0
     for p in (pid, *common.descendants(pid)):
         try:
             tasks = os.listdir(f"/proc/{p}/task")
@@ -92,10 +93,14 @@ def task_cpu_ns(pid: int) -> int:
         for t in tasks:
             try:
                 with open(f"/proc/{p}/task/{t}/schedstat") as f:
-                    total += int(f.read().split()[0])
+                    ns = int(f.read().split()[0])
             except (OSError, ValueError, IndexError):
-                pass
-    return total
+                continue
+            if int(t) == pid:
+                main += ns
+            else:
+                other += ns
+    return main, other
 
 
 def one_call(client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
@@ -111,8 +116,9 @@ def one_call(client: httpx.Client, url: str, body: dict[str, Any], headers: dict
 
 def measure(client: httpx.Client, proxies: dict[str, common.Proxy], names: list[str], body: dict[str, Any],
             headers: dict[str, str], rounds: int, n: int, settle: float) -> dict[str, dict[str, list[float]]]:
-    """Per variant: CPU ms per call per round, from schedstat (`ns`) and from stat ticks (`ticks`)."""
-    out = {name: {"ns": [], "ticks": []} for name in names}
+    """Per variant: CPU ms per call per round, from schedstat (`ns`: `loop` thread + `other`
+    threads) and from stat ticks (`ticks`)."""
+    out = {name: {"ns": [], "ticks": [], "loop": [], "other": []} for name in names}
     for rnd in range(rounds):
         k = rnd % len(names)
         order = names[k:] + names[:k]
@@ -122,12 +128,14 @@ def measure(client: httpx.Client, proxies: dict[str, common.Proxy], names: list[
             proxy = proxies[name]
             url = proxy.base_url + "/v1/chat/completions"
             time.sleep(settle)  # the previous proxy's writer and GC settle
-            ns0, t0 = task_cpu_ns(proxy.pid), common.cpu_seconds(proxy.pid)
+            (m0, o0), t0 = task_cpu_ns(proxy.pid), common.cpu_seconds(proxy.pid)
             for _ in range(n):
                 one_call(client, url, body, headers)
             time.sleep(settle)  # this proxy's writer finishes the round's traces
-            ns1, t1 = task_cpu_ns(proxy.pid), common.cpu_seconds(proxy.pid)
-            out[name]["ns"].append((ns1 - ns0) / n / 1e6)
+            (m1, o1), t1 = task_cpu_ns(proxy.pid), common.cpu_seconds(proxy.pid)
+            out[name]["ns"].append((m1 + o1 - m0 - o0) / n / 1e6)
+            out[name]["loop"].append((m1 - m0) / n / 1e6)
+            out[name]["other"].append((o1 - o0) / n / 1e6)
             out[name]["ticks"].append((t1 - t0) / n * 1e3)
         log(f"round {rnd + 1}/{rounds} done (load {loadavg()})")
     return out
@@ -138,24 +146,32 @@ def table(res: dict[str, dict[str, list[float]]], names: list[str]) -> list[dict
     bare = res.get("bare")
     for name in names:
         ns = res[name]["ns"]
-        row = {"variant": name, "what": VARIANTS[name.split("@")[0]][2] + (" at " + name.split("@")[1] if "@" in name else ""), "ms": statistics.median(ns),
-               "ms_ticks": statistics.median(res[name]["ticks"]), "rounds": ns}
+        what = VARIANTS[name.split("@")[0]][2] + (" at " + name.split("@")[1] if "@" in name else "")
+        row = {"variant": name, "what": what, "ms": statistics.median(ns),
+               "ms_ticks": statistics.median(res[name]["ticks"]), "rounds": ns,
+               "loop_rounds": res[name]["loop"], "other_rounds": res[name]["other"]}
         if bare is not None:
             diffs = [a - b for a, b in zip(ns, bare["ns"])]
             row["delta"] = statistics.median(diffs)
-            row["delta_min"], row["delta_max"] = min(diffs), max(diffs)
+            row["delta_q1"], _, row["delta_q3"] = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else (0, 0, 0)
+            for part in ("loop", "other"):
+                row[f"delta_{part}"] = statistics.median(a - b for a, b in zip(res[name][part], bare[part]))
         rows.append(row)
     return rows
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
-    print("| variant | what | CPU ms/call | vs bare (paired median) | paired range | stat ticks ms/call |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| variant | what | CPU ms/call | vs bare (paired median) | paired quartiles | loop thread vs bare "
+          "| other threads vs bare | stat ticks ms/call |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        delta = f"{r['delta']:+.2f}" if "delta" in r else ""
-        rng = f"{r['delta_min']:+.2f} .. {r['delta_max']:+.2f}" if "delta" in r else ""
-        print(f"| {r['variant']} | {r['what']} | {r['ms']:.2f} | {delta} | {rng} | {r['ms_ticks']:.2f} |")
+        has = "delta" in r
+        delta = f"{r['delta']:+.2f}" if has else ""
+        rng = f"{r['delta_q1']:+.2f} .. {r['delta_q3']:+.2f}" if has else ""
+        loop = f"{r['delta_loop']:+.2f}" if has else ""
+        other = f"{r['delta_other']:+.2f}" if has else ""
+        print(f"| {r['variant']} | {r['what']} | {r['ms']:.2f} | {delta} | {rng} | {loop} | {other} | {r['ms_ticks']:.2f} |")
     sys.stdout.flush()
 
 
