@@ -16,7 +16,9 @@ over `--requests` calls plus a short settle for its writer. Variants:
 * `discard`: the plugin with a store that discards every batch;
 * `tap_off`: the plugin with `raw_capture: false` (LiteLLM's parsed response, no tee);
 * `no_build`, `no_encode`, `no_commit`: the plugin with the writer's build (prepare +
-  build_trace), encode (codec.encode) or SQLite commit replaced by a no-op.
+  build_trace), encode (codec.encode) or SQLite commit replaced by a no-op;
+* not by default: `commit_each` / `commit_500ms`, the plugin with `writer_commit_interval_s`
+  0 (a transaction per call at these rates) or 0.5 s.
 
 `--baseline REV` adds `plugin@REV`: the full plugin with `litellm_rllm` from that git revision
 (`git archive` into the run's temp folder), measured in the same rounds: before/after a change
@@ -69,7 +71,11 @@ VARIANTS: dict[str, tuple[Optional[list[str]], dict[str, Any], str]] = {
     "no_build": ([M, S, ABLATED + "no_build"], {}, "plugin, build a no-op"),
     "no_encode": ([M, S, ABLATED + "no_encode"], {}, "plugin, encode a no-op"),
     "no_commit": ([M, S, ABLATED + "no_commit"], {}, "plugin, commit a no-op (rollback)"),
+    # not in the default run: the group-commit setting at other values
+    "commit_each": ([M, S, T], {"writer_commit_interval_s": 0}, "plugin, a transaction per call"),
+    "commit_500ms": ([M, S, T], {"writer_commit_interval_s": 0.5}, "plugin, commit interval 0.5 s"),
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.startswith("commit_")]
 
 
 def log(msg: str) -> None:
@@ -178,7 +184,8 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="nonstream,stream")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--requests", type=int, default=20, help="non-streamed calls per variant and round")
     ap.add_argument("--streams", type=int, default=4, help="streams per variant and round")
