@@ -86,6 +86,9 @@ class TraceWriter:
     The writer registers ``close(exit_timeout)`` with ``atexit`` unless ``close_at_exit=False``
     (and unregisters it on ``close``), so a normal interpreter exit drains the queue.
 
+    ``commit_interval``: group commit; a batch starts at most this long after the previous one
+    (waiting for more items), unless a flush marker, a full batch or shutdown ends the wait.
+
     ``spool``: a ``Spool`` (or its folder) makes failed and backlogged batches durable on local
     disk instead of failing them (module docstring). With a spool, a failing batch is retried
     for at most ``spool_after`` seconds before it is spooled; ``spool_backlog`` is the queue
