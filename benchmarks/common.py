@@ -86,10 +86,11 @@ class Upstream:
 
 def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Optional[str] = None,
                  memory_tokens: int = 2000, memory_drip_s: float = 0.0,
-                 settings: Optional[dict[str, Any]] = None) -> Path:
-    """A proxy config: the same model list for both; the plugin's adds the three callbacks, a
-    store, the repo's policies (configs/policies.yaml, copied next to the config) and
-    `settings` (more `callback_settings.litellm_rllm` keys)."""
+                 settings: Optional[dict[str, Any]] = None, callbacks: Optional[Sequence[str]] = None) -> Path:
+    """A proxy config: the same model list for both; the plugin's adds the three callbacks (or
+    `callbacks`: some of them, or benchmark-only stand-ins), a store, the repo's policies
+    (configs/policies.yaml, copied next to the config) and `settings` (more
+    `callback_settings.litellm_rllm` keys)."""
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "model_list": model_list(api_base, memory_tokens, memory_drip_s),
@@ -98,7 +99,7 @@ def write_config(folder: Path, *, plugin: bool, api_base: str, store_url: Option
     }
     if plugin:
         shutil.copy(REPO / "configs" / "policies.yaml", folder / "policies.yaml")
-        config["litellm_settings"]["callbacks"] = list(RLLM_CALLBACKS)
+        config["litellm_settings"]["callbacks"] = list(callbacks if callbacks is not None else RLLM_CALLBACKS)
         config["callback_settings"] = {"litellm_rllm": {
             "store": store_url or f"sqlite:///{folder / 'traces.db'}", "policies_file": "policies.yaml",
             **(settings or {})}}
@@ -118,10 +119,12 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def probe_env(gc_path: Path) -> dict[str, str]:
-    """The proxy's environment plus the GC probe (benchmarks/gcprobe/sitecustomize.py)."""
+def probe_env(gc_path: Path, src: Optional[Path] = None) -> dict[str, str]:
+    """The proxy's environment plus the GC probe (benchmarks/gcprobe/sitecustomize.py); `src`:
+    import `litellm_rllm` from that folder (another revision's copy) instead of this repo."""
     e = env(RLLM_BENCH_GC_STATS=str(gc_path))
-    e["PYTHONPATH"] = str(REPO / "benchmarks" / "gcprobe") + os.pathsep + e["PYTHONPATH"]
+    first = [str(REPO / "benchmarks" / "gcprobe")] + ([str(src)] if src is not None else [])
+    e["PYTHONPATH"] = os.pathsep.join(first + [e["PYTHONPATH"]])
     return e
 
 
@@ -130,10 +133,10 @@ class Proxy(ProxyProcess):
     set before exec), with the GC probe, and CPU / RSS / GC readings."""
 
     def __init__(self, name: str, config: Path, cpus: Optional[Sequence[int]] = None,
-                 wrapper: Sequence[str] = ()) -> None:
+                 wrapper: Sequence[str] = (), src: Optional[Path] = None) -> None:
         self.name = name
         self.gc_path = config.parent / "gc.json"
-        super().__init__(config, env=probe_env(self.gc_path), wrapper=wrapper, preexec_fn=_preexec(cpus),
+        super().__init__(config, env=probe_env(self.gc_path, src), wrapper=wrapper, preexec_fn=_preexec(cpus),
                          log_path=config.parent / "proxy.log")
 
     def wait_ready(self, timeout: float = 180.0) -> "Proxy":

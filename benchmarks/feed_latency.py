@@ -68,8 +68,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(store_url: str, upstream: common.Upstream, folder: Path, *, cross: bool, calls: int,
-            interval: float) -> dict[str, Any]:
-    config = common.write_config(folder, plugin=True, api_base=upstream.api_base, store_url=store_url)
+            interval: float, settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    config = common.write_config(folder, plugin=True, api_base=upstream.api_base, store_url=store_url,
+                                 settings=settings)
     proxies = [common.Proxy(f"p{k}", config) for k in range(2 if cross else 1)]
     try:
         for p in proxies:
@@ -113,7 +114,10 @@ def main() -> None:
     parser.add_argument("--cross", action="store_true", help="follower on a second proxy (PostgreSQL: both modes)")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between calls")
+    parser.add_argument("--plugin-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a callback_settings.litellm_rllm key (repeatable), e.g. writer_commit_interval_s=0")
     args = parser.parse_args()
+    settings = common.parse_settings(args.plugin_setting)
 
     sys.path.insert(0, str(common.REPO))
     upstream = common.Upstream(tokens=16)
@@ -125,10 +129,10 @@ def main() -> None:
             if args.store in ("sqlite", "both"):
                 url = f"sqlite:///{base / 'sqlite' / 'traces.db'}"
                 rows.append(("sqlite, same proxy", measure(url, upstream, base / "sqlite", cross=False,
-                                                           calls=args.calls, interval=args.interval)))
+                                                           calls=args.calls, interval=args.interval, settings=settings)))
                 if args.cross:
                     rows.append(("sqlite, other proxy", measure(url, upstream, base / "sqlite-x", cross=True,
-                                                                calls=args.calls, interval=args.interval)))
+                                                                calls=args.calls, interval=args.interval, settings=settings)))
             if args.store in ("postgres", "both"):
                 pg_url = args.pg_url
                 if pg_url is None:
@@ -140,11 +144,11 @@ def main() -> None:
 
                 rows.append(("postgres, same proxy", measure(with_schema(pg_url, unique_schema("lat")), upstream,
                                                              base / "pg", cross=False, calls=args.calls,
-                                                             interval=args.interval)))
+                                                             interval=args.interval, settings=settings)))
                 if args.cross:
                     rows.append(("postgres, other proxy", measure(with_schema(pg_url, unique_schema("latx")),
                                                                   upstream, base / "pg-x", cross=True,
-                                                                  calls=args.calls, interval=args.interval)))
+                                                                  calls=args.calls, interval=args.interval, settings=settings)))
     finally:
         upstream.stop()
         if server is not None:

@@ -48,6 +48,10 @@ class Settings(BaseModel):
     require_signed_slugs: bool = False
     writer_batch_size: int = Field(256, ge=1, le=100_000)
     writer_max_queue: int = Field(100_000, ge=1)
+    # Group commit: the writer starts a batch at most this often (a call after a quieter spell is
+    # written at once). Fewer, larger transactions at moderate rates; a flush never waits for it.
+    # The traces of the last interval are what a SIGKILL can take beyond the batch in writing.
+    writer_commit_interval_s: float = Field(0.0, ge=0, le=5)
     # Local spool for traces the store cannot take (down or too slow), replayed when it is back.
     # Default folder: `<file>.spool` next to a SQLite file, else `rllm_spool` in the working
     # directory (one subfolder per store); relative to the proxy config's folder. 0 = no spool.

@@ -153,6 +153,7 @@ class Plugin:
             spool_max_bytes=cfg.spool_max_bytes or None,
             close_at_exit=False,  # the plugin's close() is the one shutdown path
             commit_delay=cfg.writer_commit_delay_s,
+            commit_interval=cfg.writer_commit_interval_s,
         )
 
     @property

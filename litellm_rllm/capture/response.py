@@ -11,6 +11,7 @@ They run in the writer thread, never on the event loop. Formats handled:
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Iterable, Mapping, Optional
 
 from ..trace import Completeness, TopColumns, TraceChoice
@@ -58,11 +59,14 @@ def request_view(body: Mapping[str, Any]) -> dict[str, Any]:
     return plain(out)
 
 
+_LOGPROB = itemgetter("logprob")
+
+
 def _ints(value: Any) -> Optional[list[int]]:
     if value is None:
         return None
     try:
-        return [int(v) for v in value]
+        return list(map(int, value))
     except (TypeError, ValueError):
         return None
 
@@ -74,20 +78,21 @@ def chat_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[s
     content = logprobs.get("content")
     if content is None:
         return None, None, None
-    values: list[float] = []
-    tokens: list[str] = []
-    top_tokens: list[Optional[str]] = []
-    top_lps: list[float] = []
-    counts: list[int] = []
-    for item in content:
-        values.append(float(item.get("logprob")))
-        tokens.append(item.get("token"))
-        alts = item.get("top_logprobs") or ()
-        counts.append(len(alts))
-        for a in alts:
-            top_tokens.append(a.get("token"))
-            top_lps.append(float(a.get("logprob")))
-    return values, tokens, (TopColumns(top_tokens, top_lps, counts) if top_tokens else None)
+    # One comprehension (or C-level map) per column: this runs per token of every trace (the
+    # writer's largest step for a short reply); ~100 us less per 256-token trace than one
+    # append loop (benchmarks/writer_stages.py).
+    try:
+        values: list[float] = list(map(float, map(_LOGPROB, content)))  # C-level loops
+    except KeyError:  # a position without a logprob fails the build, as float(None) does
+        values = [float(item.get("logprob")) for item in content]
+    tokens: list[str] = [item.get("token") for item in content]
+    alts_per_item = [item.get("top_logprobs") or () for item in content]
+    if not any(alts_per_item):
+        return values, tokens, None
+    top_tokens: list[Optional[str]] = [a.get("token") for alts in alts_per_item for a in alts]
+    top_lps: list[float] = [float(a.get("logprob")) for alts in alts_per_item for a in alts]
+    counts: list[int] = [len(alts) for alts in alts_per_item]
+    return values, tokens, TopColumns(top_tokens, top_lps, counts)
 
 
 def text_logprobs(logprobs: Any) -> tuple[Optional[list[float]], Optional[list[str]], Optional[TopColumns]]:

@@ -112,6 +112,9 @@ class TraceWriter:
     The writer registers ``close(exit_timeout)`` with ``atexit`` unless ``close_at_exit=False``
     (and unregisters it on ``close``), so a normal interpreter exit drains the queue.
 
+    ``commit_interval``: group commit; a batch starts at most this long after the previous one
+    (waiting for more items), unless a flush marker, a full batch or shutdown ends the wait.
+
     ``spool``: a ``Spool`` (or its folder) makes failed and backlogged batches durable on local
     disk instead of failing them (module docstring). With a spool, a failing batch is retried
     for at most ``spool_after`` seconds before it is spooled; ``spool_backlog`` is the queue
@@ -147,6 +150,7 @@ class TraceWriter:
         replay_batch: int = 2048,
         replay_bytes: int = 32 << 20,
         replay_timeout: float = 10.0,
+        commit_interval: float = 0.0,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -166,6 +170,8 @@ class TraceWriter:
         self._poll = poll_interval
         self._linger = linger
         self._commit_delay = commit_delay  # fault drills: a writer whose commits land late
+        self._commit_interval = commit_interval  # group commit: batches start at most this often
+        self._last_batch = float("-inf")  # monotonic time the last batch was taken for writing
         self._exit_timeout = exit_timeout
 
         self._queue: deque[Any] = deque()
@@ -437,6 +443,7 @@ class TraceWriter:
                 if items and not barriers:
                     barriers = self._linger_for_more(items)
                 if items:
+                    self._last_batch = time.monotonic()
                     self._process(items)
                 if barriers and self._backlog_due():
                     self._drain(forced=True)
@@ -485,10 +492,12 @@ class TraceWriter:
                 logger.exception("trace writer: closing the spool failed")
 
     def _linger_for_more(self, items: list[Any]) -> list[_Barrier]:
-        """Group commit: a short batch waits up to `linger` seconds for more items (one
-        transaction per call costs more than the call's whole trace otherwise, at moderate
-        rates). A barrier, a full batch or shutdown ends the wait at once."""
-        deadline = time.monotonic() + self._linger
+        """Group commit: a short batch waits up to `linger` seconds for more items, and until
+        `commit_interval` after the previous batch (one transaction per call costs as much as
+        building the call's trace, at moderate rates; a call after a quiet spell goes at once).
+        A barrier, a full batch or shutdown ends the wait at once."""
+        now = time.monotonic()
+        deadline = max(now + self._linger, self._last_batch + self._commit_interval)
         while len(items) < self._batch_size and not self._stopping:
             if not self._queue:
                 remaining = deadline - time.monotonic()

@@ -1,0 +1,1 @@
+"""Benchmark-only proxy entries (`benchmarks/attribution.py`); never part of the package."""
