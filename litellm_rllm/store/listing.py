@@ -62,6 +62,12 @@ class SessionQuery(BaseModel):
     team: Optional[str] = None
     session: Optional[str] = None
 
+    @property
+    def filtered(self) -> bool:
+        """Any filter that keeps some sessions out (then no ``total``: counting would walk all)."""
+        return any(v is not None for v in (self.q, self.model, self.status, self.since_us, self.until_us,
+                                           self.team)) or bool(self.meta)
+
     @classmethod
     def parse(
         cls,
@@ -211,6 +217,23 @@ def walk(
     return found, None
 
 
+def id_window(scalar: Callable[[str, tuple[Any, ...]], Any], table: str, mark: str,
+              query: SessionQuery) -> tuple[int, int]:
+    """The row ids a walk covers, ``(start, bottom)`` for ``walk``: below the newest row (or the
+    first row at/after ``until``, or the cursor), down to the first row at/after ``since``.
+    ``scalar(sql, params)`` answers one value; ``table`` and ``mark`` are the backend's table
+    name and parameter mark (rows are written in id order, so ids stand for write time)."""
+    start, bottom = int(scalar(f"SELECT MAX(id) FROM {table}", ()) or 0) + 1, 1
+    if query.until_us is not None:
+        start = int(scalar(f"SELECT MAX(id) FROM {table} WHERE created_us < {mark}", (query.until_us,)) or 0) + 1
+    if query.since_us is not None:
+        above = scalar(f"SELECT MIN(id) FROM {table} WHERE created_us >= {mark}", (query.since_us,))
+        bottom = int(above) if above is not None else start
+    if query.cursor is not None:
+        start = min(start, query.cursor)
+    return start, bottom
+
+
 def summaries(
     order: Sequence[str],
     facts: Iterable[Sequence[Any]],
@@ -259,6 +282,7 @@ __all__ = [
     "SessionQueryError",
     "decode_cursor",
     "encode_cursor",
+    "id_window",
     "meta_text",
     "summaries",
     "walk",

@@ -830,20 +830,9 @@ class PostgresStore(PostgresTrainerMixin, TraceStore):
                 f"SELECT t.id, t.session_key, (t.doc::json -> 'metadata')::text FROM {s}.traces t"
                 f" WHERE {' AND '.join(where)} AND t.id < %s AND t.id >= %s ORDER BY t.id DESC LIMIT %s"
             )
-            top = run(f"SELECT MAX(id) FROM {s}.traces", ())[0][0]
-            start, bottom = int(top or 0) + 1, 1
-            if query.until_us is not None:
-                below = run(f"SELECT MAX(id) FROM {s}.traces WHERE created_us < %s", (query.until_us,))[0][0]
-                start = int(below or 0) + 1
-            if query.since_us is not None:
-                above = run(f"SELECT MIN(id) FROM {s}.traces WHERE created_us >= %s", (query.since_us,))[0][0]
-                bottom = int(above) if above is not None else start
-            if query.cursor is not None:
-                start = min(start, query.cursor)
+            start, bottom = listing.id_window(lambda q, p: run(q, p)[0][0], f"{s}.traces", "%s", query)
             rows, nxt = listing.walk(lambda hi, lo, n: run(sql, [*params, hi, lo, n]), start, bottom, query.limit)
-            filtered = any(v is not None for v in (query.q, query.model, query.status, query.since_us,
-                                                   query.until_us, query.team)) or query.meta
-            if query.cursor is None and not filtered:
+            if query.cursor is None and not query.filtered:
                 # one row per session key ever written: cheaper than counting distinct keys
                 total = run(f"SELECT count(*) FROM {s}.session_seq WHERE session_key <> ''", ())[0][0]
         keys = [row[1] for row in rows]

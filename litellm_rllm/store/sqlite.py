@@ -667,20 +667,9 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
                 "SELECT t.id, t.session_key, json_extract(t.doc, '$.metadata') FROM traces t"
                 f" WHERE {' AND '.join(where)} AND t.id < ? AND t.id >= ? ORDER BY t.id DESC LIMIT ?"
             )
-            top = run("SELECT MAX(id) FROM traces", ())[0][0]
-            start, bottom = (top or 0) + 1, 1
-            if query.until_us is not None:
-                below = run("SELECT MAX(id) FROM traces WHERE created_us < ?", (query.until_us,))[0][0]
-                start = (below or 0) + 1
-            if query.since_us is not None:
-                above = run("SELECT MIN(id) FROM traces WHERE created_us >= ?", (query.since_us,))[0][0]
-                bottom = above if above is not None else start
-            if query.cursor is not None:
-                start = min(start, query.cursor)
+            start, bottom = listing.id_window(lambda q, p: run(q, p)[0][0], "traces", "?", query)
             rows, nxt = listing.walk(lambda hi, lo, n: run(sql, [*params, hi, lo, n]), start, bottom, query.limit)
-            filtered = any(v is not None for v in (query.q, query.model, query.status, query.since_us,
-                                                   query.until_us, query.team)) or query.meta
-            if query.cursor is None and not filtered:
+            if query.cursor is None and not query.filtered:
                 total = run("SELECT COUNT(DISTINCT session_key) FROM traces WHERE session_key <> ''", ())[0][0]
         keys = [row[1] for row in rows]
         facts: list[Any] = []
