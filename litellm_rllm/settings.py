@@ -49,9 +49,11 @@ class Settings(BaseModel):
     writer_batch_size: int = Field(256, ge=1, le=100_000)
     writer_max_queue: int = Field(100_000, ge=1)
     # Group commit: the writer starts a batch at most this often (a call after a quieter spell is
-    # written at once). Fewer, larger transactions at moderate rates; a flush never waits for it.
-    # The traces of the last interval are what a SIGKILL can take beyond the batch in writing.
-    writer_commit_interval_s: float = Field(0.0, ge=0, le=5)
+    # written at once). Fewer, larger transactions at moderate rates: a transaction per call
+    # cost the store about as much CPU as building the trace (issue 19, docs/benchmarks.md).
+    # A flush never waits for it; the change feed shows a call up to this much later; the
+    # traces of the last interval are what a SIGKILL can take beyond the batch in writing.
+    writer_commit_interval_s: float = Field(0.2, ge=0, le=5)
     # Local spool for traces the store cannot take (down or too slow), replayed when it is back.
     # Default folder: `<file>.spool` next to a SQLite file, else `rllm_spool` in the working
     # directory (one subfolder per store); relative to the proxy config's folder. 0 = no spool.
