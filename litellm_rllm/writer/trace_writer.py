@@ -172,6 +172,10 @@ class TraceWriter:
         self._commit_delay = commit_delay  # fault drills: a writer whose commits land late
         self._commit_interval = commit_interval  # group commit: batches start at most this often
         self._last_batch = float("-inf")  # monotonic time the last batch was taken for writing
+        # While the writer lingers for a batch, a submit wakes it only once the batch would be
+        # full: until this monotonic time, with room for this many more items.
+        self._quiet_until = 0.0
+        self._quiet_room = 0
         self._exit_timeout = exit_timeout
 
         self._queue: deque[Any] = deque()
@@ -261,7 +265,10 @@ class TraceWriter:
                     self._submitted += 1
                     accepted = True
             if accepted:
-                if not self._wake.is_set():
+                # A lingering writer collects the queue at its deadline anyway: waking it per
+                # call would cost a thread switch (and a GIL hand-over from the loop) each.
+                if not self._wake.is_set() and (len(self._queue) >= self._quiet_room
+                                                or time.monotonic() >= self._quiet_until):
                     self._wake.set()
                 return True
             self._log_drop(item)
@@ -498,21 +505,27 @@ class TraceWriter:
         A barrier, a full batch or shutdown ends the wait at once."""
         now = time.monotonic()
         deadline = max(now + self._linger, self._last_batch + self._commit_interval)
-        while len(items) < self._batch_size and not self._stopping:
-            if not self._queue:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wake.clear()
+        try:
+            while len(items) < self._batch_size and not self._stopping:
                 if not self._queue:
-                    self._wake.wait(remaining)
-                if not self._queue:
-                    break
-            more, barriers = self._take(self._batch_size - len(items))
-            items.extend(more)
-            if barriers:
-                return barriers
-        return []
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._quiet_room = self._batch_size - len(items)
+                    self._quiet_until = deadline  # submits no longer wake us (see submit)
+                    self._wake.clear()
+                    if not self._queue:
+                        self._wake.wait(remaining)
+                    self._quiet_until = 0.0
+                    if not self._queue:
+                        break
+                more, barriers = self._take(self._batch_size - len(items))
+                items.extend(more)
+                if barriers:
+                    return barriers
+            return []
+        finally:
+            self._quiet_until = 0.0
 
     def _take(self, limit: Optional[int] = None) -> tuple[list[Any], list[_Barrier]]:
         """Up to batch_size items, stopping at a barrier so it is released right after them."""

@@ -74,3 +74,30 @@ def test_a_call_after_a_quiet_spell_is_written_without_waiting(tmp_path: Path) -
     finally:
         writer.close()
         store.close()
+
+
+def test_calls_during_the_interval_do_not_wake_the_writer_until_a_batch_is_full(tmp_path: Path) -> None:
+    """Each wake-up is a thread switch and a GIL hand-over from the event loop: a lingering
+    writer collects the queue at its deadline instead, unless the batch fills up first."""
+    store = CountingStore(str(tmp_path / "t.db"))
+    writer = TraceWriter(store, commit_interval=2.0, batch_size=4, close_at_exit=False)
+    try:
+        writer.submit(Trace(trace_id="first", session_id="s"))
+        assert writer.flush(timeout=10)
+        writer.submit(Trace(trace_id="a", session_id="s"))  # starts the writer's linger
+        deadline = time.monotonic() + 5
+        while writer._quiet_until == 0.0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert writer._quiet_until > 0.0, "the writer never lingered"
+        for tid in ("b", "c"):
+            writer.submit(Trace(trace_id=tid, session_id="s"))
+            assert not writer._wake.is_set(), f"submitting {tid} woke the lingering writer"
+        writer.submit(Trace(trace_id="d", session_id="s"))  # the batch of 4 is full now
+        started = time.monotonic()
+        while len(store.batches) < 2 and time.monotonic() - started < 5:
+            time.sleep(0.005)
+        assert time.monotonic() - started < 1.0, "a full batch waited for the interval"
+        assert store.batches == [1, 4]
+    finally:
+        writer.close()
+        store.close()
