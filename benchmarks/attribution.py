@@ -18,7 +18,8 @@ over `--requests` calls plus a short settle for its writer. Variants:
 * `no_build`, `no_encode`, `no_commit`: the plugin with the writer's build (prepare +
   build_trace), encode (codec.encode) or SQLite commit replaced by a no-op;
 * not by default: `commit_each` / `commit_500ms`, the plugin with `writer_commit_interval_s`
-  0 (a transaction per call at these rates) or 0.5 s.
+  0 (a transaction per call at these rates) or 0.5 s (the default is 0.2 s); `build_child`,
+  the plugin building every trace in its build process (`writer_build_process_min_bytes: 0`).
 
 `--baseline REV` adds `plugin@REV`: the full plugin with `litellm_rllm` from that git revision
 (`git archive` into the run's temp folder), measured in the same rounds: before/after a change
@@ -74,8 +75,9 @@ VARIANTS: dict[str, tuple[Optional[list[str]], dict[str, Any], str]] = {
     # not in the default run: the group-commit setting at other values
     "commit_each": ([M, S, T], {"writer_commit_interval_s": 0}, "plugin, a transaction per call"),
     "commit_500ms": ([M, S, T], {"writer_commit_interval_s": 0.5}, "plugin, commit interval 0.5 s"),
+    "build_child": ([M, S, T], {"writer_build_process_min_bytes": 0}, "plugin, every build in the build process"),
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.startswith("commit_")]
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.startswith("commit_") and v != "build_child"]
 
 
 def log(msg: str) -> None:
