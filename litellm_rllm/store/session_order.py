@@ -32,6 +32,7 @@ result.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -131,6 +132,35 @@ class Placement:
     moved: list[tuple[int, int, int]]
 
 
+class ContextCache:
+    """The immutable order columns (prompt_len, ctx_len, ctx_hash) of rows this store object
+    wrote or read, by row id, checked against the row's trace id.
+
+    Why: a write reads its session's window (often every row of the last second), and those
+    columns sit after the doc and blobs in a row, i.e. on its overflow pages: reading them cost
+    ~25 us per row. The window's keys (row id, trace id, order key) are all in the session-order
+    index; only rows not found here (written by another proxy) are read whole. Row ids are never
+    reused within a file; the backend clears this when it opens another one.
+    """
+
+    def __init__(self, max_rows: int = 1 << 16) -> None:
+        self._rows: dict[int, tuple[str, Optional[int], Optional[int], Optional[int]]] = {}
+        self._max = max_rows
+
+    def get(self, row: int, trace_id: str) -> Optional[tuple[Optional[int], Optional[int], Optional[int]]]:
+        found = self._rows.get(row)
+        return found[1:] if found is not None and found[0] == trace_id else None
+
+    def put(self, row: int, trace_id: str, columns: tuple[Optional[int], Optional[int], Optional[int]]) -> None:
+        self._rows[row] = (trace_id, *columns)
+        if len(self._rows) > self._max:  # the oldest half goes (dicts keep insertion order)
+            for old in list(itertools.islice(self._rows, len(self._rows) - self._max // 2)):
+                del self._rows[old]
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
 def window_start(fresh: Iterable[OrderItem]) -> int:
     """The order key from which stored traces can matter to these new ones."""
     return min(item.key for item in fresh) - CLOCK_BOUND_US
@@ -173,4 +203,4 @@ def place(
     return placement
 
 
-__all__ = ["CLOCK_BOUND_US", "CallContext", "OrderItem", "Placement", "call_context", "extends", "place", "window_start"]
+__all__ = ["CLOCK_BOUND_US", "CallContext", "ContextCache", "OrderItem", "Placement", "call_context", "extends", "place", "window_start"]
