@@ -19,7 +19,13 @@ Why it is shaped this way:
   the cost of a write and release the GIL, so they overlap the writer's next batch; the writer
   connection checkpoints by itself only when the WAL passes 64 MiB (checkpointer lagging or
   gone).
-* 16 KiB pages: a 10-20 KB trace takes 1-2 pages instead of 3-5 at the 4 KiB default.
+* 4 KiB pages (SQLite's default) for new files; files made with 16 KiB pages keep them. A
+  commit writes every page it touched to the WAL whole: the table's last page and ~8 index
+  pages (trace id, session, order, created, status, model, uids, feed). For one ~5 KB trace a
+  commit, the proxy's case at moderate rates, 16 KiB pages cost ~210 us of COMMIT against ~100
+  at 4 KiB (~110 us a trace less in all); 256-trace batches of 25 KB rows pay ~10% more CPU
+  per trace, and writing a 32,000-token trace ~0.5 ms more (4.7 vs 4.2 ms); reading it is the
+  same (docs/benchmarks.md).
 * Faults (docs/storage-faults.md): every call first checks that the file the connection holds is
   still the one at the path (an ``os.stat``; a deleted or replaced folder is reopened, or, for a
   store opened with ``create=False``, reported as ``StoreMissing`` instead of recreated empty);
@@ -73,11 +79,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
-PAGE_SIZE = 16384  # only applies when the file is created
+PAGE_SIZE = 4096  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
-# dead): at 16 KiB pages that is a 64 MiB WAL. A WAL file grown past the limit is cut back to it.
-WRITER_AUTOCHECKPOINT_PAGES = 4096
+# dead): when the WAL passes 64 MiB, whatever the file's page size. A WAL file grown past the
+# limit is cut back to it.
+WRITER_AUTOCHECKPOINT_BYTES = 64 << 20
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is cut back to this whenever it restarts
 CHECKPOINT_BYTES = 1 << 20  # the checkpointer's pace (see _Checkpointer)
 CHECKPOINT_MAX_WAIT_S = 0.1
@@ -323,7 +330,8 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             if self._background_checkpoint:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+                page = int(conn.execute("PRAGMA page_size").fetchone()[0]) or PAGE_SIZE
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_BYTES // page}")
             migrate(conn)
         except BaseException:
             conn.close()
