@@ -151,6 +151,15 @@ class ContextCache:
         found = self._rows.get(row)
         return found[1:] if found is not None and found[0] == trace_id else None
 
+    def lookup(self, stored: Sequence[tuple[int, str, int]]) -> list[Optional[tuple[Optional[int], Optional[int], Optional[int]]]]:
+        """``get`` for each (row id, trace id, order key) of a window read."""
+        rows = self._rows
+        out: list[Optional[tuple[Optional[int], Optional[int], Optional[int]]]] = []
+        for row, trace_id, _ in stored:
+            found = rows.get(row)
+            out.append(found[1:] if found is not None and found[0] == trace_id else None)
+        return out
+
     def put(self, row: int, trace_id: str, columns: tuple[Optional[int], Optional[int], Optional[int]]) -> None:
         self._rows[row] = (trace_id, *columns)
         if len(self._rows) > self._max:  # the oldest half goes (dicts keep insertion order)
@@ -159,6 +168,20 @@ class ContextCache:
 
     def clear(self) -> None:
         self._rows.clear()
+
+
+def after_window(last_key: int, prompt_lens: Iterable[Optional[int]], fresh: Sequence[OrderItem]) -> bool:
+    """Do ``fresh`` simply follow the window (``place(base + len(window), [], fresh, ...)`` gives
+    what ``place(base, window, fresh, ...)`` would)? Yes when every new call starts after the
+    window's last order key (``last_key``) and no stored prompt is long enough to extend a new
+    call (``prompt_lens``: the window's; None for a row without ids): then no stored key moves
+    (a stored row only moves after a parent it extends), a new call is already after any stored
+    parent, and the stored rows all rank first. The usual case, decided without ``place``'s
+    per-row work on a window of a second of calls."""
+    if min(f.key for f in fresh) <= last_key:
+        return False
+    shortest = min((f.ctx_len for f in fresh if f.ctx_len is not None), default=None)
+    return shortest is None or all(n is None or n < shortest for n in prompt_lens)
 
 
 def window_start(fresh: Iterable[OrderItem]) -> int:
@@ -203,4 +226,4 @@ def place(
     return placement
 
 
-__all__ = ["CLOCK_BOUND_US", "CallContext", "ContextCache", "OrderItem", "Placement", "call_context", "extends", "place", "window_start"]
+__all__ = ["CLOCK_BOUND_US", "CallContext", "ContextCache", "OrderItem", "after_window", "Placement", "call_context", "extends", "place", "window_start"]

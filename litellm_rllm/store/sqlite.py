@@ -68,7 +68,7 @@ from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
 from litellm_rllm.store.rekey import migrate_sqlite as migrate_rekey
 from litellm_rllm.store.session_order import (
-    ContextCache, OrderItem, Placement, call_context, place, window_start,
+    ContextCache, OrderItem, Placement, after_window, call_context, place, window_start,
 )
 from litellm_rllm.store.trainer_sqlite import SQLITE_V2, SqliteTrainerMixin, feed_append
 from litellm_rllm.trace import Trace
@@ -875,11 +875,14 @@ def _place(conn: sqlite3.Connection, key: str, fresh: list[OrderItem], contexts:
     lo = window_start(fresh)
     window: list[OrderItem] = []
     if last is not None and last[1] >= lo:
-        window = [OrderItem(trace_id, order_us, row=row) for row, trace_id, order_us in conn.execute(_SESSION_WINDOW, (key, lo))]
+        stored = conn.execute(_SESSION_WINDOW, (key, lo)).fetchall()
+        known = contexts.lookup(stored)
+        if None not in known and after_window(last[1], (c[0] for c in known), fresh):  # type: ignore[index]
+            return place(count, [], fresh, lambda rows: None)
+        window = [OrderItem(trace_id, order_us, row=row) for row, trace_id, order_us in stored]
         missing: dict[int, OrderItem] = {}
-        for rank, item in enumerate(window, count - len(window)):
+        for rank, (item, columns) in enumerate(zip(window, known), count - len(window)):
             item.seq = rank
-            columns = contexts.get(item.row, item.trace_id)  # type: ignore[arg-type]
             if columns is None:
                 missing[item.row] = item  # type: ignore[index]
             else:
