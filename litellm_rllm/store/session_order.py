@@ -32,6 +32,7 @@ result.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -131,6 +132,58 @@ class Placement:
     moved: list[tuple[int, int, int]]
 
 
+class ContextCache:
+    """The immutable order columns (prompt_len, ctx_len, ctx_hash) of rows this store object
+    wrote or read, by row id, checked against the row's trace id.
+
+    Why: a write reads its session's window (often every row of the last second), and those
+    columns sit after the doc and blobs in a row, i.e. on its overflow pages: reading them cost
+    ~6 us per row (a quarter of a 5,000-trace store_throughput run's writer time). The window's keys (row id, trace id, order key) are all in the session-order
+    index; only rows not found here (written by another proxy) are read whole. Row ids are never
+    reused within a file; the backend clears this when it opens another one.
+    """
+
+    def __init__(self, max_rows: int = 1 << 16) -> None:
+        self._rows: dict[int, tuple[str, Optional[int], Optional[int], Optional[int]]] = {}
+        self._max = max_rows
+
+    def get(self, row: int, trace_id: str) -> Optional[tuple[Optional[int], Optional[int], Optional[int]]]:
+        found = self._rows.get(row)
+        return found[1:] if found is not None and found[0] == trace_id else None
+
+    def lookup(self, stored: Sequence[tuple[int, str, int]]) -> list[Optional[tuple[Optional[int], Optional[int], Optional[int]]]]:
+        """``get`` for each (row id, trace id, order key) of a window read."""
+        rows = self._rows
+        out: list[Optional[tuple[Optional[int], Optional[int], Optional[int]]]] = []
+        for row, trace_id, _ in stored:
+            found = rows.get(row)
+            out.append(found[1:] if found is not None and found[0] == trace_id else None)
+        return out
+
+    def put(self, row: int, trace_id: str, columns: tuple[Optional[int], Optional[int], Optional[int]]) -> None:
+        self._rows[row] = (trace_id, *columns)
+        if len(self._rows) > self._max:  # the oldest half goes (dicts keep insertion order)
+            for old in list(itertools.islice(self._rows, len(self._rows) - self._max // 2)):
+                del self._rows[old]
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+def after_window(last_key: int, prompt_lens: Iterable[Optional[int]], fresh: Sequence[OrderItem]) -> bool:
+    """Do ``fresh`` simply follow the window (``place(base + len(window), [], fresh, ...)`` gives
+    what ``place(base, window, fresh, ...)`` would)? Yes when every new call starts after the
+    window's last order key (``last_key``) and no stored prompt is long enough to extend a new
+    call (``prompt_lens``: the window's; None for a row without ids): then no stored key moves
+    (a stored row only moves after a parent it extends), a new call is already after any stored
+    parent, and the stored rows all rank first. The usual case, decided without ``place``'s
+    per-row work on a window of a second of calls."""
+    if min(f.key for f in fresh) <= last_key:
+        return False
+    shortest = min((f.ctx_len for f in fresh if f.ctx_len is not None), default=None)
+    return shortest is None or all(n is None or n < shortest for n in prompt_lens)
+
+
 def window_start(fresh: Iterable[OrderItem]) -> int:
     """The order key from which stored traces can matter to these new ones."""
     return min(item.key for item in fresh) - CLOCK_BOUND_US
@@ -173,4 +226,4 @@ def place(
     return placement
 
 
-__all__ = ["CLOCK_BOUND_US", "CallContext", "OrderItem", "Placement", "call_context", "extends", "place", "window_start"]
+__all__ = ["CLOCK_BOUND_US", "CallContext", "ContextCache", "OrderItem", "after_window", "Placement", "call_context", "extends", "place", "window_start"]

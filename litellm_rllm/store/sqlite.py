@@ -19,7 +19,13 @@ Why it is shaped this way:
   the cost of a write and release the GIL, so they overlap the writer's next batch; the writer
   connection checkpoints by itself only when the WAL passes 64 MiB (checkpointer lagging or
   gone).
-* 16 KiB pages: a 10-20 KB trace takes 1-2 pages instead of 3-5 at the 4 KiB default.
+* 4 KiB pages (SQLite's default) for new files; files made with 16 KiB pages keep them. A
+  commit writes every page it touched to the WAL whole: the table's last page and ~8 index
+  pages (trace id, session, order, created, status, model, uids, feed). For one ~5 KB trace a
+  commit, the proxy's case at moderate rates, 16 KiB pages cost ~210 us of COMMIT against ~100
+  at 4 KiB (~110 us a trace less in all); 256-trace batches of 25 KB rows pay ~10% more CPU
+  per trace, and writing a 32,000-token trace ~0.5 ms more (4.7 vs 4.2 ms); reading it is the
+  same (docs/benchmarks.md).
 * Faults (docs/storage-faults.md): every call first checks that the file the connection holds is
   still the one at the path (an ``os.stat``; a deleted or replaced folder is reopened, or, for a
   store opened with ``create=False``, reported as ``StoreMissing`` instead of recreated empty);
@@ -61,7 +67,9 @@ from litellm_rllm.store.base import (
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.store.errors import StoreNotFoundError
 from litellm_rllm.store.rekey import migrate_sqlite as migrate_rekey
-from litellm_rllm.store.session_order import OrderItem, Placement, call_context, place, window_start
+from litellm_rllm.store.session_order import (
+    ContextCache, OrderItem, Placement, after_window, call_context, place, window_start,
+)
 from litellm_rllm.store.trainer_sqlite import SQLITE_V2, SqliteTrainerMixin, feed_append
 from litellm_rllm.trace import Trace
 
@@ -71,11 +79,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
-PAGE_SIZE = 16384  # only applies when the file is created
+PAGE_SIZE = 4096  # only applies when the file is created
 CACHE_KIB = 32768  # a 256-trace batch (~5 MB) must fit, or SQLite spills pages mid-transaction
 # The writer connection checkpoints by itself only as a fallback (checkpointer thread lagging or
-# dead): at 16 KiB pages that is a 64 MiB WAL. A WAL file grown past the limit is cut back to it.
-WRITER_AUTOCHECKPOINT_PAGES = 4096
+# dead): when the WAL passes 64 MiB, whatever the file's page size. A WAL file grown past the
+# limit is cut back to it.
+WRITER_AUTOCHECKPOINT_BYTES = 64 << 20
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is cut back to this whenever it restarts
 CHECKPOINT_BYTES = 1 << 20  # the checkpointer's pace (see _Checkpointer)
 CHECKPOINT_MAX_WAIT_S = 0.1
@@ -152,9 +161,9 @@ _INSERT_TRACE = (
 _SESSION_LAST = (
     "SELECT seq, order_us FROM traces WHERE session_key = ? ORDER BY order_us DESC, trace_id DESC LIMIT 1"
 )
+# index only (traces_session_order holds the row id): a row's seq is its rank, base + position
 _SESSION_WINDOW = (
-    "SELECT id, trace_id, order_us, seq, prompt_len, ctx_len, ctx_hash FROM traces"
-    " WHERE session_key = ? AND order_us >= ? ORDER BY order_us, trace_id"
+    "SELECT id, trace_id, order_us FROM traces WHERE session_key = ? AND order_us >= ? ORDER BY order_us, trace_id"
 )
 _INSERT_UID = "INSERT OR IGNORE INTO trace_uids (uid, trace_row) VALUES (?, ?)"
 
@@ -294,6 +303,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         self.reconnects = 0  # connections replaced after an I/O error
         self._checkpoint_errors = 0  # of checkpointers replaced with their connection
         self._wal_recovering = False  # the next checkpointer starts with TRUNCATE checkpoints
+        self._contexts = ContextCache()  # session-order columns of rows by id (session_order.py)
         self._conn: Optional[sqlite3.Connection] = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -320,7 +330,8 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             if self._background_checkpoint:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+                page = int(conn.execute("PRAGMA page_size").fetchone()[0]) or PAGE_SIZE
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_BYTES // page}")
             migrate(conn)
         except BaseException:
             conn.close()
@@ -355,6 +366,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
             self._checkpoint_errors += checkpointer.errors
             self._wal_recovering = self._wal_recovering or checkpointer.failing
         conn, self._conn = self._conn, None
+        self._contexts.clear()  # row ids are only unique within one file
         if conn is not None:
             try:
                 conn.close()
@@ -392,10 +404,12 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         seqs: dict[int, int] = {}  # input index -> assigned seq
         plans = self._compaction_plans(encoded) if encoded else None
         rows: list[EncodedTrace] = []
+        known: list[tuple[int, str, Any]] = []  # (row id, trace id, order columns) of inserted rows
         if encoded:
             with self._lock:
                 for _attempt in range(2):
                     seqs.clear()
+                    known.clear()
                     conn = self._live()
                     try:
                         with _Transaction(conn):
@@ -405,7 +419,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
                                 whole = [encoded[k] for k in fresh]
                                 rows = whole if plans is None else self.compactor.choose(
                                     plans, fresh, lambda ids: _existing_ids(conn, ids))
-                                self._insert(conn, rows, fresh, seqs, whole)
+                                known = self._insert(conn, rows, fresh, seqs, whole, self._contexts)
                     except sqlite3.Error as exc:
                         if _needs_new_connection(exc):  # e.g. a read-only or vanished file
                             self.reconnects += 1
@@ -413,6 +427,8 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
                             self._drop_connection()
                         raise
                     if self._identity is None or _file_identity(self.path) == self._identity:
+                        for entry in known:
+                            self._contexts.put(*entry)
                         break
                     # The file went away while we wrote: these rows may be in the old one only.
                     self._reopen("the file was deleted or replaced during a write; writing the batch again")
@@ -434,9 +450,11 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         positions: list[int],
         seqs: dict[int, int],
         whole: Optional[list[EncodedTrace]] = None,
-    ) -> None:
+        contexts: Optional[ContextCache] = None,
+    ) -> list[tuple[int, str, Any]]:
         """Insert new traces (we hold the write lock): row ids continue the maximum, each session's
-        seqs are ranks in session order (``session_order.place``; later rows may shift)."""
+        seqs are ranks in session order (``session_order.place``; later rows may shift).
+        Returns (row id, trace id, order columns) of the new rows, for ``contexts`` after COMMIT."""
         row_id = _next_row_base(conn)
         # a call's context for session order comes from its whole row (a compacted one holds a suffix)
         items = [OrderItem.new(k, enc.trace_id, enc.created_us, enc.arrays) for k, enc in enumerate(whole or fresh)]
@@ -446,7 +464,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         placed: dict[int, tuple[int, int]] = {}
         moved: list[tuple[int, int, int]] = []
         for key, group in by_key.items():
-            placement = _place(conn, key, group)
+            placement = _place(conn, key, group, contexts or ContextCache())
             placed.update(placement.fresh)
             moved.extend(placement.moved)
         # Shifted rows go to negative seqs first: UNIQUE(session_key, seq) holds at every row.
@@ -469,6 +487,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         if uid_rows:
             conn.executemany(_INSERT_UID, uid_rows)
         feed_append(conn, [("trace", r[0], r[2], r[6]) for r in rows])
+        return [(r[0], r[1], item.columns()) for r, item in zip(rows, items)]
 
     def _delete(self, session: Optional[str], before_us: Optional[int]) -> int:
         where, params = [], []
@@ -847,18 +866,33 @@ def _existing_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     return found
 
 
-def _place(conn: sqlite3.Connection, key: str, fresh: list[OrderItem]) -> Placement:
+def _place(conn: sqlite3.Connection, key: str, fresh: list[OrderItem], contexts: ContextCache) -> Placement:
     """Where the new traces of one session go: its last trace tells the count (seqs are ranks)
-    and whether any stored trace is in the window (``session_order``)."""
+    and whether any stored trace is in the window (``session_order``). The window comes from
+    the index; the order columns of its rows from ``contexts``, else from the rows."""
     last = conn.execute(_SESSION_LAST, (key,)).fetchone()
     count = 0 if last is None else int(last[0]) + 1
     lo = window_start(fresh)
     window: list[OrderItem] = []
     if last is not None and last[1] >= lo:
-        window = [
-            OrderItem(trace_id, order_us, seq=seq, row=row, prompt_len=plen, ctx_len=clen, ctx_hash=chash)
-            for row, trace_id, order_us, seq, plen, clen, chash in conn.execute(_SESSION_WINDOW, (key, lo))
-        ]
+        stored = conn.execute(_SESSION_WINDOW, (key, lo)).fetchall()
+        known = contexts.lookup(stored)
+        if None not in known and after_window(last[1], (c[0] for c in known), fresh):  # type: ignore[index]
+            return place(count, [], fresh, lambda rows: None)
+        window = [OrderItem(trace_id, order_us, row=row) for row, trace_id, order_us in stored]
+        missing: dict[int, OrderItem] = {}
+        for rank, (item, columns) in enumerate(zip(window, known), count - len(window)):
+            item.seq = rank
+            if columns is None:
+                missing[item.row] = item  # type: ignore[index]
+            else:
+                item.prompt_len, item.ctx_len, item.ctx_hash = columns
+        for chunk, marks in _chunks(list(missing)):  # type: ignore[arg-type]
+            query = f"SELECT id, prompt_len, ctx_len, ctx_hash FROM traces WHERE id IN ({marks})"
+            for row, plen, clen, chash in conn.execute(query, chunk):
+                item = missing[row]
+                item.prompt_len, item.ctx_len, item.ctx_hash = plen, clen, chash
+                contexts.put(row, item.trace_id, (plen, clen, chash))
 
     def load(rows: list[OrderItem]) -> None:
         for item in rows:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from litellm_rllm.store import SqliteStore
-from litellm_rllm.store.session_order import CLOCK_BOUND_US, OrderItem, call_context, place
+from litellm_rllm.store.session_order import CLOCK_BOUND_US, OrderItem, after_window, call_context, place
 from litellm_rllm.store.codec import encode
 from litellm_rllm.trace import TraceChoice
 from tests.support.store_contract import T0, make
@@ -76,3 +76,56 @@ def test_context_is_prompt_plus_first_choice_and_prefix_checks_follow_it() -> No
     assert keys[1] == keys[0] + 1  # extends choice 0: after its parent
     assert keys[2] == 0  # only choice 0 counts: its own start
     assert call_context(None) is None and call_context(encode(make("x")).arrays) is None
+
+
+def _read_by_many_writers(calls: list, batches: list[list[int]], folder: str) -> list[tuple[str, int]]:
+    """Each batch from its own store object (another proxy): its window rows are not cached."""
+    import os
+
+    path = os.path.join(folder, f"{os.urandom(4).hex()}.db")
+    for batch in batches:
+        writer = SqliteStore(path)
+        writer.write([calls[k].model_copy(deep=True) for k in batch])
+        writer.close()
+    reader = SqliteStore(path, create=False)
+    try:
+        return [(t.trace_id, t.seq) for t in reader.traces(session="s")]
+    finally:
+        reader.close()
+
+
+@settings(deadline=None, max_examples=40)
+@given(sessions())
+def test_rows_of_other_writers_are_placed_as_our_own(tmp_path_factory, case: tuple[list, list[list[int]]]) -> None:
+    calls, batches = case
+    folder = str(tmp_path_factory.mktemp("writers"))
+    assert _read_by_many_writers(calls, batches, folder) == _read(calls, [list(range(len(calls)))])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.integers(0, 2)), min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.integers(0, 2)), min_size=1, max_size=3))
+def test_new_calls_that_follow_the_window_are_placed_without_it(stored_calls: list, new_calls: list) -> None:
+    """``after_window`` says yes only where ``place`` with the window gives what it gives without
+    it (prompts of equal ids, so calls often extend each other; starts close together)."""
+
+    def item(k: int, start: int, prompt_len: int, out: int) -> OrderItem:
+        arrays = encode(make(f"t{k}", prompt_token_ids=[1] * prompt_len,
+                             choices=[TraceChoice(index=0, token_ids=[1] * out)])).arrays
+        return OrderItem.new(k, f"t{k}", start, arrays)
+
+    # the stored window as a write of those calls left it: keys and seqs from place itself
+    calls = [item(k, start, plen, out) for k, (start, plen, out) in enumerate(stored_calls)]
+    stored = place(5, [], calls, lambda rows: None).fresh
+    window = sorted((OrderItem(c.trace_id, stored[c.index][1], seq=stored[c.index][0], row=100 + c.index,
+                               prompt_len=c.prompt_len, ctx_len=c.ctx_len, ctx_hash=c.ctx_hash) for c in calls),
+                    key=lambda w: w.seq)
+    prompts = {w.row: c.prompt for w, c in ((w, calls[w.row - 100]) for w in window)}
+    fresh = [item(50 + k, start, plen, out) for k, (start, plen, out) in enumerate(new_calls)]
+
+    def load(rows: list[OrderItem]) -> None:
+        for r in rows:
+            r.prompt = prompts[r.row]
+
+    if after_window(window[-1].key, [w.prompt_len for w in window], fresh):
+        assert place(5, window, fresh, load) == place(5 + len(window), [], fresh, load)
