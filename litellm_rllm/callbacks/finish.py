@@ -164,7 +164,7 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     calls, counters = p.calls, p.counters
     cid = call_id_of(data)
     state = calls.get(cid)
-    if state is None or state.stream_wrapped:
+    if state is None or state.stream_wrapped:  # not ours, or an entry listed twice in the config
         async for chunk in response:
             yield chunk
         return
@@ -256,9 +256,10 @@ async def _failure_hook(self: Any, request_data: dict, original_exception: Excep
     return None
 
 
-async def _stream_hook(self: Any, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
-    async for chunk in wrap_stream(response, request_data):
-        yield chunk
+def _stream_hook(self: Any, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncIterator[Any]:
+    """`wrap_stream`'s generator itself (LiteLLM iterates and closes what the hook returns):
+    a generator around it would be one more frame per chunk."""
+    return wrap_stream(response, request_data)
 
 
 _FINAL_HOOKS: dict[str, Any] = {
