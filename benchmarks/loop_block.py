@@ -136,13 +136,15 @@ def instrument() -> None:
     from litellm_rllm.writer.trace_writer import TraceWriter
     from litellm_rllm.capture.stream import StreamAccumulator
 
-    hooks = ("async_pre_call_hook", "async_pre_call_deployment_hook", "async_post_call_success_hook",
-             "async_post_call_failure_hook")
+    hooks = ("async_pre_call_hook", "async_pre_call_deployment_hook")
     for cls, short in ((SessionMetadataCallback, "metadata"), (SamplingPolicyCallback, "sampling"),
                        (TraceCaptureCallback, "tracer")):
         for hook in hooks:
             if hook in cls.__dict__:  # LiteLLM checks the class __dict__: keep it there
                 setattr(cls, hook, timed_async(f"{short}.{hook}", cls.__dict__[hook]))
+    # the final hooks: `finish.enroll` puts them on the first entry's class when it is created
+    for hook in ("async_post_call_success_hook", "async_post_call_failure_hook"):
+        finish._FINAL_HOOKS[hook] = timed_async(f"final.{hook}", finish._FINAL_HOOKS[hook])
     # the slug check (SlugRoute.handle calls it before re-dispatching; it is passed by reference
     # at install time, so it is patched before the proxy starts)
     plugin_init = plugin_mod.Plugin.__init__

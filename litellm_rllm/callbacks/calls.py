@@ -29,14 +29,15 @@ class CallState:
 class CallRegistry:
     """Calls in flight, keyed by LiteLLM's call id.
 
-    The callbacks that keep per-call state `enroll` their role, so the first final hook to run
-    (whichever callback it belongs to) can serve every active role and end the call; the
-    callbacks then don't depend on the order LiteLLM runs them in. Entries older than `ttl_s`
-    are swept so a request whose final hook never ran can't leak memory.
+    The entries that keep per-call state `enroll` their role; the first to enroll is the
+    `carrier`, the one entry whose final hooks serve every enrolled role and end the call
+    (finish.enroll). Entries older than `ttl_s` are swept so a request whose final hook never
+    ran can't leak memory.
     """
 
     def __init__(self, ttl_s: float = 3600.0, sweep_every: int = 1024, remember: int = 10_000) -> None:
         self.roles: set[str] = set()
+        self.carrier: Optional[str] = None  # the role whose entry carries the final hooks
         self._calls: dict[str, CallState] = {}
         self._ended: dict[str, None] = {}  # insertion-ordered set of recently ended call ids
         self._remember = remember
@@ -44,8 +45,13 @@ class CallRegistry:
         self._sweep_every = sweep_every
         self._ops = 0
 
-    def enroll(self, role: str) -> None:
+    def enroll(self, role: str) -> bool:
+        """Add `role`; True when its entry is the carrier (the first role to enroll; asking
+        again for the same role gives the same answer)."""
         self.roles.add(role)
+        if self.carrier is None:
+            self.carrier = role
+        return self.carrier == role
 
     def get_or_create(self, call_id: str) -> CallState:
         state = self._calls.get(call_id)

@@ -1,10 +1,9 @@
 """The end of a call, shared by the tracer and the sampling entries.
 
 Both entries need the final response: the tracer to capture it, the sampling entry to hide
-what it injected. LiteLLM runs their hooks in list order and each may see the other's output,
-so instead of each doing its part, the first final hook to run for a call (whichever entry it
-belongs to) does every enrolled part in the right order (capture, then strip) and ends the
-call; later hooks for that call pass through. Streams likewise get one wrapper.
+what it injected. So one entry per proxy, the first to enroll, carries the final hooks and
+does every enrolled part in the right order (capture, then strip) and ends the call; the
+other has none (`enroll` says why). Streams likewise get one wrapper.
 """
 
 from __future__ import annotations
@@ -165,7 +164,7 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     calls, counters = p.calls, p.counters
     cid = call_id_of(data)
     state = calls.get(cid)
-    if state is None or state.stream_wrapped:
+    if state is None or state.stream_wrapped:  # not ours, or an entry listed twice in the config
         async for chunk in response:
             yield chunk
         return
@@ -257,19 +256,35 @@ async def _failure_hook(self: Any, request_data: dict, original_exception: Excep
     return None
 
 
-async def _stream_hook(self: Any, user_api_key_dict: Any, response: Any, request_data: dict) -> Any:
-    async for chunk in wrap_stream(response, request_data):
-        yield chunk
+def _stream_hook(self: Any, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncIterator[Any]:
+    """`wrap_stream`'s generator itself (LiteLLM iterates and closes what the hook returns):
+    a generator around it would be one more frame per chunk."""
+    return wrap_stream(response, request_data)
 
 
-def with_final_hooks(cls: type) -> type:
-    """Give a callback class the shared end-of-call hooks.
+_FINAL_HOOKS: dict[str, Any] = {
+    "async_post_call_success_hook": _success_hook,
+    "async_post_call_failure_hook": _failure_hook,
+    "async_post_call_streaming_iterator_hook": _stream_hook,
+}
 
-    They are set in the class's own `__dict__` on purpose: LiteLLM calls the streaming
-    iterator hook only when it is in `vars(type(callback))`, so an inherited one (a mixin)
-    would be skipped silently.
+
+def enroll(entry: Any, role: str) -> None:
+    """Enroll the entry's `role`; give the final hooks to its class if it is the carrier (the
+    first entry to enroll with this `Plugin`), take them from its class if not.
+
+    Why one carrier: LiteLLM wraps a stream once per callback whose class has the streaming
+    iterator hook in its own `__dict__` (`vars(type(callback))`; an inherited one is skipped),
+    each layer costing per chunk a boundary iterator, an enrichment generator and ours, and it
+    awaits every callback's success or failure hook. With both entries carrying the hooks every
+    chunk went through two stacks, the second a pass-through. Hence the hooks live in (or are
+    removed from) the class `__dict__`, decided at each entry's `__init__`: a new `Plugin`
+    (another proxy in the process, another config) decides again for its own entries.
     """
-    cls.async_post_call_success_hook = _success_hook  # type: ignore[attr-defined]
-    cls.async_post_call_failure_hook = _failure_hook  # type: ignore[attr-defined]
-    cls.async_post_call_streaming_iterator_hook = _stream_hook  # type: ignore[attr-defined]
-    return cls
+    carrier = plugin().calls.enroll(role)
+    cls = type(entry)
+    for name, hook in _FINAL_HOOKS.items():
+        if carrier:
+            setattr(cls, name, hook)
+        elif name in vars(cls):
+            delattr(cls, name)

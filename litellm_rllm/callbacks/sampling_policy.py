@@ -16,7 +16,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from ..capture.response import RESPONSES_LOGPROBS
 from ..policy import INJECTABLE, decide
 from .deployment import TEXT_CALLS, call_type_name, target_of
-from .finish import SAMPLING, begin, call_session, with_final_hooks
+from .finish import SAMPLING, begin, call_session, enroll
 from .plugin import plugin
 from .request_data import call_id_of
 from .strip import VLLM_FORMS
@@ -83,13 +83,12 @@ def _apply_responses(kwargs: dict[str, Any], params: Mapping[str, Any]) -> dict[
     return sent
 
 
-@with_final_hooks
 class SamplingPolicyCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
         self.plugin = plugin()
         self.policies = self.plugin.policies  # a bad policies file stops the start here
-        self.plugin.calls.enroll(SAMPLING)
+        enroll(self, SAMPLING)  # the first entry to enroll carries the final hooks
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> Any:
         begin(data, user_api_key_dict)

@@ -13,7 +13,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import upstream_tap
 from .deployment import provider_of
-from .finish import TRACER, begin, with_final_hooks
+from .finish import TRACER, begin, enroll
 from .pause_gate import admit_call
 from .plugin import plugin
 from .request_data import call_id_of
@@ -23,12 +23,11 @@ from .slug_route import install_slug_route
 log = logging.getLogger("litellm_rllm")
 
 
-@with_final_hooks
 class TraceCaptureCallback(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
         self.plugin = plugin()
-        self.plugin.calls.enroll(TRACER)
+        enroll(self, TRACER)  # the first entry to enroll carries the final hooks
         self.plugin.writer  # open the store at start: a bad store URL fails the start, not a request
         # Alone (without the metadata entry) the tracer still honours /meta/{slug}/ URLs.
         install_slug_route(self.plugin.settings.slug_header, self.plugin.check_slug)
