@@ -223,6 +223,10 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
                 record.stream = True
                 source = getattr(response, "_source", response)
                 record.hidden = dict(getattr(source, "_hidden_params", None) or {})
+                # LiteLLM prices a stream in its logging, after the stream: the wrapper's
+                # `response_cost` is a placeholder here (0.0 on 1.108.5); `prepare` prices the
+                # call from the usage the upstream reported.
+                record.hidden.pop("response_cost", None)
                 tap = state.tap
                 if tap is not None and tap.is_sse:
                     acc = tap.acc
