@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, AsyncIterator, Mapping, Optional
 
+from ..builder.prepare import RECORD_CLIENT_KEYS, RECORD_HIDDEN_KEYS, RECORD_UPSTREAM_KEYS, keep
 from ..capture.fields import fields_of
 from ..capture.record import CallRecord
 from ..capture.sse import SSEParser
@@ -53,6 +54,9 @@ def begin(data: dict[str, Any], user_api_key_dict: Any) -> Optional[CallState]:
 
 
 def _record(state: CallState, data: Mapping[str, Any], status: str) -> CallRecord:
+    """The call as the writer needs it; LiteLLM's dicts trimmed to what a trace is built from,
+    so a record waiting for its group commit doesn't keep the request's object graph alive
+    (`builder.prepare.RECORD_UPSTREAM_KEYS` says why)."""
     end = time.perf_counter()
     client = state.client_request or dict(data)
     session = call_session(data)
@@ -66,8 +70,8 @@ def _record(state: CallState, data: Mapping[str, Any], status: str) -> CallRecor
         latency_ms=(end - state.started) * 1000.0,
         session=session,
         caller=state.caller,
-        client_request=client,
-        upstream=dict(state.upstream) if state.upstream is not None else None,
+        client_request=keep(client, RECORD_CLIENT_KEYS),
+        upstream=keep(state.upstream, RECORD_UPSTREAM_KEYS),
         injected=dict(state.injected),
         policy_version=_policy_version(state, client.get("model"), session),
     )
@@ -122,7 +126,7 @@ def finish_success(data: dict[str, Any], response: Any) -> None:
                 record.usage = getattr(response, "usage", None)  # prices it if LiteLLM did not
             else:
                 record.response = snapshot(response)
-            record.hidden = dict(getattr(response, "_hidden_params", None) or {})
+            record.hidden = keep(getattr(response, "_hidden_params", None) or {}, RECORD_HIDDEN_KEYS)
             _submit(record)
         except Exception:
             p.counters["capture_errors"] += 1
@@ -222,7 +226,7 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
                 record = _record(state, data, status)
                 record.stream = True
                 source = getattr(response, "_source", response)
-                record.hidden = dict(getattr(source, "_hidden_params", None) or {})
+                record.hidden = keep(getattr(source, "_hidden_params", None) or {}, RECORD_HIDDEN_KEYS)
                 # LiteLLM prices a stream in its logging, after the stream: the wrapper's
                 # `response_cost` is a placeholder here (0.0 on 1.108.5); `prepare` prices the
                 # call from the usage the upstream reported.
