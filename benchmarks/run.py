@@ -191,7 +191,8 @@ class Bench:
         self.upstream = Upstream(a.tokens, a.tokens_per_step, cpus=self.plan["upstream"], log_dir=self.dir)
         self.proxies: dict[str, Proxy] = {}
         for side in SIDES:
-            cfg = common.write_config(self.dir / side, plugin=side == "plugin", api_base=self.upstream.api_base,
+            plugin = side == "plugin" and not a.noise_floor  # --noise-floor: bare against bare
+            cfg = common.write_config(self.dir / side, plugin=plugin, api_base=self.upstream.api_base,
                                       memory_tokens=a.memory_tokens, memory_drip_s=a.memory_drip,
                                       settings=common.parse_settings(a.plugin_setting))
             self.proxies[side] = Proxy(side, cfg, self.plan["proxy"])
@@ -452,7 +453,8 @@ def table(b: Bench, mem: Optional[dict[str, Any]], traces: Optional[dict[str, An
         f"litellm-rllm benchmark: {a.tokens}-token replies, client asks {a.client_asks}"
         f"{'' if not a.top_logprobs else f' (top_logprobs {a.top_logprobs})'}, {a.rounds} rounds x "
         f"{a.phase_seconds:g}s phases, medians; concurrency {a.concurrency} / {a.stream_concurrency} streams; "
-        f"CPUs: proxy {b.plan['proxy']}, upstream+load {b.plan['upstream']}",
+        f"CPUs: proxy {b.plan['proxy']}, upstream+load {b.plan['upstream']}"
+        f"{'; NOISE FLOOR: the right-hand side is bare LiteLLM too' if a.noise_floor else ''}",
         "  ".join(h.ljust(w[i]) if i == 0 else h.rjust(w[i]) for i, h in enumerate(head)),
     ]
     for r in rows:
@@ -563,6 +565,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="comma list of: load,memory,inproc,long,gil,store (default: none; quick: long)")
     ap.add_argument("--json", default=None, help="also write every raw result to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (configs, proxy logs, the store)")
+    ap.add_argument("--noise-floor", action="store_true",
+                    help="the 'plugin' side is bare LiteLLM too: its ratios are this VM's noise floor "
+                         "(use with --skip memory,inproc,long,gil,store)")
     a = ap.parse_args(argv)
     quick = a.quick
     a.rounds = a.rounds or (2 if quick else 5)
@@ -585,7 +590,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             b.rounds()
         if "memory" not in skip:
             mem = b.memory()
-        traces = b.check_traces()
+        traces = None if a.noise_floor else b.check_traces()
         if "inproc" not in skip:
             inproc[f"{a.tokens}-token replies"] = b.inproc(a.tokens, a.top_logprobs, 10 if quick else 100,
                                                             f"{a.tokens}-token replies")
