@@ -23,7 +23,7 @@ from .prepared import PreparedCall
 # REQUEST_KEYS and `extra_body`; the rest names the deployment).
 _UPSTREAM_KEYS = REQUEST_KEYS | {"extra_body", "model", "custom_llm_provider", "api_base"}
 _CLIENT_KEYS = REQUEST_KEYS | {"extra_body"}
-_HIDDEN_KEYS = ("response_cost", "custom_llm_provider", "api_base", "litellm_model_name")
+_HIDDEN_KEYS = frozenset({"response_cost", "custom_llm_provider", "api_base", "litellm_model_name"})
 # What a queued `CallRecord` keeps of LiteLLM's dicts (`callbacks/finish.py` trims them when it
 # makes the record, on the loop): what `prepare` reads, plus the deployment's key for
 # redaction. Why there: the rest (the logging object, the proxy's request, metadata) is
@@ -32,7 +32,7 @@ _HIDDEN_KEYS = ("response_cost", "custom_llm_provider", "api_base", "litellm_mod
 # full collections that follow walk it (measured in benchmarks/run.py: GC per request +2 ms).
 RECORD_UPSTREAM_KEYS = _UPSTREAM_KEYS | {"api_key"}
 RECORD_CLIENT_KEYS = _CLIENT_KEYS
-RECORD_HIDDEN_KEYS = frozenset(_HIDDEN_KEYS)
+RECORD_HIDDEN_KEYS = _HIDDEN_KEYS
 
 
 def keep(d: Optional[Mapping[str, Any]], keys: frozenset[str]) -> Optional[dict[str, Any]]:
@@ -46,7 +46,7 @@ def prepare(record: Union[CallRecord, PreparedCall]) -> PreparedCall:
     if isinstance(record, PreparedCall):
         return record
     upstream = record.upstream or {}
-    hidden = {k: record.hidden[k] for k in _HIDDEN_KEYS if k in (record.hidden or {})}
+    hidden = keep(record.hidden, _HIDDEN_KEYS) or {}
     if not isinstance(hidden.get("response_cost"), (int, float)) and record.status == "ok":
         usage = _known_usage(record)
         if usage:
@@ -66,9 +66,8 @@ def prepare(record: Union[CallRecord, PreparedCall]) -> PreparedCall:
         session=record.session,
         caller=record.caller,
         injected=record.injected,
-        upstream={k: v for k, v in upstream.items() if k in _UPSTREAM_KEYS} if record.upstream is not None else None,
-        client_request=({k: v for k, v in record.client_request.items() if k in _CLIENT_KEYS}
-                        if record.client_request is not None else None),
+        upstream=keep(record.upstream, _UPSTREAM_KEYS),
+        client_request=keep(record.client_request, _CLIENT_KEYS),
         hidden=hidden,
         error=error,
         response=record.response,

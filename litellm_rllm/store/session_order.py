@@ -147,12 +147,9 @@ class ContextCache:
         self._rows: dict[int, tuple[str, Optional[int], Optional[int], Optional[int]]] = {}
         self._max = max_rows
 
-    def get(self, row: int, trace_id: str) -> Optional[tuple[Optional[int], Optional[int], Optional[int]]]:
-        found = self._rows.get(row)
-        return found[1:] if found is not None and found[0] == trace_id else None
-
     def lookup(self, stored: Sequence[tuple[int, str, int]]) -> list[Optional[tuple[Optional[int], Optional[int], Optional[int]]]]:
-        """``get`` for each (row id, trace id, order key) of a window read."""
+        """The columns of each (row id, trace id, order key) of a window read, or None where
+        this store has not seen that row (or its id now holds another trace)."""
         rows = self._rows
         out: list[Optional[tuple[Optional[int], Optional[int], Optional[int]]]] = []
         for row, trace_id, _ in stored:

@@ -449,8 +449,8 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         fresh: list[EncodedTrace],
         positions: list[int],
         seqs: dict[int, int],
-        whole: Optional[list[EncodedTrace]] = None,
-        contexts: Optional[ContextCache] = None,
+        whole: Optional[list[EncodedTrace]],
+        contexts: ContextCache,
     ) -> list[tuple[int, str, Any]]:
         """Insert new traces (we hold the write lock): row ids continue the maximum, each session's
         seqs are ranks in session order (``session_order.place``; later rows may shift).
@@ -464,7 +464,7 @@ class SqliteStore(SqliteTrainerMixin, TraceStore):
         placed: dict[int, tuple[int, int]] = {}
         moved: list[tuple[int, int, int]] = []
         for key, group in by_key.items():
-            placement = _place(conn, key, group, contexts or ContextCache())
+            placement = _place(conn, key, group, contexts)
             placed.update(placement.fresh)
             moved.extend(placement.moved)
         # Shifted rows go to negative seqs first: UNIQUE(session_key, seq) holds at every row.

@@ -516,7 +516,6 @@ class TraceWriter:
                     self._wake.clear()
                     if not self._queue:
                         self._wake.wait(remaining)
-                    self._quiet_until = 0.0
                     if not self._queue:
                         break
                 more, barriers = self._take(self._batch_size - len(items))
