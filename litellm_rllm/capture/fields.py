@@ -4,21 +4,48 @@ one set of helpers for both, used by capture, stripping and the end-of-call snap
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 
+_ABSENT = object()
+
+
 def field(obj: Any, key: str) -> Any:
-    """`obj[key]` for a dict, else the attribute or the pydantic extra field; None if absent."""
+    """`obj[key]` for a dict, else the attribute or the pydantic extra field; None if absent.
+
+    Reads an object's `__dict__` and pydantic extras before `getattr`: LiteLLM's streaming
+    choices keep every field (`index`, `delta`, `logprobs`, ...) among the extras, where a
+    `getattr` goes through pydantic's Python `__getattr__` (~1.2 us, per chunk and field, and
+    ~3 us to find a field absent)."""
     if obj is None:
         return None
     if isinstance(obj, dict):
         return obj.get(key)
-    value = getattr(obj, key, None)
-    if value is None:
-        extra = getattr(obj, "__pydantic_extra__", None)
-        if extra:
-            value = extra.get(key)
-    return value
+    own = getattr(obj, "__dict__", None)
+    if own is not None:
+        value = own.get(key)
+        if value is not None:
+            return value
+    extra = getattr(obj, "__pydantic_extra__", None)
+    if extra:
+        value = extra.get(key, _ABSENT)
+        if value is not _ABSENT:
+            return value
+    if own is not None and key in own:
+        return None
+    if _looked_up(type(obj), key):  # properties, slots, class attributes
+        return getattr(obj, key, None)
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _looked_up(cls: type, key: str) -> bool:
+    """Can `getattr` find `key` where `field` did not look? Not on a pydantic model unless its
+    class has it or it is private (its `__getattr__` finds private attributes, and only raises
+    for the rest); on other objects, always try."""
+    return (key.startswith("_") or "__pydantic_fields__" not in dir(cls)
+            or any(key in vars(k) for k in cls.__mro__))
 
 
 def provider_field(obj: Any, key: str) -> Any:
