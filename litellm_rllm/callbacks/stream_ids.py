@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from ..capture.fields import field
+from ..capture.fields import field, fields_of
 from ..capture.stream import StreamAccumulator
 
 
@@ -63,24 +63,33 @@ class ClientTokenIds:
         self.prompt_given = False
 
     def annotate(self, chunk: Any) -> None:
+        """Per served chunk, in the loop's hot path: one read of each choice's fields
+        (`fields_of`, then dict lookups) and the usual chunk, whose one id is the next the
+        upstream sent, decided inline. Measured in the proxy, each Python call more per chunk
+        counts: ~10 us a chunk with a helper per field, cold in the cache after LiteLLM's work."""
         gave_prompt = not self.prompt_given and self.acc.prompt_token_ids is not None
         if gave_prompt:
             _set(chunk, "prompt_token_ids", list(self.acc.prompt_token_ids))
             self.prompt_given = True
+        given = self.given
         for choice in field(chunk, "choices") or ():
-            index = field(choice, "index") or 0
+            view = fields_of(choice)
+            index = view.get("index") or 0
             ids = self.acc.token_ids_of(index)
             if ids is None:
                 continue
-            start = self.given.get(index, 0)
-            own = field(choice, "token_ids")
-            end = next_end(ids, start, own, field(choice, "finish_reason") is not None)
-            self.given[index] = end
-            if end == start and not own and not gave_prompt:
-                continue  # nothing of its own, nothing dropped before it
-            if not (end - start == len(own or ()) and _same(ids, start, own)):
-                _set(choice, "token_ids", ids[start:end].tolist())
-            if not isinstance(choice, dict) and field(choice, "logprobs") is None:
+            start = given.get(index, 0)
+            own = view.get("token_ids")
+            finish = view.get("finish_reason") is not None
+            if not finish and own and len(own) == 1 and start < len(ids) and ids[start] == own[0]:
+                given[index] = start + 1  # the usual chunk: nothing dropped before it
+            else:
+                end = given[index] = next_end(ids, start, own, finish)
+                if end == start and not own and not gave_prompt:
+                    continue  # nothing of its own, nothing dropped before it
+                if not (end - start == len(own or ()) and _same(ids, start, own)):
+                    _set(choice, "token_ids", ids[start:end].tolist())
+            if view.get("logprobs") is None and not isinstance(choice, dict):
                 _full_serializer(choice)
 
 
