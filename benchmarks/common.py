@@ -222,3 +222,23 @@ def slug_for(session: str) -> str:
     from litellm_rllm.slug import encode
 
     return encode({"session_id": session, "task": "bench"})
+
+
+async def serve_proxy_app() -> tuple[Any, Any, str]:
+    """LiteLLM's proxy app served by uvicorn in this process (the config from the environment's
+    `CONFIG_FILE_PATH`), on a free local port: (server, its task, base URL). Stop it with
+    `server.should_exit = True` and await the task."""
+    import asyncio
+    import socket
+
+    import uvicorn
+    from litellm.proxy.proxy_server import app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=sock.getsockname()[1], log_level="error",
+                                           access_log=False, lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.05)
+    return server, task, f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,19 +53,9 @@ def set_layers(n: int) -> int:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import uvicorn
-    from litellm.proxy.proxy_server import app
-
     from litellm_rllm.callbacks.plugin import plugin
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=sock.getsockname()[1], log_level="error",
-                                           access_log=False, lifespan="on"))
-    serve = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.05)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server, serve, url = await common.serve_proxy_app()
     client = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("loop_block.py")), "--client", url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=common.env())
