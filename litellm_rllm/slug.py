@@ -181,6 +181,23 @@ class SamplingOverride(BaseModel):
     return_token_ids: Optional[bool] = None
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (what a slug decodes to): ~9x faster than
+    `copy.deepcopy` on a typical slug, and it runs per request (the metadata hook). Values of
+    any other type (metadata given as Python objects) go through `copy.deepcopy`."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy_json(v) for v in value]
+    if kind in _SCALARS:
+        return value
+    return copy.deepcopy(value)
+
+
 class SlugMetadata(BaseModel):
     """Decoded slug metadata: the known keys typed, everything else in :attr:`extra`."""
 
@@ -209,14 +226,15 @@ class SlugMetadata(BaseModel):
             extra={k: v for k, v in data.items() if k not in KNOWN_KEYS},
             signed=signed,
         )
-        meta._raw = copy.deepcopy(dict(data))
+        meta._raw = _copy_json(dict(data))
         return meta
 
     def as_dict(self) -> dict[str, Any]:
         """The flat metadata dict exactly as the client sent it (a copy)."""
-        if self._raw is not None:
-            return copy.deepcopy(self._raw)
-        out: dict[str, Any] = copy.deepcopy(self.extra)
+        raw = (self.__pydantic_private__ or {}).get("_raw")  # `self._raw`: ~2.4 us through pydantic
+        if raw is not None:
+            return _copy_json(raw)
+        out: dict[str, Any] = _copy_json(self.extra)
         for key in ("session_id", "session_name"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)

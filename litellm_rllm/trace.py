@@ -80,14 +80,24 @@ class TraceChoice(BaseModel):
     completeness: Optional[Completeness] = None
     _top_columns: Optional[TopColumns] = PrivateAttr(default=None)
 
+    # The private attribute is read and set through `__pydantic_private__`: `self._top_columns`
+    # goes through pydantic's Python `__getattr__` / `__setattr__` (~2.4 us each, per trace).
     def set_top_columns(self, columns: Optional[TopColumns]) -> None:
         """Keep top logprobs as columns (write path); `top_logprobs` stays unset."""
-        self._top_columns = columns
+        private = self.__pydantic_private__
+        if private is None:
+            self._top_columns = columns
+        else:
+            private["_top_columns"] = columns
+
+    def _columns(self) -> Optional[TopColumns]:
+        return (self.__pydantic_private__ or {}).get("_top_columns")
 
     def top_columns(self) -> Optional[TopColumns]:
         """The top logprobs as columns, whichever form this choice holds them in."""
-        if self._top_columns is not None:
-            return self._top_columns
+        columns = self._columns()
+        if columns is not None:
+            return columns
         if self.top_logprobs is None:
             return None
         tokens, lps, counts = [], [], []
@@ -100,8 +110,9 @@ class TraceChoice(BaseModel):
 
     def materialize(self) -> "TraceChoice":
         """Turn columns into `top_logprobs` objects (for JSON output of a freshly built trace)."""
-        if self._top_columns is not None and self.top_logprobs is None:
-            self.top_logprobs = self._top_columns.positions()
+        columns = self._columns()
+        if columns is not None and self.top_logprobs is None:
+            self.top_logprobs = columns.positions()
         return self
 
 

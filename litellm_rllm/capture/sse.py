@@ -35,6 +35,12 @@ class SSEParser:
         self.error: Optional[dict[str, Any]] = None  # an in-stream `{"error": ...}` event
 
     def feed(self, chunk: bytes) -> None:
+        # The usual read from a paced upstream (vLLM): exactly one `data: {...}\n\n` event.
+        # Taken whole: the line loop below costs ~2 us an event more (benchmarks: tee_events.py).
+        if (not self._buf and not self._data and chunk[:6] == b"data: " and chunk[-2:] == b"\n\n"
+                and chunk.find(b"\n", 6) == len(chunk) - 2 and chunk[-3:-2] != b"\r"):
+            self._emit(chunk[6:-2])
+            return
         buf = self._buf + chunk if self._buf else chunk
         start = 0
         while True:
@@ -63,6 +69,10 @@ class SSEParser:
             return
         payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
         self._data = []
+        self._emit(payload)
+
+    def _emit(self, payload: bytes) -> None:
+        """One event's data."""
         if payload == b"[DONE]":
             self.done = True
             return

@@ -89,6 +89,32 @@ def test_sse_parser_handles_events_and_crlf_split_across_reads():
     assert events == [{"a": 1}, {"b": 2}] and parser.done
 
 
+def test_sse_parser_gives_the_same_events_for_whole_event_reads_and_any_split():
+    """The one-event-per-read fast path and the line loop agree, whatever the reads."""
+    import random
+
+    events_bytes = [b'data: {"a": 1}\n\n', b'data: {"b": "x\\ny"}\r\n\n', b': comment\n\n',
+                    b'event: e\ndata: {"c": 3}\n\n', b'data: {"d":\ndata: 4}\n\n', b'data:{"e": 5}\n\n',
+                    b'data: not json\n\n', b'data: {"f": 6}\r\n\r\n', b'data: [DONE]\n\n']
+    body = b"".join(events_bytes)
+
+    def parse(reads):
+        out = []
+        parser = SSEParser(out.append)
+        for read in reads:
+            parser.feed(read)
+        parser.close()
+        return out, parser.done, parser.bad_events
+
+    expected = parse([body[i:i + 1] for i in range(len(body))])
+    assert expected == ([{"a": 1}, {"b": "x\ny"}, {"c": 3}, {"d": 4}, {"e": 5}, {"f": 6}], True, 1)
+    assert parse(events_bytes) == expected
+    rng = random.Random(7)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 12)))
+        assert parse([body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]) == expected
+
+
 def test_stream_accumulator_merges_tool_call_fragments_by_index():
     acc = StreamAccumulator()
     chunks = [
