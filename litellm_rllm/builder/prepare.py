@@ -9,6 +9,7 @@ build process (`writer/build_process.py`), where `build.trace_builder.build_trac
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pickle import PickleBuffer
@@ -109,15 +110,33 @@ def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:
     logging): its own price table, from the usage the upstream reported. Proxy process only."""
     if not isinstance(model, str):
         return None
-    try:
-        import litellm
+    import litellm
 
+    kind = _price_kind(model, len(litellm.model_cost))
+    if kind != "priced":
+        return 0.0 if kind == "free" else None
+    try:
         prompt = int(usage.get("prompt_tokens", usage.get("input_tokens")) or 0)
         completion = int(usage.get("completion_tokens", usage.get("output_tokens")) or 0)
         p_cost, c_cost = litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
         return float(p_cost + c_cost)
     except Exception:
         return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _price_kind(model: str, table_size: int) -> str:
+    """What LiteLLM's price table says of `model`: "unknown" (it raises), "free" (it prices
+    1,000 + 1,000 tokens at zero: a self-hosted deployment the router registered without
+    prices) or "priced". Asked once per model and table size (a model registered later grows
+    the table): `litellm.cost_per_token` takes ~170 us, and streamed traces are priced here."""
+    import litellm
+
+    try:
+        p_cost, c_cost = litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=1000)
+    except Exception:
+        return "unknown"
+    return "free" if p_cost == 0 and c_cost == 0 else "priced"
 
 
 # Provider and LiteLLM key shapes: an upstream error may echo the key it was sent.
