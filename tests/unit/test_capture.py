@@ -115,6 +115,17 @@ def test_sse_parser_gives_the_same_events_for_whole_event_reads_and_any_split():
         assert parse([body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]) == expected
 
 
+def test_sse_parser_keeps_a_last_event_the_body_did_not_end_with_a_blank_line():
+    for tail in (b'data: {"z": 1}', b'data: {"z": 1}\n', b'data: {"z": 1}\r\n'):
+        for reads in ([b'data: {"a": 0}\n\n' + tail], [b'data: {"a": 0}\n\n', tail]):
+            events = []
+            parser = SSEParser(events.append)
+            for read in reads:
+                parser.feed(read)
+            parser.close()
+            assert events == [{"a": 0}, {"z": 1}], (tail, reads)
+
+
 def test_stream_accumulator_merges_tool_call_fragments_by_index():
     acc = StreamAccumulator()
     chunks = [
