@@ -70,6 +70,19 @@ def fields_of(obj: Any) -> dict[str, Any]:
     return fields
 
 
+def field_view(obj: Any) -> Mapping[str, Any]:
+    """The top-level fields of a dict or an object, to read and not to change: the dict itself,
+    an object's pydantic extras when it has no other fields (LiteLLM's streaming choices keep
+    all of theirs there), else a merged copy (`fields_of`). Per streamed chunk, the copy and
+    the `Mapping` check are what the read cost."""
+    if type(obj) is dict:
+        return obj
+    extra = getattr(obj, "__pydantic_extra__", None)
+    if extra is not None and not getattr(obj, "__dict__", None):
+        return extra
+    return fields_of(obj)
+
+
 def plain(obj: Any) -> Any:
     """A pydantic model / LiteLLM object as plain dicts and lists."""
     if obj is None or isinstance(obj, (str, int, float, bool)):

@@ -9,7 +9,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from litellm.types.utils import Delta, ModelResponse, ModelResponseStream, StreamingChoices, Usage  # noqa: E402
 
-from litellm_rllm.capture.fields import field  # noqa: E402
+from litellm_rllm.capture.fields import field, field_view, fields_of  # noqa: E402
 
 KEYS = ("id", "model", "choices", "usage", "provider_specific_fields", "system_fingerprint", "absent",
         "_hidden_params", "content", "role", "tool_calls", "reasoning_content", "index", "logprobs",
@@ -48,3 +48,15 @@ def test_field_reads_plain_objects_dicts_and_none():
     obj.given = 1
     assert (field(obj, "given"), field(obj, "slot"), field(obj, "computed"), field(obj, "absent")) == (1, "class", 3, None)
     assert field({"a": 1}, "a") == 1 and field({"a": 1}, "b") is None and field(None, "a") is None
+
+
+def test_field_view_has_the_fields_fields_of_gives_and_copies_nothing_it_can_read_in_place():
+    chunk = ModelResponseStream(id="c", model="m", created=1, choices=[
+        StreamingChoices(index=0, delta=Delta(content="a"), logprobs={"content": []}, token_ids=[5])])
+    plain_dict = {"index": 1, "token_ids": [7]}
+    obj = Plain()
+    obj.given = 1
+    for item in (chunk, chunk.choices[0], chunk.choices[0].delta, ModelResponse(), plain_dict, obj):
+        assert dict(field_view(item)) == fields_of(item), type(item).__name__
+    assert field_view(plain_dict) is plain_dict
+    assert field_view(chunk.choices[0]) is chunk.choices[0].__pydantic_extra__
