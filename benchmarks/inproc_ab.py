@@ -17,7 +17,8 @@ logprobs and token ids itself so both sides move the same bytes; the window ends
 plugin's writer has written the round's traces (`aflush`), so its thread's work is in; it
 starts after a full `gc.collect()`, so a full collection landing in one window and not the
 other (tens of ms in LiteLLM's heap) does not decide the pair. CPU is
-this process's (every thread: `time.process_time`) and the loop thread's (`time.thread_time`).
+this process's (every thread: `time.process_time`), the loop thread's (`time.thread_time`) and
+the trace writer thread's (its `pthread_getcpuclockid` clock).
 The upstream and the client run on the other CPUs. Reported: medians per variant and the
 median over rounds of (plugin - bare) in the same round, with quartiles.
 """
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     toggle = Toggle()
     writer = plugin().writer
+    thread = next(t for t in threading.enumerate() if t.name == "litellm-rllm-trace-writer")
+    writer_clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
     written0 = writer.stats().get("written", 0)
     report: dict[str, Any] = {"tokens": args.tokens, "rounds": args.rounds, "modes": {}}
     for mode in args.modes:
@@ -94,19 +98,23 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await writer.aflush(120)
         cpu: dict[str, list[float]] = {"bare": [], "plugin": []}
         loop: dict[str, list[float]] = {"bare": [], "plugin": []}
+        wrote: dict[str, list[float]] = {"bare": [], "plugin": []}  # the writer thread's CPU
         for r in range(args.rounds):
             for name in (("plugin", "bare") if r % 2 == 0 else ("bare", "plugin")):
                 toggle.set(name == "plugin")
                 await asyncio.sleep(0.2)
                 gc.collect()  # each window starts with the collector's counts at zero
+                w0 = time.clock_gettime(writer_clock)
                 p0, t0 = time.process_time(), time.thread_time()
                 for _ in range(n):
                     await ask(mode)
                 await writer.aflush(120)
                 cpu[name].append((time.process_time() - p0) / n * 1000)
                 loop[name].append((time.thread_time() - t0) / n * 1000)
+                wrote[name].append((time.clock_gettime(writer_clock) - w0) / n * 1000)
             print(f"[{time.strftime('%H:%M:%S')}] {mode} round {r + 1}/{args.rounds}", file=sys.stderr)
         report["modes"][mode] = summarize(cpu, loop, n)
+        report["modes"][mode]["writer_thread_ms_per_call"] = {k: round(statistics.median(v), 3) for k, v in wrote.items()}
     toggle.set(True)
     report["traces_written"] = writer.stats().get("written", 0) - written0
     client.stdin.close()  # type: ignore[union-attr]
