@@ -43,7 +43,8 @@ def main() -> None:
     finally:
         upstream.stop()
     events = [e + b"\n\n" for e in raw.split(b"\n\n") if e]
-    payloads = [orjson.loads(e[6:-2]) for e in events if not e.startswith(b"data: [DONE]")]
+    datas = [e[6:-2] for e in events if not e.startswith(b"data: [DONE]")]
+    payloads = [orjson.loads(d) for d in datas]
     fast_reads = [raw[i:i + 16384] for i in range(0, len(raw), 16384)]
 
     def tee(reads: list[bytes]) -> None:
@@ -59,8 +60,8 @@ def main() -> None:
             acc.add(event)
 
     def parse() -> None:
-        for e in events[:-1]:
-            orjson.loads(e[6:-2])
+        for d in datas:
+            orjson.loads(d)
 
     n = len(events)
     print(f"tee per event, {a.tokens}-token stream ({n} events, {len(raw)} bytes, top_logprobs {a.top_logprobs}):")
