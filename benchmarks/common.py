@@ -218,6 +218,33 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def plugin_helpers(pid: int) -> list[int]:
+    """The plugin's helper processes below `pid` (store process, build process): descendants run
+    as `python -m litellm_rllm...`, so a benchmark's own client or upstream child is not one."""
+    out = []
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"litellm_rllm." in f.read():
+                    out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+def sched_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time of the processes from `/proc/PID/schedstat` (nanoseconds, unlike `stat`'s 10 ms
+    ticks, which a window of a few helper milliseconds cannot resolve); a gone process adds 0."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
 def slug_for(session: str) -> str:
     from litellm_rllm.slug import encode
 

@@ -18,7 +18,9 @@ plugin's writer has written the round's traces (`aflush`), so its thread's work 
 starts after a full `gc.collect()`, so a full collection landing in one window and not the
 other (tens of ms in LiteLLM's heap) does not decide the pair. CPU is
 this process's (every thread: `time.process_time`), the loop thread's (`time.thread_time`) and
-the trace writer thread's (its `pthread_getcpuclockid` clock).
+the trace writer thread's (its `pthread_getcpuclockid` clock); the plugin's helper processes
+(store process, build process: children, so not in `process_time`) are read from their
+`/proc/PID/schedstat` and reported beside it, and added in `with_helpers_plugin_minus_bare_ms`.
 The upstream and the client run on the other CPUs. Reported: medians per variant and the
 median over rounds of (plugin - bare) in the same round, with quartiles.
 """
@@ -99,12 +101,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         cpu: dict[str, list[float]] = {"bare": [], "plugin": []}
         loop: dict[str, list[float]] = {"bare": [], "plugin": []}
         wrote: dict[str, list[float]] = {"bare": [], "plugin": []}  # the writer thread's CPU
+        helped: dict[str, list[float]] = {"bare": [], "plugin": []}  # the plugin's helper processes'
         for r in range(args.rounds):
             for name in (("plugin", "bare") if r % 2 == 0 else ("bare", "plugin")):
                 toggle.set(name == "plugin")
                 await asyncio.sleep(0.2)
                 gc.collect()  # each window starts with the collector's counts at zero
                 w0 = time.clock_gettime(writer_clock)
+                helpers = common.plugin_helpers(os.getpid())
+                h0 = common.sched_cpu_seconds(helpers)
                 p0, t0 = time.process_time(), time.thread_time()
                 for _ in range(n):
                     await ask(mode)
@@ -112,9 +117,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 cpu[name].append((time.process_time() - p0) / n * 1000)
                 loop[name].append((time.thread_time() - t0) / n * 1000)
                 wrote[name].append((time.clock_gettime(writer_clock) - w0) / n * 1000)
+                helped[name].append((common.sched_cpu_seconds(helpers) - h0) / n * 1000)
             print(f"[{time.strftime('%H:%M:%S')}] {mode} round {r + 1}/{args.rounds}", file=sys.stderr)
         report["modes"][mode] = summarize(cpu, loop, n)
         report["modes"][mode]["writer_thread_ms_per_call"] = {k: round(statistics.median(v), 3) for k, v in wrote.items()}
+        report["modes"][mode]["helper_processes_ms_per_call"] = {
+            k: round(statistics.median(v), 3) for k, v in helped.items()}
+        total = [p + hp - b - hb for p, hp, b, hb in zip(cpu["plugin"], helped["plugin"], cpu["bare"], helped["bare"])]
+        report["modes"][mode]["with_helpers_plugin_minus_bare_ms"] = round(statistics.median(total), 3)
     toggle.set(True)
     report["traces_written"] = writer.stats().get("written", 0) - written0
     client.stdin.close()  # type: ignore[union-attr]

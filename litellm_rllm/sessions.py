@@ -18,7 +18,8 @@ Ground floor: plain strings, no imports of ours.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 TEAM_SEP = "\x1f"  # unit separator: refused in slug session fields, so qualified keys are unforgeable
 

@@ -13,7 +13,8 @@ import functools
 import os
 import re
 from pickle import PickleBuffer
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 from ..capture.record import CallRecord
 from ..capture.fields import plain

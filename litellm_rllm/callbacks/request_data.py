@@ -3,7 +3,8 @@ its call id, metadata slot, headers, route and caller are, and the call's sessio
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 from ..slug import SlugError
 

@@ -9,7 +9,8 @@ deployment says which parameters are safe to add.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from litellm.integrations.custom_logger import CustomLogger
 

@@ -21,7 +21,8 @@ appears in the JSON.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 from ..capture.fields import field, field_view
 from ..capture.stream import StreamAccumulator

@@ -5,7 +5,8 @@ one set of helpers for both, used by capture, stripping and the end-of-call snap
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 _ABSENT = object()

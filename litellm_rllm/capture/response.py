@@ -12,7 +12,8 @@ They run in the writer thread, never on the event loop. Formats handled:
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 from ..trace import Completeness, TopColumns, TraceChoice
 from .fields import plain, provider_field as _psf
@@ -204,31 +205,49 @@ def choices_from_response(response: Mapping[str, Any], usage: Optional[Mapping[s
     out: list[TraceChoice] = []
     n_choices = len(response.get("choices") or [])
     for i, ch in enumerate(response.get("choices") or []):
-        index = ch.get("index", i) if ch.get("index") is not None else i
         message = ch.get("message")
         if message is not None:
             values, tokens, tops = chat_logprobs(ch.get("logprobs"))
-            message = {k: v for k, v in message.items() if k != "provider_specific_fields" and v is not None}
             text = None
         else:
             values, tokens, tops = text_logprobs(ch.get("logprobs"))
             text = ch.get("text")
-        choice = TraceChoice(
-            index=index,
-            message=message,
-            text=text,
-            finish_reason=ch.get("finish_reason"),
-            stop_reason=_psf(ch, "stop_reason"),
-            token_ids=_ints(_psf(ch, "token_ids")),
-            prompt_token_ids=_ints(_psf(ch, "prompt_token_ids")),
-            logprobs=values,
-            tokens=tokens,
-        )
-        choice.set_top_columns(tops)
-        choice.completeness = check_completeness(choice, usage if n_choices == 1 else None, logprobs_requested)
-        out.append(choice)
-    out.sort(key=lambda c: c.index)
-    return out
+        out.append(make_choice(i, ch, index=ch.get("index"), message=message, text=text, logprobs=values,
+                               tokens=tokens, tops=tops, finish_reason=ch.get("finish_reason"),
+                               usage=usage if n_choices == 1 else None, logprobs_requested=logprobs_requested))
+    return ordered(out)
+
+
+def make_choice(position: int, fields: Mapping[str, Any], *, index: Any, message: Optional[Mapping[str, Any]],
+                text: Optional[str], logprobs: Optional[list[float]], tokens: Optional[list[Any]],
+                tops: Optional[TopColumns], finish_reason: Any, usage: Optional[Mapping[str, Any]],
+                logprobs_requested: bool) -> TraceChoice:
+    """One choice of a chat or text completion from its parts (the generic parse above and the
+    typed one, `chat_body`): `fields` holds the choice's fields that vLLM sends and LiteLLM may
+    move into `provider_specific_fields` (`stop_reason`, `token_ids`, `prompt_token_ids`);
+    `usage` only when it counts this choice alone."""
+    if message is not None:
+        message = {k: v for k, v in message.items() if k != "provider_specific_fields" and v is not None}
+    choice = TraceChoice(
+        index=index if index is not None else position,
+        message=message,
+        text=text,
+        finish_reason=finish_reason,
+        stop_reason=_psf(fields, "stop_reason"),
+        token_ids=_ints(_psf(fields, "token_ids")),
+        prompt_token_ids=_ints(_psf(fields, "prompt_token_ids")),
+        logprobs=logprobs,
+        tokens=tokens,
+    )
+    choice.set_top_columns(tops)
+    choice.completeness = check_completeness(choice, usage, logprobs_requested)
+    return choice
+
+
+def ordered(choices: list[TraceChoice]) -> list[TraceChoice]:
+    """In index order (upstreams may send them in any)."""
+    choices.sort(key=lambda c: c.index)
+    return choices
 
 
 def prompt_ids_from(response: Mapping[str, Any], choices: Iterable[TraceChoice] = ()) -> Optional[list[int]]:
