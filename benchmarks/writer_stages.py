@@ -2,6 +2,8 @@
 
     python benchmarks/writer_stages.py [--tokens 256] [--traces 240] [--batches 1,3,8]
 
+Last, the writer thread's CPU per second with nothing to write (what a quiet proxy pays).
+
 Why beside `attribution.py`: on a loaded machine the proxy-level ablation cannot resolve a tenth
 of a millisecond; here each stage runs alone in one process on a real fake-vLLM reply (the
 upstream's JSON body as the tee keeps it), so its cost per trace is steady. `build` and
@@ -16,6 +18,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from litellm_rllm.builder import build_trace, prepare  # noqa: E402
 from litellm_rllm.capture.record import CallRecord  # noqa: E402
 from litellm_rllm.store import SqliteStore  # noqa: E402
 from litellm_rllm.store.codec import encode  # noqa: E402
+from litellm_rllm.writer import TraceWriter  # noqa: E402
 
 
 def main() -> None:
@@ -82,6 +86,23 @@ def main() -> None:
         time.sleep(0.3)  # the checkpointer's last pass
         print(f"  {f'store write, batches of {size}':28s} {(time.process_time() - c) / (n - 1) * 1e6:7.0f} us per trace")
         store.close()
+    idle_writer_cpu()
+
+
+def idle_writer_cpu(seconds: float = 3.0) -> None:
+    """The writer thread's own CPU clock over a quiet spell, after its start-up."""
+    folder = tempfile.mkdtemp(prefix="rllm-stages-")
+    writer = TraceWriter(store=SqliteStore(os.path.join(folder, "t.db")), close_at_exit=False)
+    try:
+        writer.flush(10)
+        time.sleep(1.0)
+        thread = next(t for t in threading.enumerate() if t.name == "litellm-rllm-trace-writer")
+        clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+        c = time.clock_gettime(clock)
+        time.sleep(seconds)
+        print(f"  {'idle writer thread':28s} {(time.clock_gettime(clock) - c) / seconds * 1e3:7.2f} ms CPU per second")
+    finally:
+        writer.close()
 
 
 if __name__ == "__main__":

@@ -465,7 +465,7 @@ class TraceWriter:
                         if self._stopping and not self._queue:
                             self._exited = True
                             break
-                    self._wake.wait(self._poll)
+                    self._wake.wait(self._idle_wait(next_check))
             except BaseException:  # noqa: BLE001 - the thread must outlive any bug
                 logger.exception("trace writer: unexpected error in the writer thread")
                 time.sleep(self._poll)
@@ -497,6 +497,18 @@ class TraceWriter:
                 self._spool.close()
             except Exception:  # noqa: BLE001
                 logger.exception("trace writer: closing the spool failed")
+
+    def _idle_wait(self, next_check: float) -> float:
+        """How long an idle writer sleeps. A submit, a flush barrier and ``close`` set ``_wake``;
+        only a backlog (retried every ``poll_interval``) and the periodic looks (the store's
+        file, dead processes' spools) need the clock. Waking every ``poll_interval`` regardless
+        cost ~2.7 ms of CPU a second with nothing to write (20 wake-ups on this VM)."""
+        if self._has_backlog():
+            return self._poll
+        until = next_check
+        if self._spool is not None:
+            until = min(until, self._next_orphan_scan)
+        return max(self._poll, until - time.monotonic())
 
     def _linger_for_more(self, items: list[Any]) -> list[_Barrier]:
         """Group commit: a short batch waits up to `linger` seconds for more items, and until

@@ -276,3 +276,28 @@ def test_close_leaves_a_caller_owned_store_open(db: str) -> None:
     writer.close()
     assert store.count() == 1
     store.close()
+
+
+def test_an_idle_writer_sleeps_until_woken_and_a_submit_still_wakes_it(db: str) -> None:
+    """With nothing to write the thread wakes for its periodic store check (1 s), not every
+    `poll_interval`; a submit and a flush barrier wake it at once."""
+    writer = TraceWriter(store=SqliteStore(db), poll_interval=0.01, commit_interval=0.0, linger=0.0)
+    try:
+        assert writer.flush(10)
+        rounds = [0]
+        take = writer._take
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            rounds[0] += 1
+            return take(*args, **kwargs)
+
+        writer._take = counted  # type: ignore[method-assign]
+        time.sleep(0.5)
+        assert rounds[0] <= 3  # ~50 with a wake-up per poll_interval
+        started = time.monotonic()
+        writer.submit(make("woken"))
+        assert writer.flush(10)
+        assert time.monotonic() - started < 0.25
+        assert [t.trace_id for t in read_back(db)] == ["woken"]
+    finally:
+        writer.close()
