@@ -218,6 +218,11 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def writer_cpu_clock(writer: Any) -> int:
+    """The clock id of a `TraceWriter` thread's own CPU time (`time.clock_gettime` reads it)."""
+    return time.pthread_getcpuclockid(writer.thread.ident)
+
+
 def plugin_helpers(pid: int) -> list[int]:
     """The plugin's helper processes below `pid` (store process, build process): descendants run
     as `python -m litellm_rllm...`, so a benchmark's own client or upstream child is not one."""

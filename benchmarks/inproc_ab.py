@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,8 +86,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     toggle = Toggle()
     writer = plugin().writer
-    thread = next(t for t in threading.enumerate() if t.name == "litellm-rllm-trace-writer")
-    writer_clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+    writer_clock = common.writer_cpu_clock(writer)
     written0 = writer.stats().get("written", 0)
     report: dict[str, Any] = {"tokens": args.tokens, "rounds": args.rounds, "modes": {}}
     for mode in args.modes:

@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -96,8 +95,7 @@ def idle_writer_cpu(seconds: float = 3.0) -> None:
     try:
         writer.flush(10)
         time.sleep(1.0)
-        thread = next(t for t in threading.enumerate() if t.name == "litellm-rllm-trace-writer")
-        clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+        clock = common.writer_cpu_clock(writer)
         c = time.clock_gettime(clock)
         time.sleep(seconds)
         print(f"  {'idle writer thread':28s} {(time.clock_gettime(clock) - c) / seconds * 1e3:7.2f} ms CPU per second")

@@ -250,6 +250,11 @@ class TraceWriter:
 
     # ------------------------------------------------------------------------- producer side
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The writer's thread (benchmarks read its CPU clock)."""
+        return self._thread
+
     def submit(self, item: Any) -> bool:
         """Queue ``item`` for writing. O(1); never blocks on I/O; never raises.
 
