@@ -9,7 +9,10 @@ URL names one with ``?schema=``), dropped at the end; sizes are PostgreSQL's
 
 Traces carry ``--completion-tokens`` completion ids + float logprobs (no top_logprobs),
 ``--prompt-tokens`` prompt ids, and chat messages of matching length, like a vLLM call with
-``logprobs`` and ``return_token_ids``. Modes (``--mode``, default ``encoded,writer``; each on a new store, all timing submit() of
+``logprobs`` and ``return_token_ids``. Calls start ``--call-interval-ms`` apart in write order
+(1 ms: a proxy taking 1,000 calls/s; with 200 sessions a session's calls are 200 ms apart, so
+its session-order window, the 1 s clock bound, holds about five of them). ``0`` starts every
+call at once, which puts each session's every trace in that window: session order's worst case. Modes (``--mode``, default ``encoded,writer``; each on a new store, all timing submit() of
 every item + flush(), except ``direct``):
 
 * ``encoded``: the proxy's writer thread: rows come encoded from the build process, so the
@@ -30,6 +33,7 @@ import random
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -121,6 +125,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=500)
     parser.add_argument("--top-logprobs", type=int, default=0, help="alternatives per token")
     parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--call-interval-ms", type=float, default=1.0,
+                        help="start times this far apart in write order (0: all at once; docstring)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--mode", default="encoded,writer", help="encoded, writer, records, direct (comma list)")
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
@@ -137,6 +143,7 @@ def main() -> None:
         50, args.prompt_tokens, args.completion_tokens, args.seed, args.top_logprobs
     )
     traces = []
+    t0 = datetime.now(timezone.utc)
     for i in range(args.traces):
         base = templates[i % len(templates)]
         session = f"session-{i % args.sessions}"
@@ -146,6 +153,7 @@ def main() -> None:
                     "trace_id": f"chatcmpl-{i:09d}",
                     "session_id": session,
                     "session_uids": ["run-1", session],
+                    "created_at": t0 + timedelta(milliseconds=i * args.call_interval_ms),
                 }
             )
         )
@@ -176,7 +184,7 @@ def open_store(args: argparse.Namespace) -> tuple[object, Optional[str], Optiona
     return store, path, None
 
 
-def make_records(n: int, completion_tokens: int) -> list[object]:
+def make_records(n: int, completion_tokens: int, interval_ms: float = 1.0) -> list[object]:
     """Call records as the proxy's tee captures a non-streamed vLLM call (`writer_gil.make_record`:
     the JSON body as its reads), each its own call in one of 200 sessions, with a 400-token
     prompt so the stored doc has a realistic size."""
@@ -187,7 +195,7 @@ def make_records(n: int, completion_tokens: int) -> list[object]:
     base = make_record("nonstream", completion_tokens, 0)
     upstream = {**base.upstream, "messages": [{"role": "user", "content": _text(random.Random(0), 400)}]}
     return [replace(base, call_id=f"chatcmpl-{i:09d}", session={"session_id": f"session-{i % 200}"},
-                    upstream=upstream, client_request=upstream)
+                    upstream=upstream, client_request=upstream, started_wall=base.started_wall + i * interval_ms / 1000)
             for i in range(n)]
 
 
@@ -202,7 +210,7 @@ def run_mode(args: argparse.Namespace, mode: str, traces: list[Trace], sample: o
         from litellm_rllm.writer.build_process import BuildProcess
 
         n_items = args.traces if args.traces_given else 4000
-        items = make_records(n_items, args.completion_tokens)
+        items = make_records(n_items, args.completion_tokens, args.call_interval_ms)
         encoder = BuildProcess("litellm_rllm.builder:build_trace", prepare=prepare)
     store, path, pg_schema = open_store(args)
 

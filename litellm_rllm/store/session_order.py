@@ -31,6 +31,7 @@ result.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import struct
@@ -186,6 +187,25 @@ def window_start(fresh: Iterable[OrderItem]) -> int:
     return min(item.key for item in fresh) - CLOCK_BOUND_US
 
 
+def _edges(items: Sequence[OrderItem]) -> list[tuple[OrderItem, OrderItem]]:
+    """Every (child, parent) of ``items`` with ``extends(child, parent)``. A parent's context
+    must fit in the child's prompt, so each child is checked only against the parents whose
+    ``ctx_len`` is at most its ``prompt_len`` (a bisect over them sorted by it), not against the
+    whole window: a window of hundreds of calls started within a second (a parallel fan-out
+    under one session) made that pairwise check most of a write's time."""
+    parents = sorted((p for p in items if p.ctx_len is not None and p.prompt_len is not None
+                      and p.ctx_len > p.prompt_len), key=lambda p: p.ctx_len)  # type: ignore[arg-type, return-value]
+    lens = [p.ctx_len for p in parents]
+    edges = []
+    for child in items:
+        if child.prompt is None or child.prompt_len is None:
+            continue
+        for parent in parents[: bisect.bisect_right(lens, child.prompt_len)]:  # type: ignore[arg-type]
+            if extends(child, parent):
+                edges.append((child, parent))
+    return edges
+
+
 def place(
     base: int,
     window: Sequence[OrderItem],
@@ -201,8 +221,7 @@ def place(
         if maybe_after:
             load_prompts(maybe_after)
     items = [*window, *fresh]
-    with_prompt = [x for x in items if x.prompt is not None]
-    edges = [(child, parent) for child in with_prompt for parent in items if extends(child, parent)]
+    edges = _edges(items)
     edges.sort(key=lambda e: e[1].ctx_len or 0)  # parents before their children: fewer passes
     keys = {id(x): x.key for x in items}
     changed = True

@@ -129,3 +129,26 @@ def test_new_calls_that_follow_the_window_are_placed_without_it(stored_calls: li
 
     if after_window(window[-1].key, [w.prompt_len for w in window], fresh):
         assert place(5, window, fresh, load) == place(5 + len(window), [], fresh, load)
+
+
+@settings(deadline=None, max_examples=150)
+@given(sessions(), st.integers(0, 5))
+def test_extension_edges_are_every_pair_that_extends(case: tuple[list, list[list[int]]], forks: int) -> None:
+    """`place` checks each call only against parents whose context fits in its prompt (a
+    bisect, not every pair of the window): the same edges as checking every pair. Forks add
+    calls that extend an earlier turn's context the same way (several children of one parent)."""
+    from litellm_rllm.store.session_order import _edges, extends
+
+    calls, _ = case
+    turns = [c for c in calls if c.trace_id.startswith("turn-")]
+    for j in range(min(forks, len(turns))):
+        parent = turns[j]
+        # odd forks add a message; even ones continue the context as is (prompt == its context)
+        prompt = list(parent.prompt_token_ids or []) + list(parent.choices[0].token_ids or []) + [60 + j] * (j % 2)
+        calls.append(make(f"fork-{j}", prompt_token_ids=prompt, choices=[TraceChoice(index=0, token_ids=[61])]))
+    items = [OrderItem.new(k, c.trace_id, k, encode(c).arrays) for k, c in enumerate(calls)]
+    brute = {(child.trace_id, parent.trace_id) for child in items for parent in items if extends(child, parent)}
+    assert {(c.trace_id, p.trace_id) for c, p in _edges(items)} == brute
+    # the turns chain: each turn extends the one before it, and a fork its turn
+    assert all((f"turn-{k}", f"turn-{k - 1}") in brute for k in range(1, len(turns)))
+    assert all((f"fork-{j}", f"turn-{j}") in brute for j in range(min(forks, len(turns))))
