@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import inspect
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from litellm_rllm.trainer.remote import (  # the trainer's side: docs/trainer.md
     follow,
     pause,
     pause_status,
+    proxy_root,
     resume,
     reward,
     set_policy_version,
@@ -264,18 +264,6 @@ def _http_client(client: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
-def _proxy_root(base_url: str) -> str:
-    """`http://host:4000/v1` or `.../meta/<slug>/v1` -> `http://host:4000`."""
-    from .slug import split_path
-
-    parsed = urlsplit(base_url)
-    _, path = split_path(parsed.path or "/")
-    path = path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[:-3]
-    return urlunsplit((parsed.scheme, parsed.netloc, path, "", "")).rstrip("/")
-
-
 def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, Any]:
     """Block until every call the proxy finished before now is durable.
 
@@ -287,7 +275,7 @@ def flush(base_url: str, api_key: str, *, timeout: float = 60.0) -> dict[str, An
     """
     import httpx
 
-    resp = httpx.post(f"{_proxy_root(base_url)}/rllm/flush", params={"timeout": timeout},
+    resp = httpx.post(f"{proxy_root(base_url)}/rllm/flush", params={"timeout": timeout},
                       headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout + 10)
     if resp.status_code == 503 and "flushed" in resp.json():
         return resp.json()
@@ -312,7 +300,7 @@ def proxies_of(base_url: str) -> list[str]:
     import socket
     from urllib.parse import urlsplit, urlunsplit
 
-    root = _proxy_root(base_url)
+    root = proxy_root(base_url)
     parts = urlsplit(root)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     try:
@@ -336,7 +324,7 @@ def flush_all(base_urls: Any, api_key: str, *, timeout: float = 60.0) -> dict[st
     `flushed`."""
     from concurrent.futures import ThreadPoolExecutor
 
-    urls = proxies_of(base_urls) if isinstance(base_urls, str) else [_proxy_root(u) for u in base_urls]
+    urls = proxies_of(base_urls) if isinstance(base_urls, str) else [proxy_root(u) for u in base_urls]
 
     def one(url: str) -> dict[str, Any]:
         try:
@@ -363,7 +351,7 @@ def fetch_traces(base_url: str, session: str, api_key: str, *, timeout: float = 
 
     from .trace import Trace
 
-    resp = httpx.get(f"{_proxy_root(base_url)}/rllm/sessions/{session}/traces",
+    resp = httpx.get(f"{proxy_root(base_url)}/rllm/sessions/{session}/traces",
                      params={"team": team} if team else None,
                      headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
     resp.raise_for_status()
