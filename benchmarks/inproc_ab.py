@@ -1,7 +1,7 @@
 """The plugin's CPU per call against bare LiteLLM, in one proxy process, alternating.
 
     python benchmarks/inproc_ab.py [--modes nonstream,stream] [--rounds 12] [--requests 20]
-        [--streams 6] [--tokens 256] [--json out.json]
+        [--streams 6] [--tokens 256] [--plugin-setting KEY=VALUE ...] [--json out.json]
 
 Why one process: two proxy processes one request at a time (`attribution.py`) differ by
 +-10 ms per stream bare against bare on this VM (memory layout, placement, drift), more than
@@ -160,6 +160,9 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=6, help="streams per round and variant")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--pin", choices=("auto", "none"), default="auto")
+    ap.add_argument("--plugin-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a callback_settings.litellm_rllm key for the plugin (repeatable), e.g."
+                         " writer_build_process_min_bytes=0")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -172,7 +175,8 @@ def main() -> None:
     args.plan = common.cpu_plan(args.pin)
     upstream = common.Upstream(args.tokens, cpus=args.plan["upstream"])
     folder = Path(tempfile.mkdtemp(prefix="rllm-inproc-ab-"))
-    config = common.write_config(folder, plugin=True, api_base=upstream.api_base)
+    config = common.write_config(folder, plugin=True, api_base=upstream.api_base,
+                                 settings=common.parse_settings(args.plugin_setting))
     os.environ.update(common.env(CONFIG_FILE_PATH=str(config)))
     os.environ.pop("RLLM_STORE_URL", None)
     os.chdir(folder)
