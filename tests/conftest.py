@@ -92,4 +92,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         asyncio.run(close_litellm_async_clients())
     except Exception:  # noqa: BLE001 - LiteLLM without it, or nothing to close
         pass
+    _dispose_leftover_aiohttp_sessions()
     gc.collect()
+
+
+def _dispose_leftover_aiohttp_sessions() -> None:
+    """Sessions bound to the in-process proxies' closed loops can't be closed by the above (it
+    awaits on a new loop): dispose them synchronously, as LiteLLM's transport does for a
+    recycled session (`BaseConnector._close`, aiohttp's own finalizer step), and drop LiteLLM's
+    cached clients so their transports are collected now, while the modules their `__del__`
+    reads still exist."""
+    import gc
+
+    try:
+        import aiohttp
+        import litellm
+    except ImportError:
+        return
+    try:
+        from litellm.llms.custom_httpx.aiohttp_transport import LiteLLMAiohttpTransport
+    except ImportError:
+        LiteLLMAiohttpTransport = ()  # type: ignore[assignment,misc]
+    for obj in gc.get_objects():
+        if isinstance(obj, aiohttp.ClientSession) and not obj.closed:
+            close = getattr(getattr(obj, "_connector", None), "_close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - best effort at exit
+                    pass
+        elif isinstance(obj, LiteLLMAiohttpTransport):
+            # its session is disposed above; a transport still referenced at exit would run its
+            # __del__ against torn-down modules (an isinstance on None): it owns nothing now
+            obj._owns_session = False
+    cache = getattr(getattr(litellm, "in_memory_llm_clients_cache", None), "cache_dict", None)
+    if isinstance(cache, dict):
+        cache.clear()
