@@ -113,7 +113,12 @@ def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:
         return None
     import litellm
 
-    kind = _price_kind(model, len(litellm.model_cost))
+    entry = litellm.model_cost.get(model)
+    prices = None
+    if isinstance(entry, dict):  # numbers only: the memo's key must hash
+        prices = tuple(v if isinstance(v, (int, float)) else None
+                       for v in (entry.get("input_cost_per_token"), entry.get("output_cost_per_token")))
+    kind = _price_kind(model, len(litellm.model_cost), prices)
     if kind != "priced":
         return 0.0 if kind == "free" else None
     try:
@@ -126,11 +131,13 @@ def _cost(model: Any, usage: Mapping[str, Any]) -> Optional[float]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _price_kind(model: str, table_size: int) -> str:
+def _price_kind(model: str, table_size: int, prices: Any) -> str:
     """What LiteLLM's price table says of `model`: "unknown" (it raises), "free" (it prices
     1,000 + 1,000 tokens at zero: a self-hosted deployment the router registered without
-    prices) or "priced". Asked once per model and table size (a model registered later grows
-    the table): `litellm.cost_per_token` takes ~170 us, and streamed traces are priced here."""
+    prices) or "priced". Asked once per model, table size (a model registered later grows the
+    table) and the model's own entry's per-token prices (one registered again with prices
+    changes its entry in place): `litellm.cost_per_token` takes ~170 us, and streamed traces
+    are priced here."""
     import litellm
 
     try:

@@ -34,3 +34,20 @@ def test_a_model_registered_without_prices_costs_zero() -> None:
         assert _cost(model, {"prompt_tokens": 10, "completion_tokens": 20}) == 0.0
     finally:
         litellm.model_cost.pop(model, None)
+
+
+def test_a_model_given_prices_later_is_priced_though_the_table_kept_its_size() -> None:
+    """The kind of a model (unknown / free / priced) is remembered per price table; re-registering
+    a model with prices changes its entry in place, not the table's size."""
+    model = "hosted_vllm/rllm-test-repriced-model"
+    usage = {"prompt_tokens": 10, "completion_tokens": 20}
+    litellm.register_model({model: {"litellm_provider": "hosted_vllm", "mode": "chat"}})
+    try:
+        assert _cost(model, usage) == 0.0
+        size = len(litellm.model_cost)
+        litellm.register_model({model: {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+                                        "litellm_provider": "hosted_vllm", "mode": "chat"}})
+        assert len(litellm.model_cost) == size
+        assert abs(_cost(model, usage) - (10 * 1e-6 + 20 * 2e-6)) < 1e-12
+    finally:
+        litellm.model_cost.pop(model, None)
