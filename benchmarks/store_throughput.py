@@ -12,7 +12,9 @@ Traces carry ``--completion-tokens`` completion ids + float logprobs (no top_log
 ``logprobs`` and ``return_token_ids``. Calls start ``--call-interval-ms`` apart in write order
 (1 ms: a proxy taking 1,000 calls/s; with 200 sessions a session's calls are 200 ms apart, so
 its session-order window, the 1 s clock bound, holds about five of them). ``0`` starts every
-call at once, which puts each session's every trace in that window: session order's worst case. Modes (``--mode``, default ``encoded,writer``; each on a new store, all timing submit() of
+call at once, which puts each session's every trace in that window: session order's worst case.
+
+Modes (``--mode``, default ``encoded,writer``; each on a new store, all timing submit() of
 every item + flush(), except ``direct``):
 
 * ``encoded``: the proxy's writer thread: rows come encoded from the build process, so the
