@@ -115,7 +115,8 @@ def main() -> None:
                     res = phase(proxies[name], plan["client"], headers, body, mode, a.seconds)
                     results[mode][name].append(res)
                     run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
-                            f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}")
+                            f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}"
+                            + (f", {res['errors']:.0f} errors" if res["errors"] else ""))
     finally:
         for proxy in proxies.values():
             proxy.stop()
@@ -124,14 +125,15 @@ def main() -> None:
     print(f"saturated throughput, {a.tokens}-token replies, {a.rounds} rounds x {a.seconds:g}s, medians; "
           f"CPUs: proxies {plan['proxy']}, upstream+load {plan['upstream']}")
     for mode in modes:
-        print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'loop ms':>8s} {'other ms':>9s} {'gc ms':>7s}")
+        print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'loop ms':>8s} {'other ms':>9s} {'gc ms':>7s}"
+              f" {'errors':>6s}")
         bare = results[mode]["bare"]
         for name in names:
             rows = results[mode][name]
             ratio = statistics.median(x["rps"] / b["rps"] for x, b in zip(rows, bare))
             med = {k: statistics.median(x[k] for x in rows) for k in ("rps", "loop_ms", "other_ms", "gc_ms")}
             print(f"{'':{len(mode) + 1}s} {name:18s} {med['rps']:8.2f} {ratio:7.3f}x {med['loop_ms']:8.2f} "
-                  f"{med['other_ms']:9.2f} {med['gc_ms']:7.2f}")
+                  f"{med['other_ms']:9.2f} {med['gc_ms']:7.2f} {sum(x['errors'] for x in rows):6.0f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
 
