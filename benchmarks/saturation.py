@@ -28,20 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import run  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 PARTS = "benchmarks.ablations.stream_parts."
 VARIANTS: dict[str, list[str] | None] = {
     "bare": None,
@@ -50,28 +45,15 @@ VARIANTS: dict[str, list[str] | None] = {
     "no_tee_parse": [*common.RLLM_CALLBACKS[:-1], PARTS + "tracer_no_tee_parse"],
     "plugin": list(common.RLLM_CALLBACKS),
 }
-MODES = {"stream": ["--stream", "--concurrency", "8"], "nonstream": ["--concurrency", "16"]}
+PHASES = {"stream": "st-sat", "nonstream": "ns-sat"}  # run.py's saturating phases
 
 
-def load(proxy: common.Proxy, cpus: Any, headers: str, body: str, *extra: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", proxy.base_url, "--key", common.MASTER_KEY,
-           "--headers", headers, "--body", body, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=common._preexec(cpus))
-    if proc.returncode != 0:
-        raise RuntimeError(f"loadgen failed against {proxy.name}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout)
-
-
-def phase(proxy: common.Proxy, cpus: Any, headers: str, body: str, mode: str, seconds: float) -> dict[str, float]:
-    gc0, before = proxy.gc_stats(), run.thread_cpu(proxy.pid)
-    out = load(proxy, cpus, headers, body, *MODES[mode], "--mode", "closed", "--requests", "1000000",
-               "--max-seconds", str(seconds))
-    after, gc1 = run.thread_cpu(proxy.pid), proxy.gc_stats()
-    loop, other = run.split_cpu(proxy.pid, before, after)
-    n = max(1, out["ok"])
-    gc_ms = (sum(gc1["seconds"]) - sum(gc0["seconds"])) / n * 1000.0 if gc0 and gc1 else float("nan")
-    return {"rps": out["throughput_rps"], "loop_ms": loop / n * 1000.0, "other_ms": other / n * 1000.0,
-            "gc_ms": gc_ms, "errors": float(sum((out.get("errors") or {}).values()))}
+def phase(bench: run.Bench, proxy: common.Proxy, mode: str) -> dict[str, float]:
+    """One saturating phase, run.py's own (`Bench.phase`: its load, CPU and GC readings)."""
+    out = bench.phase(proxy, PHASES[mode])
+    return {"rps": out["throughput_rps"], "loop_ms": out["cpu_loop_ms_per_req"],
+            "other_ms": out["cpu_other_ms_per_req"], "gc_ms": out.get("gc_ms_per_req", float("nan")),
+            "errors": float(sum(out["errors"].values()))}
 
 
 def main() -> None:
@@ -86,17 +68,17 @@ def main() -> None:
     modes = [m for m in a.modes.split(",") if m]
     names = [v for v in a.variants.split(",") if v]
     for name in [*modes, *names]:
-        if name not in MODES and name not in VARIANTS:
-            ap.error(f"unknown mode or variant {name!r} (modes: {', '.join(MODES)}; variants: {', '.join(VARIANTS)})")
+        if name not in PHASES and name not in VARIANTS:
+            ap.error(f"unknown mode or variant {name!r} (modes: {', '.join(PHASES)}; variants: {', '.join(VARIANTS)})")
     if "bare" not in names:
         ap.error("--variants must include bare (the ratios are against it)")
 
-    work = Path(tempfile.mkdtemp(prefix="rllm-saturation-"))
-    plan = common.cpu_plan("auto")
+    # run.py's defaults: the client asks for logprobs and ids, 16 concurrent calls / 8 streams
+    bench = run.Bench(argparse.Namespace(pin="auto", client_asks="logprobs", top_logprobs=0, concurrency=16,
+                                         stream_concurrency=8, phase_seconds=a.seconds))
+    work, plan = bench.dir, bench.plan
     upstream = common.Upstream(a.tokens, cpus=plan["upstream"], log_dir=work)
     proxies: dict[str, common.Proxy] = {}
-    headers = json.dumps({"x-rllm-slug": common.slug_for("bench-session")})
-    body = json.dumps({"logprobs": True, "return_token_ids": True})
     results: dict[str, dict[str, list[dict[str, float]]]] = {m: {v: [] for v in names} for m in modes}
     try:
         for name in names:
@@ -107,12 +89,14 @@ def main() -> None:
         for proxy in proxies.values():
             proxy.wait_ready()
         for mode in modes:
+            clients = (["--stream", "--concurrency", str(bench.args.stream_concurrency)] if mode == "stream"
+                       else ["--concurrency", str(bench.args.concurrency)])
             for proxy in proxies.values():  # warm-up: imports, pools, the store's first writes
-                load(proxy, plan["client"], headers, body, *MODES[mode], "--requests", "200", "--max-seconds", "20")
+                bench.loadgen(proxy, *clients, "--requests", "200", "--max-seconds", "20")
             for r in range(a.rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for name in order:
-                    res = phase(proxies[name], plan["client"], headers, body, mode, a.seconds)
+                    res = phase(bench, proxies[name], mode)
                     results[mode][name].append(res)
                     run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
                             f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}"
