@@ -47,10 +47,17 @@ def cpu_plan(pin: str) -> dict[str, Optional[list[int]]]:
     return {"proxy": allowed[-1:], "upstream": allowed[:-1], "client": allowed[:-1]}
 
 
-def _preexec(cpus: Optional[Sequence[int]]) -> Any:
-    if not cpus:
+def _preexec(cpus: Optional[Sequence[int]], new_session: bool = False) -> Any:
+    if not cpus and not new_session:
         return None
-    return lambda: os.sched_setaffinity(0, cpus)
+
+    def setup() -> None:
+        if new_session:
+            os.setsid()  # its own session: its own scheduler autogroup (see Proxy)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def python() -> str:
@@ -130,13 +137,17 @@ def probe_env(gc_path: Path, src: Optional[Path] = None) -> dict[str, str]:
 
 class Proxy(ProxyProcess):
     """The test harness's `litellm --config FILE` subprocess, pinned to `cpus` (all its threads:
-    set before exec), with the GC probe, and CPU / RSS / GC readings."""
+    set before exec), with the GC probe, and CPU / RSS / GC readings. `new_session`: the proxy
+    in a session of its own, so with Linux's autogroup scheduling (`sched_autogroup_enabled`)
+    proxies loaded at once on one CPU get equal shares of it, however many threads and helper
+    processes each runs (those share their proxy's)."""
 
     def __init__(self, name: str, config: Path, cpus: Optional[Sequence[int]] = None,
-                 wrapper: Sequence[str] = (), src: Optional[Path] = None) -> None:
+                 wrapper: Sequence[str] = (), src: Optional[Path] = None, new_session: bool = False) -> None:
         self.name = name
         self.gc_path = config.parent / "gc.json"
-        super().__init__(config, env=probe_env(self.gc_path, src), wrapper=wrapper, preexec_fn=_preexec(cpus),
+        super().__init__(config, env=probe_env(self.gc_path, src), wrapper=wrapper,
+                         preexec_fn=_preexec(cpus, new_session),
                          log_path=config.parent / "proxy.log")
 
     def wait_ready(self, timeout: float = 180.0) -> "Proxy":

@@ -59,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,6 +103,22 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def cpu_busy(cpus: Optional[list[int]], since: Optional[Any] = None) -> Any:
+    """Busy fraction of `cpus` since the `(busy, total)` jiffies sample `since`, from
+    /proc/stat; without `since`, that sample."""
+    busy = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name != "cpu" and (cpus is None or int(name[3:]) in cpus):
+                ticks = [int(v) for v in vals]
+                total += sum(ticks[:8])
+                busy += sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait
+    if since is None:
+        return busy, total
+    return (busy - since[0]) / max(1, total - since[1])
+
+
 def split_cpu(pid: int, before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
     """(loop thread, all other threads and child processes) CPU seconds between two samples.
     Uvicorn runs the event loop in the main thread (tid == pid)."""
@@ -116,7 +133,7 @@ class Bench:
         self.dir = Path(tempfile.mkdtemp(prefix="rllm-bench-"))
         self.plan = common.cpu_plan(args.pin)
         self.results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        self.answered = {"bare": 0, "plugin": 0}
+        self.answered: Counter[str] = Counter()  # by proxy name (saturation.py has more than two)
         self.headers = json.dumps({"x-rllm-slug": common.slug_for("bench-session")})
         self.store_db = self.dir / "plugin" / "traces.db"
 
@@ -152,36 +169,53 @@ class Bench:
             log(f"  {proxy.name}: errors {result['errors']}")
         return result
 
-    def phase(self, proxy: Proxy, name: str) -> dict[str, Any]:
+    def phase_args(self, name: str) -> list[str]:
+        """The load generator's options for phase `name`."""
         a = self.args
         secs = str(a.phase_seconds)
         if name == "ns-sat":
-            extra = ["--mode", "closed", "--requests", "1000000", "--concurrency", str(a.concurrency), "--max-seconds", secs]
-        elif name == "ns-rate":
-            extra = ["--mode", "open", "--rate", f"{self.ns_rate:.3f}", "--requests", str(int(self.ns_rate * a.phase_seconds)),
-                     "--max-seconds", secs]
-        elif name == "st-sat":
-            extra = ["--stream", "--mode", "closed", "--requests", "1000000", "--concurrency", str(a.stream_concurrency),
-                     "--max-seconds", secs]
-        elif name == "st-rate":
-            extra = ["--stream", "--mode", "open", "--rate", f"{self.st_rate:.3f}",
-                     "--requests", str(max(3, int(self.st_rate * a.phase_seconds))), "--max-seconds", secs]
-        else:
-            raise ValueError(name)
-        gc0 = proxy.gc_stats()
-        before = thread_cpu(proxy.pid)
-        result = self.loadgen(proxy, *extra)
-        after = thread_cpu(proxy.pid)
-        gc1 = proxy.gc_stats()
-        main, other = split_cpu(proxy.pid, before, after)
-        n = max(1, result["ok"])
-        result["cpu_loop_ms_per_req"] = main / n * 1000.0
-        result["cpu_other_ms_per_req"] = other / n * 1000.0
-        if gc0 and gc1:
-            result["gc_ms_per_req"] = (sum(gc1["seconds"]) - sum(gc0["seconds"])) / n * 1000.0
-            result["gc_full"] = gc1["count"][2] - gc0["count"][2]
-            result["gc_full_max_ms"] = gc1["max"][2] * 1000.0
-        return result
+            return ["--mode", "closed", "--requests", "1000000", "--concurrency", str(a.concurrency), "--max-seconds", secs]
+        if name == "ns-rate":
+            return ["--mode", "open", "--rate", f"{self.ns_rate:.3f}", "--requests", str(int(self.ns_rate * a.phase_seconds)),
+                    "--max-seconds", secs]
+        if name == "st-sat":
+            return ["--stream", "--mode", "closed", "--requests", "1000000", "--concurrency", str(a.stream_concurrency),
+                    "--max-seconds", secs]
+        if name == "st-rate":
+            return ["--stream", "--mode", "open", "--rate", f"{self.st_rate:.3f}",
+                    "--requests", str(max(3, int(self.st_rate * a.phase_seconds))), "--max-seconds", secs]
+        raise ValueError(name)
+
+    def phase(self, proxy: Proxy, name: str) -> dict[str, Any]:
+        return self.phase_at_once([proxy], name)[proxy.name]
+
+    def phase_at_once(self, proxies: list[Proxy], name: str) -> dict[str, dict[str, Any]]:
+        """Phase `name` against every proxy in `proxies` at the same time (one load generator
+        each): their results by proxy name, with the proxy's CPU per request (event-loop
+        thread; other threads and child processes), its garbage collections, and how busy the
+        load generators' CPUs were (`client_cpus_busy`, 0..1 each: near 1, the load side, not
+        the proxy, set the pace)."""
+        extra = self.phase_args(name)
+        gc0 = {p.name: p.gc_stats() for p in proxies}
+        before = {p.name: thread_cpu(p.pid) for p in proxies}
+        busy0 = cpu_busy(self.plan["client"])
+        procs = {p.name: self.loadgen(p, *extra, background=True) for p in proxies}
+        out = {p.name: self.collect(p, procs[p.name]) for p in proxies}
+        client_busy = cpu_busy(self.plan["client"], busy0)
+        for p in proxies:
+            result = out[p.name]
+            main, other = split_cpu(p.pid, before[p.name], thread_cpu(p.pid))
+            gc1 = p.gc_stats()
+            n = max(1, result["ok"])
+            result["cpu_loop_ms_per_req"] = main / n * 1000.0
+            result["cpu_other_ms_per_req"] = other / n * 1000.0
+            result["client_cpus_busy"] = client_busy
+            g0 = gc0[p.name]
+            if g0 and gc1:
+                result["gc_ms_per_req"] = (sum(gc1["seconds"]) - sum(g0["seconds"])) / n * 1000.0
+                result["gc_full"] = gc1["count"][2] - g0["count"][2]
+                result["gc_full_max_ms"] = gc1["max"][2] * 1000.0
+        return out
 
     # ---- stages --------------------------------------------------------------------------
 

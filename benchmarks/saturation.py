@@ -1,7 +1,8 @@
 """Saturated throughput by variant: which part of the plugin costs what when the proxy's core is full.
 
     python benchmarks/saturation.py [--modes stream,nonstream] [--rounds 6] [--seconds 10]
-        [--variants bare,bare2,pass_through_hook,no_tee_parse,plugin] [--json out.json]
+        [--variants bare,bare2,pass_through_hook,no_tee_parse,plugin] [--fresh] [--together]
+        [--json out.json]
 
 `attribution.py` measures CPU per call one request at a time; under load the plugin costs more
 (`run.py`'s side-by-side: garbage collection, caches, GIL hand-overs between the loop and the
@@ -13,15 +14,34 @@ streams, for `--seconds`), the order rotating from round to round. Variants:
 * `bare`, `bare2`: LiteLLM without callbacks, twice: bare2 / bare is the noise floor;
 * `pass_through_hook`: bare LiteLLM plus one callback with a pass-through streaming iterator
   hook: LiteLLM's own price of a callback that sees streams chunk by chunk;
+* `metadata_only`, `sampling_only`: one entry alone: the slug decoded into LiteLLM's
+  metadata; the policies and the one stream wrapper (which then captures nothing);
+* `no_tracer`: the metadata and sampling entries without the tracer (no tee, no trace);
 * `no_tee_parse`: the plugin, with the tee keeping nothing of an SSE body (stream traces
   empty): the full plugin minus this is what parsing the upstream's events costs;
+* `discard_store`: the plugin with a store that takes every batch and writes nothing
+  (`ablations/writer_stages.py`): no SQLite, no helper process writing;
 * `plugin`: the three entries, a SQLite store (its helper process pinned with the proxy).
 
-The last three come from `benchmarks/ablations/stream_parts.py`. The client asks for logprobs
+The stand-ins come from `benchmarks/ablations/`. The client asks for logprobs
 and token ids itself, so every variant moves the same bytes. Reported per variant and mode:
 medians over rounds of requests/s, the proxy's CPU per request (event-loop thread; other
-threads and helper processes) and garbage collection per request (the GC probe), and the
-median of the per-round throughput ratios against `bare` in the same round.
+threads and helper processes) and garbage collection per request (the GC probe's wall time:
+with `--together` that includes the other proxies' turns on the CPU), and the median of the
+per-round throughput ratios against `bare` in the same round, and every round's ratio.
+
+`--fresh` starts new proxy processes for every round (each warmed up again): one process per
+variant for the whole run carries that process's own bias (two identical bare proxies differ
+by up to 6% over a run on a 2-core VM: memory layout, hash seeds, where its pages landed) into
+every round, so more rounds do not average it out; fresh processes do.
+
+`--together` loads every variant at the same time instead of one after another, each proxy in
+a session of its own: Linux's autogroup scheduler then gives each an equal share of the one CPU
+(its helper processes and threads included), so requests/s against bare's in the same phase
+is bare's CPU per request over the variant's, measured in the same seconds: the VM's drift
+over a round (bare alone moves 8.6-9.4 streams/s from round to round) no longer decides the
+pair. `client busy` says how busy the load side's CPUs were; near 100% the load, not the
+proxies, set the pace, and the ratios mean nothing.
 """
 
 from __future__ import annotations
@@ -42,18 +62,24 @@ VARIANTS: dict[str, list[str] | None] = {
     "bare": None,
     "bare2": None,
     "pass_through_hook": [PARTS + "pass_through_hook"],
+    "metadata_only": list(common.RLLM_CALLBACKS[:1]),
+    "sampling_only": list(common.RLLM_CALLBACKS[1:2]),
+    "no_tracer": list(common.RLLM_CALLBACKS[:-1]),
     "no_tee_parse": [*common.RLLM_CALLBACKS[:-1], PARTS + "tracer_no_tee_parse"],
+    "discard_store": [*common.RLLM_CALLBACKS[:-1], "benchmarks.ablations.writer_stages.tracer_discard"],
     "plugin": list(common.RLLM_CALLBACKS),
 }
 PHASES = {"stream": "st-sat", "nonstream": "ns-sat"}  # run.py's saturating phases
 
 
-def phase(bench: run.Bench, proxy: common.Proxy, mode: str) -> dict[str, float]:
-    """One saturating phase, run.py's own (`Bench.phase`: its load, CPU and GC readings)."""
-    out = bench.phase(proxy, PHASES[mode])
-    return {"rps": out["throughput_rps"], "loop_ms": out["cpu_loop_ms_per_req"],
-            "other_ms": out["cpu_other_ms_per_req"], "gc_ms": out.get("gc_ms_per_req", float("nan")),
-            "errors": float(sum(out["errors"].values()))}
+def phase(bench: run.Bench, proxies: list[common.Proxy], mode: str) -> dict[str, dict[str, float]]:
+    """One saturating phase against `proxies` at once, run.py's own (`Bench.phase_at_once`: its
+    load, CPU and GC readings)."""
+    outs = bench.phase_at_once(proxies, PHASES[mode])
+    return {name: {"rps": out["throughput_rps"], "loop_ms": out["cpu_loop_ms_per_req"],
+                   "other_ms": out["cpu_other_ms_per_req"], "gc_ms": out.get("gc_ms_per_req", float("nan")),
+                   "client_busy": out["client_cpus_busy"], "errors": float(sum(out["errors"].values()))}
+            for name, out in outs.items()}
 
 
 def main() -> None:
@@ -63,6 +89,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per phase and variant")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--fresh", action="store_true", help="new proxy processes every round (see above)")
+    ap.add_argument("--together", action="store_true", help="load every variant at once (see above)")
+    ap.add_argument("--fresh-warmup", type=int, default=64, help="requests (streams) warming each fresh proxy")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
@@ -80,44 +109,71 @@ def main() -> None:
     upstream = common.Upstream(a.tokens, cpus=plan["upstream"], log_dir=work)
     proxies: dict[str, common.Proxy] = {}
     results: dict[str, dict[str, list[dict[str, float]]]] = {m: {v: [] for v in names} for m in modes}
-    try:
+
+    started = [0]  # every start its own folders: a fresh store too
+
+    def start() -> None:
+        started[0] += 1
         for name in names:
             callbacks = VARIANTS[name]
-            cfg = common.write_config(work / name, plugin=callbacks is not None, api_base=upstream.api_base,
-                                      callbacks=callbacks)
-            proxies[name] = common.Proxy(name, cfg, plan["proxy"])
+            cfg = common.write_config(work / f"{name}-{started[0]}", plugin=callbacks is not None,
+                                      api_base=upstream.api_base, callbacks=callbacks)
+            proxies[name] = common.Proxy(name, cfg, plan["proxy"], new_session=a.together)
         for proxy in proxies.values():
             proxy.wait_ready()
-        for mode in modes:
-            clients = (["--stream", "--concurrency", str(bench.args.stream_concurrency)] if mode == "stream"
-                       else ["--concurrency", str(bench.args.concurrency)])
-            for proxy in proxies.values():  # warm-up: imports, pools, the store's first writes
-                bench.loadgen(proxy, *clients, "--requests", "200", "--max-seconds", "20")
-            for r in range(a.rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
-                for name in order:
-                    res = phase(bench, proxies[name], mode)
-                    results[mode][name].append(res)
-                    run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
-                            f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}"
-                            + (f", {res['errors']:.0f} errors" if res["errors"] else ""))
-    finally:
+
+    def stop() -> None:
         for proxy in proxies.values():
             proxy.stop()
+        proxies.clear()
+
+    def warm(mode: str, requests: int) -> None:  # imports, pools, the store's first writes
+        clients = (["--stream", "--concurrency", str(bench.args.stream_concurrency)] if mode == "stream"
+                   else ["--concurrency", str(bench.args.concurrency)])
+        for proxy in proxies.values():
+            bench.loadgen(proxy, *clients, "--requests", str(requests), "--max-seconds", "20")
+
+    try:
+        if not a.fresh:
+            start()
+        for mode in modes:
+            if not a.fresh:
+                warm(mode, 200)
+            for r in range(a.rounds):
+                if a.fresh:
+                    start()
+                    warm(mode, a.fresh_warmup)
+                order = names[r % len(names):] + names[:r % len(names)]
+                groups = [order] if a.together else [[name] for name in order]
+                for group in groups:
+                    for name, res in phase(bench, [proxies[n] for n in group], mode).items():
+                        results[mode][name].append(res)
+                        run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
+                                f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}, "
+                                f"client busy {res['client_busy']:.0%}"
+                                + (f", {res['errors']:.0f} errors" if res["errors"] else ""))
+                if a.fresh:
+                    stop()
+    finally:
+        stop()
         upstream.stop()
 
     print(f"saturated throughput, {a.tokens}-token replies, {a.rounds} rounds x {a.seconds:g}s, medians; "
-          f"CPUs: proxies {plan['proxy']}, upstream+load {plan['upstream']}")
+          f"CPUs: proxies {plan['proxy']}, upstream+load {plan['upstream']}; "
+          f"{'all variants loaded at once' if a.together else 'one variant at a time'}"
+          f"{', fresh proxies every round' if a.fresh else ''}")
     for mode in modes:
-        print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'loop ms':>8s} {'other ms':>9s} {'gc ms':>7s}"
-              f" {'errors':>6s}")
+        print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'loop ms':>8s} {'other ms':>9s} {'gc wall ms':>10s}"
+              f" {'errors':>6s} {'client busy':>11s}   ratios by round")
         bare = results[mode]["bare"]
         for name in names:
             rows = results[mode][name]
-            ratio = statistics.median(x["rps"] / b["rps"] for x, b in zip(rows, bare))
-            med = {k: statistics.median(x[k] for x in rows) for k in ("rps", "loop_ms", "other_ms", "gc_ms")}
-            print(f"{'':{len(mode) + 1}s} {name:18s} {med['rps']:8.2f} {ratio:7.3f}x {med['loop_ms']:8.2f} "
-                  f"{med['other_ms']:9.2f} {med['gc_ms']:7.2f} {sum(x['errors'] for x in rows):6.0f}")
+            ratios = [x["rps"] / b["rps"] for x, b in zip(rows, bare)]
+            med = {k: statistics.median(x[k] for x in rows) for k in ("rps", "loop_ms", "other_ms", "gc_ms", "client_busy")}
+            print(f"{'':{len(mode) + 1}s} {name:18s} {med['rps']:8.2f} {statistics.median(ratios):7.3f}x "
+                  f"{med['loop_ms']:8.2f} {med['other_ms']:9.2f} {med['gc_ms']:10.2f} "
+                  f"{sum(x['errors'] for x in rows):6.0f} {med['client_busy']:10.0%}   "
+                  + " ".join(f"{x:.3f}" for x in ratios))
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
 
