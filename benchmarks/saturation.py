@@ -16,6 +16,8 @@ streams, for `--seconds`), the order rotating from round to round. Variants:
   hook: LiteLLM's own price of a callback that sees streams chunk by chunk;
 * `metadata_only`, `sampling_only`: one entry alone: the slug decoded into LiteLLM's
   metadata; the policies and the one stream wrapper (which then captures nothing);
+* `sampling_no_cancel_points`: the sampling entry alone, its stream wrapper never yielding
+  to the loop on its own (`finish.CANCEL_POINT_S`);
 * `no_tracer`: the metadata and sampling entries without the tracer (no tee, no trace);
 * `no_tee_parse`: the plugin, with the tee keeping nothing of an SSE body (stream traces
   empty): the full plugin minus this is what parsing the upstream's events costs;
@@ -64,6 +66,7 @@ VARIANTS: dict[str, list[str] | None] = {
     "pass_through_hook": [PARTS + "pass_through_hook"],
     "metadata_only": list(common.RLLM_CALLBACKS[:1]),
     "sampling_only": list(common.RLLM_CALLBACKS[1:2]),
+    "sampling_no_cancel_points": [PARTS + "sampling_no_cancel_points"],
     "no_tracer": list(common.RLLM_CALLBACKS[:-1]),
     "no_tee_parse": [*common.RLLM_CALLBACKS[:-1], PARTS + "tracer_no_tee_parse"],
     "discard_store": [*common.RLLM_CALLBACKS[:-1], "benchmarks.ablations.writer_stages.tracer_discard"],

@@ -9,6 +9,10 @@
   no accumulation; the streams' traces come out empty). The difference to the full plugin is
   what parsing the upstream's events costs the proxy, garbage collection included.
 
+* `sampling_no_cancel_points`: the real sampling entry (which then carries the one stream
+  wrapper), its wrapper never yielding to the loop on its own (`finish.CANCEL_POINT_S` out
+  of reach): what those yields cost a saturated loop.
+
 Listed in a proxy config in place of `litellm_rllm.callbacks.tracer`; none of this changes the
 package: it patches one proxy's objects when LiteLLM resolves the name.
 """
@@ -41,6 +45,14 @@ def _tracer_no_tee_parse() -> Any:
     return entries.tracer
 
 
+def _sampling_no_cancel_points() -> Any:
+    import litellm_rllm.callbacks as entries
+    from litellm_rllm.callbacks import finish
+
+    finish.CANCEL_POINT_S = float("inf")
+    return entries.sampling
+
+
 _made: dict[str, Any] = {}
 
 
@@ -52,5 +64,9 @@ def __getattr__(name: str) -> Any:
     if name == "tracer_no_tee_parse":
         if name not in _made:
             _made[name] = _tracer_no_tee_parse()
+        return _made[name]
+    if name == "sampling_no_cancel_points":
+        if name not in _made:
+            _made[name] = _sampling_no_cancel_points()
         return _made[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,8 +39,12 @@ SAMPLING = "sampling"
 # 20 leaving; bare LiteLLM has the same problem there, tests/system/test_disconnects.py).
 # `sleep(0)` lets the disconnect listener run, and the cancel lands at the task's next step.
 # By time, not chunk count: a `sleep(0)` every 8th chunk cost a pass through the loop and the
-# whole generator chain ~32 times per 256-token stream; 50 ms delays a cancel by as much.
-CANCEL_POINT_S = 0.05
+# whole generator chain ~32 times per 256-token stream. A stream's wall time grows with the
+# loop's load (8 streams at a time on a full core: ~1 s each), so do its yields, each resuming
+# the generator chain from a cold cache: 50 ms cost a saturated loop ~2% of its streams
+# (benchmarks/saturation.py --together: sampling entry alone 0.966x bare, without yields
+# 0.984x). 200 ms delays a cancel on an overloaded loop by as much.
+CANCEL_POINT_S = 0.2
 
 
 def begin(data: dict[str, Any], user_api_key_dict: Any) -> Optional[CallState]:
