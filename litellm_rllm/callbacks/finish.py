@@ -41,9 +41,9 @@ SAMPLING = "sampling"
 # By time, not chunk count: a `sleep(0)` every 8th chunk cost a pass through the loop and the
 # whole generator chain ~32 times per 256-token stream. A stream's wall time grows with the
 # loop's load (8 streams at a time on a full core: ~1 s each), so do its yields, each resuming
-# the generator chain from a cold cache: 50 ms cost a saturated loop ~2% of its streams
-# (benchmarks/saturation.py --together: sampling entry alone 0.966x bare, without yields
-# 0.984x). 200 ms delays a cancel on an overloaded loop by as much.
+# the generator chain from a cold cache: at 50 ms the sampling entry alone served 0.966x bare
+# LiteLLM's saturated streams, at 200 ms 0.997x (benchmarks/saturation.py --together, docs/
+# benchmarks.md). 200 ms delays a cancel on an overloaded loop by as much.
 CANCEL_POINT_S = 0.2
 
 
