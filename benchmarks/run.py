@@ -193,8 +193,8 @@ class Bench:
         """Phase `name` against every proxy in `proxies` at the same time (one load generator
         each): their results by proxy name, with the proxy's CPU per request (event-loop
         thread; other threads and child processes), its garbage collections, and how busy the
-        load generators' CPUs were (`client_cpus_busy`, 0..1 each: near 1, the load side, not
-        the proxy, set the pace)."""
+        load generators' CPUs were meanwhile (`client_cpus_busy`, 0..1 over all of them: near
+        1, the load side, not the proxies, set the pace)."""
         extra = self.phase_args(name)
         gc0 = {p.name: p.gc_stats() for p in proxies}
         before = {p.name: thread_cpu(p.pid) for p in proxies}
