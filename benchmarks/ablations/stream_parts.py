@@ -8,13 +8,13 @@
 * `tracer_no_tee_parse`: the real tracer, but the tee keeps nothing of an SSE body (no parse,
   no accumulation; the streams' traces come out empty). The difference to the full plugin is
   what parsing the upstream's events costs the proxy, garbage collection included.
-
 * `sampling_no_cancel_points`: the real sampling entry (which then carries the one stream
   wrapper), its wrapper never yielding to the loop on its own (`finish.CANCEL_POINT_S` out
   of reach): what those yields cost a saturated loop.
 
-Listed in a proxy config in place of `litellm_rllm.callbacks.tracer`; none of this changes the
-package: it patches one proxy's objects when LiteLLM resolves the name.
+Listed in a proxy config's `callbacks` (the last two in place of the entry they stand for);
+none of this changes the package: it patches one proxy's objects when LiteLLM resolves the
+name, once (the first resolution's object is returned after).
 """
 
 from __future__ import annotations
@@ -53,20 +53,18 @@ def _sampling_no_cancel_points() -> Any:
     return entries.sampling
 
 
+_FACTORIES = {
+    "pass_through_hook": PassThroughHook,
+    "tracer_no_tee_parse": _tracer_no_tee_parse,
+    "sampling_no_cancel_points": _sampling_no_cancel_points,
+}
 _made: dict[str, Any] = {}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "pass_through_hook":
-        if name not in _made:
-            _made[name] = PassThroughHook()
-        return _made[name]
-    if name == "tracer_no_tee_parse":
-        if name not in _made:
-            _made[name] = _tracer_no_tee_parse()
-        return _made[name]
-    if name == "sampling_no_cancel_points":
-        if name not in _made:
-            _made[name] = _sampling_no_cancel_points()
-        return _made[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _made:
+        _made[name] = factory()
+    return _made[name]
