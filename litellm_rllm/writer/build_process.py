@@ -50,6 +50,7 @@ from array import array
 from typing import Any, Callable, Optional, Sequence
 
 from litellm_rllm.writer.encoders import BuildFn, Encoded, encode_in_thread, encode_item, trace_id_of
+from litellm_rllm.writer.helper_process import start_helper
 
 logger = logging.getLogger(__name__)
 
@@ -227,15 +228,8 @@ class BuildProcess:
         """The running child, starting one if none runs and the backoff allows."""
         if self._proc is not None or self._closed or time.monotonic() < self._retry_at:
             return self._proc
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
-            proc = subprocess.Popen(
-                [self._python, "-m", "litellm_rllm.writer.build_process", self._build_path],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-                start_new_session=True,  # a Ctrl-C to the proxy's terminal is the proxy's to handle
-            )
+            proc = start_helper(self._python, "litellm_rllm.writer.build_process", self._build_path)
         except OSError as exc:
             self._lost(f"cannot start {self._python}: {exc!r}")
             return None

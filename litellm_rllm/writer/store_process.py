@@ -37,6 +37,7 @@ from litellm_rllm.store.base import EncodedWriteResult, SessionSummary, TraceSto
 from litellm_rllm.store.codec import EncodedTrace
 from litellm_rllm.trace import Trace
 from litellm_rllm.writer.build_process import ChildGone, _frame, _read_frame, _widen, _write_all
+from litellm_rllm.writer.helper_process import start_helper
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +116,8 @@ class StoreProcess(TraceStore):
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             raise StoreProcessLost(f"the SQLite store process is restarting (next try in {wait:.1f}s; {self.last_loss})")
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
-            proc = subprocess.Popen(
-                [self._python, "-m", "litellm_rllm.writer.store_process"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-                start_new_session=True,  # a Ctrl-C to the proxy's terminal is the proxy's to handle
-            )
+            proc = start_helper(self._python, "litellm_rllm.writer.store_process")
         except OSError as exc:
             self._lost(None, f"cannot start {self._python}: {exc!r}")
             raise StoreProcessLost(self.last_loss) from exc
