@@ -39,11 +39,22 @@ every round, so more rounds do not average it out; fresh processes do.
 
 `--together` loads every variant at the same time instead of one after another, each proxy in
 a session of its own: Linux's autogroup scheduler then gives each an equal share of the one CPU
-(its helper processes and threads included), so requests/s against bare's in the same phase
-is bare's CPU per request over the variant's, measured in the same seconds: the VM's drift
-over a round (bare alone moves 8.6-9.4 streams/s from round to round) no longer decides the
-pair. `client busy` says how busy the load side's CPUs were; near 100% the load, not the
-proxies, set the pace, and the ratios mean nothing.
+(its helper processes and threads included: the plugin starts its helpers in its own session,
+`writer/helper_process.py`; before 2026-12-06 they had sessions of their own, and their CPU
+came out of every proxy's share), so requests/s against bare's in the same phase is bare's CPU
+per request over the variant's, measured in the same seconds: the VM's drift over a round
+(bare alone moves 8.6-9.4 streams/s from round to round) no longer decides the pair. `CPU vs
+bare` is that ratio read directly (bare's CPU per request over the variant's, per round, the
+median): it does not depend on the shares being equal. `client busy` says how busy the load
+side's CPUs were; near 100% the load, not the proxies, set the pace, and the ratios mean
+nothing.
+
+`--gc-freeze`: `gc.collect(); gc.freeze()` in every proxy after its warm-up (the GC probe's
+experiment). Full collections cost LiteLLM ~0.6 s each on this VM (walking its heap, freeing
+~177,000 objects of cyclic garbage), one per ~30 streams; with fresh proxies and one warm-up the count in a phase is nearly
+the same every round for one variant and can differ by one between two (~8% of a 20 s phase).
+Full GCs/100 is their count per 100 requests; `gc_promotions.py` says how much of it is the
+plugin's.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,6 +93,7 @@ def phase(bench: run.Bench, proxies: list[common.Proxy], mode: str) -> dict[str,
     outs = bench.phase_at_once(proxies, PHASES[mode])
     return {name: {"rps": out["throughput_rps"], "loop_ms": out["cpu_loop_ms_per_req"],
                    "other_ms": out["cpu_other_ms_per_req"], "gc_ms": out.get("gc_ms_per_req", float("nan")),
+                   "gc_counts": out.get("gc_counts"), "gc_ms_by_gen": out.get("gc_ms_by_gen"), "n": out["ok"],
                    "client_busy": out["client_cpus_busy"], "errors": float(sum(out["errors"].values()))}
             for name, out in outs.items()}
 
@@ -95,6 +108,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="new proxy processes every round (see above)")
     ap.add_argument("--together", action="store_true", help="load every variant at once (see above)")
     ap.add_argument("--fresh-warmup", type=int, default=64, help="requests (streams) warming each fresh proxy")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.collect(); gc.freeze() in every proxy after its warm-up (see above)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
@@ -135,6 +150,10 @@ def main() -> None:
                    else ["--concurrency", str(bench.args.concurrency)])
         for proxy in proxies.values():
             bench.loadgen(proxy, *clients, "--requests", str(requests), "--max-seconds", "20")
+        if a.gc_freeze:
+            for proxy in proxies.values():
+                proxy.gc_freeze()
+            time.sleep(1.5)  # the probe looks for the request every 0.1 s; a collection of the heap follows
 
     try:
         if not a.fresh:
@@ -153,7 +172,7 @@ def main() -> None:
                         results[mode][name].append(res)
                         run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
                                 f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}, "
-                                f"client busy {res['client_busy']:.0%}"
+                                f"client busy {res['client_busy']:.0%}, gc {res['gc_counts']} in {res['n']}"
                                 + (f", {res['errors']:.0f} errors" if res["errors"] else ""))
                 if a.fresh:
                     stop()
@@ -164,17 +183,21 @@ def main() -> None:
     print(f"saturated throughput, {a.tokens}-token replies, {a.rounds} rounds x {a.seconds:g}s, medians; "
           f"CPUs: proxies {plan['proxy']}, upstream+load {plan['upstream']}; "
           f"{'all variants loaded at once' if a.together else 'one variant at a time'}"
-          f"{', fresh proxies every round' if a.fresh else ''}")
+          f"{', fresh proxies every round' if a.fresh else ''}{', gc.freeze() after warm-up' if a.gc_freeze else ''}")
     for mode in modes:
-        print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'loop ms':>8s} {'other ms':>9s} {'gc wall ms':>10s}"
-              f" {'errors':>6s} {'client busy':>11s}   ratios by round")
+        print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'CPU vs bare':>11s} {'loop ms':>8s} {'other ms':>9s} {'gc wall ms':>10s}"
+              f" {'full GCs/100':>12s} {'errors':>6s} {'client busy':>11s}   ratios by round")
         bare = results[mode]["bare"]
         for name in names:
             rows = results[mode][name]
             ratios = [x["rps"] / b["rps"] for x, b in zip(rows, bare)]
+            cpu_ratios = [(b["loop_ms"] + b["other_ms"]) / (x["loop_ms"] + x["other_ms"]) for x, b in zip(rows, bare)]
             med = {k: statistics.median(x[k] for x in rows) for k in ("rps", "loop_ms", "other_ms", "gc_ms", "client_busy")}
+            full = [x["gc_counts"][2] for x in rows if x.get("gc_counts")]
+            full_per_100 = 100.0 * sum(full) / max(1.0, sum(x["n"] for x in rows)) if full else float("nan")
             print(f"{'':{len(mode) + 1}s} {name:18s} {med['rps']:8.2f} {statistics.median(ratios):7.3f}x "
-                  f"{med['loop_ms']:8.2f} {med['other_ms']:9.2f} {med['gc_ms']:10.2f} "
+                  f"{statistics.median(cpu_ratios):10.3f}x "
+                  f"{med['loop_ms']:8.2f} {med['other_ms']:9.2f} {med['gc_ms']:10.2f} {full_per_100:12.2f} "
                   f"{sum(x['errors'] for x in rows):6.0f} {med['client_busy']:10.0%}   "
                   + " ".join(f"{x:.3f}" for x in ratios))
     if a.json:
