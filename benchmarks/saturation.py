@@ -39,8 +39,8 @@ every round, so more rounds do not average it out; fresh processes do.
 
 `--together` loads every variant at the same time instead of one after another, each proxy in
 a session of its own: Linux's autogroup scheduler then gives each an equal share of the one CPU
-(its helper processes and threads included: the plugin starts its helpers in its own session,
-`writer/helper_process.py`; before 2026-12-06 they had sessions of their own, and their CPU
+(its helper processes and threads included: the plugin starts its helpers in the proxy's
+session, `writer/helper_process.py`; before 2026-12-06 they had sessions of their own, and their CPU
 came out of every proxy's share), so requests/s against bare's in the same phase is bare's CPU
 per request over the variant's, measured in the same seconds: the VM's drift over a round
 (bare alone moves 8.6-9.4 streams/s from round to round) no longer decides the pair. `CPU vs
@@ -51,10 +51,10 @@ nothing.
 
 `--gc-freeze`: `gc.collect(); gc.freeze()` in every proxy after its warm-up (the GC probe's
 experiment). Full collections cost LiteLLM ~0.6 s each on this VM (walking its heap, freeing
-~177,000 objects of cyclic garbage), one per ~30 streams; with fresh proxies and one warm-up the count in a phase is nearly
-the same every round for one variant and can differ by one between two (~8% of a 20 s phase).
-Full GCs/100 is their count per 100 requests; `gc_promotions.py` says how much of it is the
-plugin's.
+~177,000 objects of cyclic garbage), one per ~30 streams; with fresh proxies and one warm-up
+the count in a phase is nearly the same every round for one variant and can differ by one
+between two (~8% of a 20 s phase). `full GCs/100` is their count per 100 requests;
+`gc_promotions.py` says how much of them is the plugin's.
 """
 
 from __future__ import annotations
