@@ -55,6 +55,11 @@ experiment). Full collections cost LiteLLM ~0.6 s each on this VM (walking its h
 the count in a phase is nearly the same every round for one variant and can differ by one
 between two (~8% of a 20 s phase). `full GCs/100` is their count per 100 requests;
 `gc_promotions.py` says how much of them is the plugin's.
+
+`--rate R`: every proxy gets R requests (streams) a second, open loop, instead of a closed loop
+that saturates; requests/s then say nothing and `CPU vs bare` is the reading: each proxy's CPU
+per request at the same load. Why: with saturating non-streamed calls, two fresh bare proxies
+sharing the CPU equally differ by up to 25% in CPU per call within one phase.
 """
 
 from __future__ import annotations
@@ -85,12 +90,13 @@ VARIANTS: dict[str, list[str] | None] = {
     "plugin": list(common.RLLM_CALLBACKS),
 }
 PHASES = {"stream": "st-sat", "nonstream": "ns-sat"}  # run.py's saturating phases
+OPEN_PHASES = {"stream": "st-rate", "nonstream": "ns-rate"}  # and its open-loop ones (--rate)
 
 
-def phase(bench: run.Bench, proxies: list[common.Proxy], mode: str) -> dict[str, dict[str, float]]:
+def phase(bench: run.Bench, proxies: list[common.Proxy], mode: str, open_rate: bool = False) -> dict[str, dict[str, float]]:
     """One saturating phase against `proxies` at once, run.py's own (`Bench.phase_at_once`: its
-    load, CPU and GC readings)."""
-    outs = bench.phase_at_once(proxies, PHASES[mode])
+    load, CPU and GC readings); `open_rate`: its open-loop phase at `bench`'s rate instead."""
+    outs = bench.phase_at_once(proxies, (OPEN_PHASES if open_rate else PHASES)[mode])
     return {name: {"rps": out["throughput_rps"], "loop_ms": out["cpu_loop_ms_per_req"],
                    "other_ms": out["cpu_other_ms_per_req"], "gc_ms": out.get("gc_ms_per_req", float("nan")),
                    "gc_counts": out.get("gc_counts"), "gc_ms_by_gen": out.get("gc_ms_by_gen"), "n": out["ok"],
@@ -110,6 +116,8 @@ def main() -> None:
     ap.add_argument("--fresh-warmup", type=int, default=64, help="requests (streams) warming each fresh proxy")
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.collect(); gc.freeze() in every proxy after its warm-up (see above)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="open loop: this many requests (streams) a second to each proxy instead of saturating (see above)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
@@ -124,6 +132,8 @@ def main() -> None:
     bench = run.Bench(argparse.Namespace(pin="auto", client_asks="logprobs", top_logprobs=0, concurrency=16,
                                          stream_concurrency=8, phase_seconds=a.seconds))
     work, plan = bench.dir, bench.plan
+    if a.rate is not None:
+        bench.ns_rate = bench.st_rate = a.rate
     upstream = common.Upstream(a.tokens, cpus=plan["upstream"], log_dir=work)
     proxies: dict[str, common.Proxy] = {}
     results: dict[str, dict[str, list[dict[str, float]]]] = {m: {v: [] for v in names} for m in modes}
@@ -168,7 +178,7 @@ def main() -> None:
                 order = names[r % len(names):] + names[:r % len(names)]
                 groups = [order] if a.together else [[name] for name in order]
                 for group in groups:
-                    for name, res in phase(bench, [proxies[n] for n in group], mode).items():
+                    for name, res in phase(bench, [proxies[n] for n in group], mode, a.rate is not None).items():
                         results[mode][name].append(res)
                         run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
                                 f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}, "
@@ -183,7 +193,8 @@ def main() -> None:
     print(f"saturated throughput, {a.tokens}-token replies, {a.rounds} rounds x {a.seconds:g}s, medians; "
           f"CPUs: proxies {plan['proxy']}, upstream+load {plan['upstream']}; "
           f"{'all variants loaded at once' if a.together else 'one variant at a time'}"
-          f"{', fresh proxies every round' if a.fresh else ''}{', gc.freeze() after warm-up' if a.gc_freeze else ''}")
+          f"{', fresh proxies every round' if a.fresh else ''}{', gc.freeze() after warm-up' if a.gc_freeze else ''}"
+          f"{f', open loop at {a.rate:g}/s per proxy' if a.rate is not None else ''}")
     for mode in modes:
         print(f"\n{mode}: {'variant':18s} {'req/s':>8s} {'vs bare':>8s} {'CPU vs bare':>11s} {'loop ms':>8s} {'other ms':>9s} {'gc wall ms':>10s}"
               f" {'full GCs/100':>12s} {'errors':>6s} {'client busy':>11s}   ratios by round")

@@ -154,7 +154,13 @@ class Plugin:
             close_at_exit=False,  # the plugin's close() is the one shutdown path
             commit_delay=cfg.writer_commit_delay_s,
             commit_interval=cfg.writer_commit_interval_s,
+            watched=self._feed_watched,
         )
+
+    def _feed_watched(self) -> bool:
+        """Does a change-feed follower wait on this proxy (the writer then commits at once)?"""
+        live = self._live
+        return live is not None and (live.followers > 0 or live.feed.has_waiters())
 
     @property
     def reader(self) -> "TraceStore":
