@@ -52,10 +52,10 @@ class Settings(BaseModel):
     # written at once). Fewer, larger transactions at moderate rates: a transaction per call
     # cost the store about as much CPU as building the trace, and at 0.2 s the commits were
     # still ~60% of the helper's CPU per stream (issue 19, docs/benchmarks.md). Set aside while
-    # a feed follower waits on this proxy (commits then go at once); a flush never waits for
-    # it; followers on other proxies and reads without a flush see a call up to this much
-    # later; the traces of the last interval are what a SIGKILL can take beyond the batch in
-    # writing.
+    # anyone follows the change feed, here or on another proxy of the store (`LiveState.
+    # followed`: commits then go at once); a flush never waits for it; reads without a flush
+    # see a call up to this much later; the traces of the last interval are what a SIGKILL can
+    # take beyond the batch in writing.
     writer_commit_interval_s: float = Field(1.0, ge=0, le=5)
     # Local spool for traces the store cannot take (down or too slow), replayed when it is back.
     # Default folder: `<file>.spool` next to a SQLite file, else `rllm_spool` in the working

@@ -158,9 +158,10 @@ class Plugin:
         )
 
     def _feed_watched(self) -> bool:
-        """Does a change-feed follower wait on this proxy (the writer then commits at once)?"""
+        """Does anyone follow the change feed, here or on another proxy (`LiveState.followed`)?
+        The writer then commits at once."""
         live = self._live
-        return live is not None and (live.followers > 0 or live.feed.has_waiters())
+        return live is not None and live.followed()
 
     @property
     def reader(self) -> "TraceStore":

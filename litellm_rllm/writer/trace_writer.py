@@ -114,7 +114,7 @@ class TraceWriter:
 
     ``commit_interval``: group commit; a batch starts at most this long after the previous one
     (waiting for more items), unless a flush marker, a full batch or shutdown ends the wait.
-    ``watched()`` true (someone waits on the change feed) sets it aside: a batch then goes after
+    ``watched()`` true (someone follows the change feed) sets it aside: a batch then goes after
     ``linger`` only, so a watched feed is not slowed by the CPU saving of an unwatched one.
 
     ``spool``: a ``Spool`` (or its folder) makes failed and backlogged batches durable on local
