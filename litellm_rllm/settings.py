@@ -50,13 +50,10 @@ class Settings(BaseModel):
     writer_max_queue: int = Field(100_000, ge=1)
     # Group commit: the writer starts a batch at most this often (a call after a quieter spell is
     # written at once). Fewer, larger transactions at moderate rates: a transaction per call
-    # cost the store about as much CPU as building the trace, and at 0.2 s the commits were
-    # still ~60% of the helper's CPU per stream (issue 19, docs/benchmarks.md). Set aside while
-    # anyone follows the change feed, here or on another proxy of the store (`LiveState.
-    # followed`: commits then go at once); a flush never waits for it; reads without a flush
-    # see a call up to this much later; the traces of the last interval are what a SIGKILL can
-    # take beyond the batch in writing.
-    writer_commit_interval_s: float = Field(1.0, ge=0, le=5)
+    # cost the store about as much CPU as building the trace (issue 19, docs/benchmarks.md).
+    # A flush never waits for it; the change feed shows a call up to this much later; the
+    # traces of the last interval are what a SIGKILL can take beyond the batch in writing.
+    writer_commit_interval_s: float = Field(0.2, ge=0, le=5)
     # Local spool for traces the store cannot take (down or too slow), replayed when it is back.
     # Default folder: `<file>.spool` next to a SQLite file, else `rllm_spool` in the working
     # directory (one subfolder per store); relative to the proxy config's folder. 0 = no spool.

@@ -154,14 +154,7 @@ class Plugin:
             close_at_exit=False,  # the plugin's close() is the one shutdown path
             commit_delay=cfg.writer_commit_delay_s,
             commit_interval=cfg.writer_commit_interval_s,
-            watched=self._feed_watched,
         )
-
-    def _feed_watched(self) -> bool:
-        """Does anyone follow the change feed, here or on another proxy (`LiveState.followed`)?
-        The writer then commits at once."""
-        live = self._live
-        return live is not None and live.followed()
 
     @property
     def reader(self) -> "TraceStore":

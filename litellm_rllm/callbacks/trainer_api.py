@@ -282,7 +282,7 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         cursor = after
-        live.follow()
+        live.followers += 1
         live.poke()
         try:
             while True:
@@ -298,7 +298,7 @@ def install_trainer_routes(router: Any, plugin: "Plugin", caller: Callable[..., 
                     return {"items": [], "next": cursor}
                 await live.feed.wait(seen, remaining)
         finally:
-            live.unfollow()
+            live.followers -= 1
 
     @router.post("/rllm/policy-version", tags=["litellm-rllm"])
     async def rllm_set_policy_version(request: Request) -> Any:

@@ -7,10 +7,7 @@ second. The thread polls `store.control_state()` every `poll_s` (0.5 s: one smal
 the feed head every `feed_poll_s` while a follower waits on this proxy (one index lookup), so a
 commit by another proxy reaches a waiting follower within that interval; commits made by this
 proxy wake followers at once (`feed.fire` from the writer). A change posted to this proxy is
-applied to the cache at once (`apply_*`), before the store round trip of the others. The
-heartbeat also says whether this proxy is followed (a feed request waits on it, or did within
-`FOLLOWED_FOR_S`), and the heartbeat round reads whether any other is: while anyone follows,
-the writers commit at once instead of grouping commits (`followed`).
+applied to the cache at once (`apply_*`), before the store round trip of the others.
 
 Failure: a poll that fails keeps the last known state and counts `live_poll_errors`; once the
 state is older than `stale_after_s`, pauses are ignored (fail open: a store outage must not
@@ -38,10 +35,6 @@ log = logging.getLogger("litellm_rllm")
 # for `live_window_s`: an idle one must beat well within it, or a pause posted just then would
 # be reported drained without it.
 HEARTBEAT_IDLE_S = 1.0
-# A proxy counts as followed (a client reads its change feed) for this long after a feed
-# request on it ended: a follower long-polls in a loop, and the gap between two of its requests
-# must not read as nobody following. The writers commit at once while anyone is followed.
-FOLLOWED_FOR_S = 5.0
 
 
 def live_window_s(poll_s: float) -> float:
@@ -75,8 +68,6 @@ class LiveState:
         self.last_ok: Optional[float] = None  # monotonic time of the last good poll
         self.head = 0
         self.followers = 0  # feed requests waiting on this proxy (the head is polled meanwhile)
-        self._followed_at = float("-inf")  # monotonic time the last feed request here ended
-        self.followed_elsewhere = False  # another live proxy's heartbeat says it is followed
         self._local_changes = 0  # bumped by apply_*: a poll that read before one must not undo it
         self._store: Any = None
         self._lock = threading.Lock()
@@ -105,23 +96,6 @@ class LiveState:
         if not pauses:
             return None
         return pauses.get(model or "") or pauses.get(ALL_MODELS)
-
-    def followed_here(self) -> bool:
-        """A feed request waits on this proxy, or one ended within `FOLLOWED_FOR_S`."""
-        return (self.followers > 0 or self.feed.has_waiters()
-                or time.monotonic() - self._followed_at < FOLLOWED_FOR_S)
-
-    def followed(self) -> bool:
-        """Does anyone follow the change feed, here or (by the heartbeats) on another proxy? The
-        writer then commits at once instead of grouping commits (`writer_commit_interval_s`)."""
-        return self.followed_elsewhere or self.followed_here()
-
-    def follow(self) -> None:
-        self.followers += 1
-
-    def unfollow(self) -> None:
-        self.followers -= 1
-        self._followed_at = time.monotonic()
 
     # ---- changes made through this proxy -------------------------------------------------
 
@@ -234,17 +208,11 @@ class LiveState:
             self.feed.fire()
 
     def _beat(self) -> None:
-        """This proxy's heartbeat (its pause state, whether it is followed), then the others':
-        is any of them followed?"""
         state = dict(self.heartbeat_state())
         state["applied"] = {m: p.since_us for m, p in self.pauses.items()}
-        state["followed"] = self.followed_here()
         try:
-            store = self._get_store()
-            store.heartbeat(self.proxy_id, state)
+            self._get_store().heartbeat(self.proxy_id, state)
             self._last_beat = time.monotonic()
-            beats = store.heartbeats(live_window_s(self.poll_s))
-            self.followed_elsewhere = any(s.get("followed") for pid, (_age, s) in beats.items() if pid != self.proxy_id)
         except Exception as exc:  # noqa: BLE001
             self._poll_failed(exc)
 
@@ -261,4 +229,4 @@ class LiveState:
                 pass
 
 
-__all__ = ["FOLLOWED_FOR_S", "HEARTBEAT_IDLE_S", "LiveState", "live_window_s"]
+__all__ = ["HEARTBEAT_IDLE_S", "LiveState", "live_window_s"]

@@ -114,8 +114,6 @@ class TraceWriter:
 
     ``commit_interval``: group commit; a batch starts at most this long after the previous one
     (waiting for more items), unless a flush marker, a full batch or shutdown ends the wait.
-    ``watched()`` true (someone follows the change feed) sets it aside: a batch then goes after
-    ``linger`` only, so a watched feed is not slowed by the CPU saving of an unwatched one.
 
     ``spool``: a ``Spool`` (or its folder) makes failed and backlogged batches durable on local
     disk instead of failing them (module docstring). With a spool, a failing batch is retried
@@ -153,7 +151,6 @@ class TraceWriter:
         replay_bytes: int = 32 << 20,
         replay_timeout: float = 10.0,
         commit_interval: float = 0.0,
-        watched: Optional[Callable[[], bool]] = None,
     ) -> None:
         if batch_size < 1 or max_queue < 1:
             raise ValueError("batch_size and max_queue must be >= 1")
@@ -174,7 +171,6 @@ class TraceWriter:
         self._linger = linger
         self._commit_delay = commit_delay  # fault drills: a writer whose commits land late
         self._commit_interval = commit_interval  # group commit: batches start at most this often
-        self._watched = watched  # a feed follower waits: commit without the interval
         self._last_batch = float("-inf")  # monotonic time the last batch was taken for writing
         # While the writer lingers for a batch, a submit wakes it only once the batch would be
         # full: until this monotonic time, with room for this many more items.
@@ -526,14 +522,7 @@ class TraceWriter:
         building the call's trace, at moderate rates; a call after a quiet spell goes at once).
         A barrier, a full batch or shutdown ends the wait at once."""
         now = time.monotonic()
-        interval = self._commit_interval
-        if interval and self._watched is not None:
-            try:
-                if self._watched():
-                    interval = 0.0
-            except Exception:  # noqa: BLE001 - a broken check must not stop the writer
-                logger.exception("litellm-rllm: the writer's feed-watch check failed")
-        deadline = max(now + self._linger, self._last_batch + interval)
+        deadline = max(now + self._linger, self._last_batch + self._commit_interval)
         try:
             while len(items) < self._batch_size and not self._stopping:
                 if not self._queue:

@@ -16,7 +16,6 @@ import pytest
 
 import litellm_rllm.store as store_mod
 from litellm_rllm.trace import PolicyVersion, Trace
-import litellm_rllm.trainer.live as live_mod
 from litellm_rllm.trainer.live import LiveState
 from litellm_rllm.trainer.pause import PauseGate, PauseRefused, drain_report
 from litellm_rllm.trainer.schema import PauseState, TrainerInputError, parse_reward_body
@@ -138,8 +137,7 @@ def test_live_state_reads_versions_and_pauses_from_the_store_and_survives_its_fa
         assert live.version_for("anything") == 3 and live.pause_for("policy").mode == "reject"
         assert live.head == 1
         [(_age, beat)] = st.heartbeats(10).values()
-        assert beat == {"in_flight": {"policy": 2}, "applied": {"policy": live.pauses["policy"].since_us},
-                        "followed": False}
+        assert beat == {"in_flight": {"policy": 2}, "applied": {"policy": live.pauses["policy"].since_us}}
         opened[0].close()  # the poller's connection breaks ...
         assert not live.poll_once()
         assert not live.poll_once()  # ... and so does reconnecting
@@ -217,29 +215,3 @@ def test_cli_tail_prints_feed_items_from_a_store_and_the_cursor_to_resume(tmp_pa
     assert tail("--after", "4").stdout == ""
     bad = tail("--after", "yesterday")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --after")
-
-
-def test_a_proxy_knows_when_a_feed_follower_waits_on_another_proxy_of_the_store(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'traces.db'}"
-    a = LiveState(lambda: store_mod.open(url))
-    b = LiveState(lambda: store_mod.open(url))
-    try:
-        assert a.poll_once() and b.poll_once()
-        assert not a.followed() and not b.followed()
-        b.follow()  # a feed request waits on b
-        assert b.followed_here()
-        b._last_beat = 0.0  # its next poll beats (they beat once a second when idle)
-        assert b.poll_once()
-        a._last_beat = 0.0
-        assert a.poll_once()  # a's heartbeat round reads b's
-        assert a.followed() and not a.followed_here()
-        b.unfollow()  # between two long polls: still followed for a while
-        assert b.followed_here()
-        b._followed_at -= live_mod.FOLLOWED_FOR_S
-        assert not b.followed_here()
-        b._last_beat = a._last_beat = 0.0
-        assert b.poll_once() and a.poll_once()
-        assert not a.followed()
-    finally:
-        a.stop()
-        b.stop()

@@ -101,30 +101,3 @@ def test_calls_during_the_interval_do_not_wake_the_writer_until_a_batch_is_full(
     finally:
         writer.close()
         store.close()
-
-
-def test_a_watched_feed_sets_the_commit_interval_aside(tmp_path: Path) -> None:
-    store = CountingStore(str(tmp_path / "t.db"))
-    watched = [False]
-    writer = TraceWriter(store, commit_interval=5.0, watched=lambda: watched[0], close_at_exit=False)
-
-    def visible_within(trace_id: str, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if trace_id in {t.trace_id for t in store.traces(session="s")}:
-                return True
-            time.sleep(0.01)
-        return False
-
-    try:
-        writer.submit(Trace(trace_id="first", session_id="s"))
-        assert visible_within("first", 2.0)  # no batch before it: goes at once
-        writer.submit(Trace(trace_id="unwatched", session_id="s"))
-        assert not visible_within("unwatched", 0.5)  # waits for the 5 s interval
-        assert writer.flush(timeout=10)
-        watched[0] = True  # a follower waits on the feed
-        writer.submit(Trace(trace_id="watched", session_id="s"))
-        assert visible_within("watched", 1.0)  # after the linger only
-    finally:
-        writer.close()
-        store.close()
