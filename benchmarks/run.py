@@ -213,8 +213,8 @@ class Bench:
             g0 = gc0[p.name]
             if g0 and gc1:
                 result["gc_ms_per_req"] = (sum(gc1["seconds"]) - sum(g0["seconds"])) / n * 1000.0
-                result["gc_full"] = gc1["count"][2] - g0["count"][2]
                 result["gc_counts"] = [c1 - c0 for c1, c0 in zip(gc1["count"], g0["count"])]
+                result["gc_full"] = result["gc_counts"][2]
                 result["gc_ms_by_gen"] = [(s1 - s0) * 1000.0 for s1, s0 in zip(gc1["seconds"], g0["seconds"])]
                 result["gc_full_max_ms"] = gc1["max"][2] * 1000.0
         return out

@@ -182,7 +182,7 @@ def main() -> None:
                         results[mode][name].append(res)
                         run.log(f"{mode} round {r + 1}/{a.rounds} {name:18s} {res['rps']:7.2f}/s  loop "
                                 f"{res['loop_ms']:.2f} + other {res['other_ms']:.2f} ms/req, gc {res['gc_ms']:.2f}, "
-                                f"client busy {res['client_busy']:.0%}, gc {res['gc_counts']} in {res['n']}"
+                                f"client busy {res['client_busy']:.0%}, collections by generation {res['gc_counts']} in {res['n']}"
                                 + (f", {res['errors']:.0f} errors" if res["errors"] else ""))
                 if a.fresh:
                     stop()
@@ -204,8 +204,9 @@ def main() -> None:
             ratios = [x["rps"] / b["rps"] for x, b in zip(rows, bare)]
             cpu_ratios = [(b["loop_ms"] + b["other_ms"]) / (x["loop_ms"] + x["other_ms"]) for x, b in zip(rows, bare)]
             med = {k: statistics.median(x[k] for x in rows) for k in ("rps", "loop_ms", "other_ms", "gc_ms", "client_busy")}
-            full = [x["gc_counts"][2] for x in rows if x.get("gc_counts")]
-            full_per_100 = 100.0 * sum(full) / max(1.0, sum(x["n"] for x in rows)) if full else float("nan")
+            counted = [x for x in rows if x.get("gc_counts")]  # the probe answered
+            full_per_100 = (100.0 * sum(x["gc_counts"][2] for x in counted) / max(1, sum(x["n"] for x in counted))
+                            if counted else float("nan"))
             print(f"{'':{len(mode) + 1}s} {name:18s} {med['rps']:8.2f} {statistics.median(ratios):7.3f}x "
                   f"{statistics.median(cpu_ratios):10.3f}x "
                   f"{med['loop_ms']:8.2f} {med['other_ms']:9.2f} {med['gc_ms']:10.2f} {full_per_100:12.2f} "
