@@ -86,6 +86,8 @@ VARIANTS: dict[str, list[str] | None] = {
     "sampling_no_cancel_points": [PARTS + "sampling_no_cancel_points"],
     "no_tracer": list(common.RLLM_CALLBACKS[:-1]),
     "no_tee_parse": [*common.RLLM_CALLBACKS[:-1], PARTS + "tracer_no_tee_parse"],
+    "batch_parse": [*common.RLLM_CALLBACKS[:-1], PARTS + "tracer_batch_parse"],
+    "batch_parse_ids": [*common.RLLM_CALLBACKS[:-1], PARTS + "tracer_batch_parse_ids"],
     "discard_store": [*common.RLLM_CALLBACKS[:-1], "benchmarks.ablations.writer_stages.tracer_discard"],
     "plugin": list(common.RLLM_CALLBACKS),
 }

@@ -45,6 +45,82 @@ def _tracer_no_tee_parse() -> Any:
     return entries.tracer
 
 
+def _tracer_batch_parse() -> Any:
+    import litellm_rllm.callbacks as entries
+    from litellm_rllm.callbacks import upstream_tap
+    from litellm_rllm.capture.sse import SSEParser
+
+    raw: dict[int, list[bytes]] = {}
+    real_feed, real_close = upstream_tap.UpstreamTap.feed, SSEParser.close
+
+    def feed(self: Any, data: bytes) -> None:
+        if self.parser is None:
+            real_feed(self, data)
+        elif not self.stopped:
+            raw.setdefault(id(self.parser), []).append(data)
+
+    def close(self: Any) -> None:
+        reads = raw.pop(id(self), None)
+        if reads:
+            SSEParser.feed(self, b"".join(reads))
+        real_close(self)
+
+    upstream_tap.UpstreamTap.feed = feed  # type: ignore[method-assign]
+    SSEParser.close = close  # type: ignore[method-assign]
+    return entries.tracer
+
+
+def _tracer_batch_parse_ids() -> Any:
+    """Prototype: the tee keeps the reads and scans only their token ids as they pass (what a
+    client that asked for ids needs during the stream); the whole parse runs once at the end."""
+    import litellm_rllm.callbacks as entries
+    from litellm_rllm.callbacks import upstream_tap
+    from litellm_rllm.capture.sse import SSEParser
+    from litellm_rllm.capture.stream import StreamAccumulator
+
+    raw: dict[int, tuple[Any, list[bytes]]] = {}
+    real_feed, real_close = upstream_tap.UpstreamTap.feed, SSEParser.close
+    key, prompt_key = b'"token_ids":[', b'"prompt_token_ids":['
+
+    def feed(self: Any, data: bytes) -> None:
+        if self.parser is None:
+            real_feed(self, data)
+            return
+        if self.stopped:
+            return
+        entry = raw.get(id(self.parser))
+        if entry is None:
+            entry = raw[id(self.parser)] = (self, [])
+            at = data.find(prompt_key)
+            if at >= 0:
+                end = data.find(b"]", at)
+                self.acc.prompt_token_ids = [int(x) for x in data[at + len(prompt_key):end].split(b",") if x]
+        entry[1].append(data)
+        at = data.find(key)
+        while at >= 0:
+            end = data.find(b"]", at)
+            ids = data[at + len(key):end]
+            if ids:
+                self.acc._choice(0).token_ids.extend(map(int, ids.split(b",")))
+            at = data.find(key, end)
+
+    def close(self: Any) -> None:
+        entry = raw.pop(id(self), None)
+        if entry is None:
+            real_close(self)
+            return
+        tap, reads = entry
+        acc = StreamAccumulator(started=tap.acc.started)
+        parser = SSEParser(acc.add)
+        SSEParser.feed(parser, b"".join(reads))
+        real_close(parser)
+        tap.acc, tap.parser = acc, parser
+
+    upstream_tap.UpstreamTap.feed = feed  # type: ignore[method-assign]
+    SSEParser.close = close  # type: ignore[method-assign]
+    return entries.tracer
+
+
 def _sampling_no_cancel_points() -> Any:
     import litellm_rllm.callbacks as entries
     from litellm_rllm.callbacks import finish
@@ -57,6 +133,8 @@ _FACTORIES = {
     "pass_through_hook": PassThroughHook,
     "tracer_no_tee_parse": _tracer_no_tee_parse,
     "sampling_no_cancel_points": _sampling_no_cancel_points,
+    "tracer_batch_parse": _tracer_batch_parse,
+    "tracer_batch_parse_ids": _tracer_batch_parse_ids,
 }
 _made: dict[str, Any] = {}
 
