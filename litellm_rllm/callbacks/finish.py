@@ -187,7 +187,7 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
     # Routes that stream pre-encoded SSE to the client (`/v1/messages`) yield bytes/str chunks.
     sse = SSEParser(acc.add) if acc is not None else None
     # A client that asked for token ids gets every one the upstream sent (stream_ids.py).
-    ids = (ClientTokenIds(state.tap)
+    ids = (ClientTokenIds(state.tap.acc)
            if tapped and "return_token_ids" not in strip and asked_for_token_ids(state.client_request) else None)
     status, error = "incomplete", None
     clock = time.monotonic
@@ -240,7 +240,6 @@ async def wrap_stream(response: AsyncIterator[Any], data: dict[str, Any]) -> Asy
                 record.hidden.pop("response_cost", None)
                 tap = state.tap
                 if tap is not None and tap.is_sse:
-                    tap.settle()  # reads still unparsed: a stream that did not end normally
                     acc = tap.acc
                     if tap.parser.error is not None and record.error is None:
                         record.status = "error"

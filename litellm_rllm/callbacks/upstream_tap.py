@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import weakref
 from collections import OrderedDict
 from typing import Any, Optional
 
 import httpx
 
-from ..capture.ids_scan import IdsScan
 from ..capture.sse import SSEParser
 from ..capture.stream import StreamAccumulator
 from .plugin import plugin
-from .stream_ids import asked_for_token_ids
 
 log = logging.getLogger("litellm_rllm")
 
@@ -48,30 +45,16 @@ MAX_RAW_BODY = 512 << 20  # a non-streamed body larger than this is not kept (Li
 # An SSE read larger than this is parsed in slices of it with the event loop free between them:
 # ~0.5 ms of parsing each, so one read never holds the loop for milliseconds.
 PARSE_SLICE = 16 << 10
-# A stream's reads are kept unparsed up to this many bytes (UpstreamTap's late parse): a 256-token
-# vLLM stream with logprobs is ~85 KB; parsing this much at once takes ~1 ms of the loop.
-LATE_PARSE_MAX = 128 << 10
 
 
 class UpstreamTap:
-    """One attempt's upstream response: a stream's reads kept and parsed into packed arrays
-    once it ends (or as they arrive), or a JSON body kept as bytes.
-
-    Late parse: an SSE body's reads are kept as they pass (a list append and a clock read) and
-    parsed in one go when the body ends (`settle`), each read stamped with the time it arrived.
-    Parsing every event as it came, between LiteLLM's own work on the loop, cost a saturated
-    proxy ~2-3% of its streams (benchmarks/saturation.py, `batch_parse_ids` vs `plugin`;
-    docs/benchmarks.md). A client that asked for token ids gets them from `ids`, read from the
-    bytes as they pass (`capture/ids_scan.py`). Past `LATE_PARSE_MAX` kept bytes (a long reply)
-    or where the ids can't be read that way (`n` > 1, not vLLM's compact JSON), the reads so
-    far are parsed and the rest as it arrives: memory stays packed arrays, and a settle on the
-    loop never parses more than `LATE_PARSE_MAX` at once."""
+    """One attempt's upstream response: a stream parsed into packed arrays as it arrives, or a
+    JSON body kept as bytes."""
 
     __slots__ = ("acc", "parser", "status_code", "finished", "error", "is_sse", "body", "body_size", "stream",
-                 "stopped", "reads", "read_at", "kept", "ids", "client_ids")
+                 "stopped")
 
-    def __init__(self, started: float, status_code: int, is_sse: bool, late: bool = False,
-                 scan_ids: bool = False) -> None:
+    def __init__(self, started: float, status_code: int, is_sse: bool) -> None:
         self.status_code = status_code
         self.is_sse = is_sse
         self.acc = StreamAccumulator(started=started) if is_sse else None
@@ -84,30 +67,10 @@ class UpstreamTap:
         self.error: Optional[str] = None
         self.stream: Optional["TeeStream"] = None
         self.stopped = False  # the client went away: nothing more is kept, the upstream is closed
-        # Late parse (class docstring): the reads not parsed yet and when each arrived; None
-        # once the reads are parsed as they arrive.
-        self.reads: Optional[list[bytes]] = [] if is_sse and late else None
-        self.read_at: list[float] = []
-        self.kept = 0
-        self.ids: Optional[IdsScan] = IdsScan() if self.reads is not None and scan_ids else None
-        # Where a streaming client's token ids are read (callbacks/stream_ids.py): the scan
-        # while the reads wait, the parse after.
-        self.client_ids: Any = self.ids if self.ids is not None else self.acc
 
     def feed(self, data: bytes) -> None:
         if self.stopped:
             return
-        reads = self.reads
-        if reads is not None:
-            self.kept += len(data)
-            ids = self.ids
-            if ids is not None:
-                ids.feed(data)
-            if self.kept <= LATE_PARSE_MAX and (ids is None or not ids.failed):
-                reads.append(data)
-                self.read_at.append(time.perf_counter())
-                return
-            self.settle()  # from here on, parsed as it arrives
         if self.parser is not None:
             self.parser.feed(data)
         elif self.body is not None:
@@ -116,22 +79,6 @@ class UpstreamTap:
                 self.body = None
             else:
                 self.body.append(data)
-
-    def settle(self) -> None:
-        """Parse the kept reads (each at the time it arrived) and parse from now on as reads
-        arrive. At most `LATE_PARSE_MAX` bytes: ~1 ms of the loop at worst."""
-        reads, self.reads = self.reads, None
-        self.ids, self.client_ids = None, self.acc
-        if not reads:
-            return
-        acc, parser = self.acc, self.parser
-        try:
-            for data, at in zip(reads, self.read_at):
-                acc.at = at
-                parser.feed(data)
-        finally:
-            acc.at = None
-            self.read_at = []
 
     def stop(self) -> None:
         """The client went away (or the stream failed): keep what was read until now, and close
@@ -167,8 +114,7 @@ class TeeStream(httpx.AsyncByteStream):
             return
         try:
             async for data in self._inner:
-                if (tap.parser is not None and len(data) > PARSE_SLICE
-                        and (tap.reads is None or tap.kept + len(data) > LATE_PARSE_MAX)):
+                if tap.parser is not None and len(data) > PARSE_SLICE:
                     await self._feed_in_slices(data)
                 else:
                     self._feed(data)
@@ -177,11 +123,7 @@ class TeeStream(httpx.AsyncByteStream):
             tap.error = f"{type(exc).__name__}: {exc}"
             raise
         if tap.parser is not None:
-            try:
-                tap.settle()
-                tap.parser.close()
-            except Exception:  # capture must never break the response
-                log.exception("litellm-rllm: could not parse upstream response bytes")
+            tap.parser.close()
         tap.finished = True
 
     def _feed(self, data: bytes) -> None:
@@ -220,26 +162,13 @@ class _TeeTransport(httpx.AsyncBaseTransport):
         state = plugin().calls.get(call_id)
         if state is not None:
             is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
-            late, scan_ids = parse_plan(state.client_request, state.strip)
-            tap = UpstreamTap(state.started, response.status_code, is_sse, late=late, scan_ids=scan_ids)
+            tap = UpstreamTap(state.started, response.status_code, is_sse)
             state.tap = tap  # a retried attempt replaces the failed one's
             response.stream = TeeStream(response.stream, tap)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def parse_plan(client_request: Any, strip: tuple[str, ...]) -> tuple[bool, bool]:
-    """(parse late, scan token ids) for a stream: late unless the client asked for token ids of
-    several choices (`n` > 1), whose ids a scan can't keep apart; a scan where it asked for ids
-    of one (stream_ids.py hands them out while it streams)."""
-    if "return_token_ids" in strip or not asked_for_token_ids(client_request):
-        return True, False
-    n = client_request.get("n") if isinstance(client_request, dict) else None
-    if n not in (None, 1):
-        return False, False
-    return True, True
 
 
 class _LoopClients:

@@ -103,9 +103,6 @@ class StreamAccumulator:
         self.vocab: list[Optional[str]] = []
         self._intern = _Intern(self.vocab)
         self.final_response: Optional[dict[str, Any]] = None  # Responses API streams
-        # When the chunks are added after the fact (the tap's late parse), the time their read
-        # arrived: first-token and last-chunk times are the stream's, not the parse's.
-        self.at: Optional[float] = None
 
     def _choice(self, index: int) -> _ChoiceAcc:
         acc = self._choices.get(index)
@@ -137,7 +134,7 @@ class StreamAccumulator:
             self._add_chunk(chunk, _get, _psf)
 
     def _add_chunk(self, chunk: Any, get: Callable[[Any, str], Any], psf: Callable[[Any, str], Any]) -> None:
-        now = self.at or time.perf_counter()
+        now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
         if self.response_id is None:
@@ -225,7 +222,7 @@ class StreamAccumulator:
     def _add_responses_event(self, event: dict[str, Any]) -> None:
         """Responses API stream: the final `response.completed` (or `.incomplete` / `.failed`)
         event carries the whole response, logprobs included; deltas only time the stream."""
-        now = self.at or time.perf_counter()
+        now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
         kind = event["type"]
@@ -239,7 +236,7 @@ class StreamAccumulator:
 
     def _add_anthropic(self, event: dict[str, Any]) -> None:
         """Anthropic Messages stream events (`/v1/messages` served by Anthropic)."""
-        now = self.at or time.perf_counter()
+        now = time.perf_counter()
         self.chunks += 1
         self.last_chunk_at = now
         kind = event["type"]

@@ -4,7 +4,6 @@ its own chunk where LiteLLM kept it, and the ids of chunks LiteLLM dropped on th
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 from litellm_rllm.callbacks.stream_ids import ClientTokenIds, next_end
 from litellm_rllm.capture.stream import StreamAccumulator
@@ -32,7 +31,7 @@ def handed(chunk: dict) -> list[int]:
 
 def test_chunks_that_lost_nothing_are_left_as_litellm_made_them():
     acc = StreamAccumulator()
-    ids = ClientTokenIds(SimpleNamespace(client_ids=acc))
+    ids = ClientTokenIds(acc)
     for i in (1, 2, 3):
         acc.add(event([i]))
         chunk = served([i])
@@ -43,7 +42,7 @@ def test_chunks_that_lost_nothing_are_left_as_litellm_made_them():
 
 def test_ids_of_a_dropped_chunk_ride_on_the_next_chunk_served():
     acc = StreamAccumulator()
-    ids = ClientTokenIds(SimpleNamespace(client_ids=acc))
+    ids = ClientTokenIds(acc)
     acc.add(event([1]))
     first = served([1])
     ids.annotate(first)
@@ -56,7 +55,7 @@ def test_ids_of_a_dropped_chunk_ride_on_the_next_chunk_served():
 
 def test_a_chunk_keeps_its_own_ids_when_the_tee_has_read_ahead():
     acc = StreamAccumulator()
-    ids = ClientTokenIds(SimpleNamespace(client_ids=acc))
+    ids = ClientTokenIds(acc)
     for i in (1, 2, 3):  # one upstream read held three events
         acc.add(event([i]))
     chunks = [served([i]) for i in (1, 2, 3)]
@@ -67,7 +66,7 @@ def test_a_chunk_keeps_its_own_ids_when_the_tee_has_read_ahead():
 
 def test_the_finish_chunk_gets_every_id_left_its_eos_id_too():
     acc = StreamAccumulator()
-    ids = ClientTokenIds(SimpleNamespace(client_ids=acc))
+    ids = ClientTokenIds(acc)
     acc.add(event([1]))
     acc.add(event([EOS], text="", finish="stop"))
     first, last = served([1]), served(None, finish="stop")  # LiteLLM lost the EOS id
@@ -78,7 +77,7 @@ def test_the_finish_chunk_gets_every_id_left_its_eos_id_too():
 
 def test_prompt_ids_go_on_the_first_chunk_only():
     acc = StreamAccumulator()
-    ids = ClientTokenIds(SimpleNamespace(client_ids=acc))
+    ids = ClientTokenIds(acc)
     acc.add({"prompt_token_ids": [5, 6], **event([], text="")})
     first, second = served(None), served(None)
     ids.annotate(first)
@@ -89,7 +88,7 @@ def test_prompt_ids_go_on_the_first_chunk_only():
 
 def test_ids_that_disagree_with_the_upstream_are_replaced_by_the_upstreams():
     acc = StreamAccumulator()
-    ids = ClientTokenIds(SimpleNamespace(client_ids=acc))
+    ids = ClientTokenIds(acc)
     acc.add(event([1, 2]))
     chunk = served([8, 9])  # never sent upstream
     ids.annotate(chunk)
@@ -106,7 +105,7 @@ def test_concatenated_ids_are_the_upstreams_sequence_whatever_litellm_drops_and_
     rng = random.Random(7)
     for _ in range(300):
         acc = StreamAccumulator()
-        client = ClientTokenIds(SimpleNamespace(client_ids=acc))
+        client = ClientTokenIds(acc)
         n = rng.randint(1, 30)
         upstream = [[rng.randint(0, 5) for _ in range(rng.choice((1, 1, 1, 2)))] for _ in range(n)]
         upstream[-1] = upstream[-1] + [EOS]
