@@ -21,6 +21,10 @@ streams, for `--seconds`), the order rotating from round to round. Variants:
 * `no_tracer`: the metadata and sampling entries without the tracer (no tee, no trace);
 * `no_tee_parse`: the plugin, with the tee keeping nothing of an SSE body (stream traces
   empty): the full plugin minus this is what parsing the upstream's events costs;
+* `batch_parse`: the plugin, the tee keeping an SSE body's reads and parsing them once it
+  ends (a client that asked for token ids then misses the ones LiteLLM drops);
+  `batch_parse_ids`: the same with the ids read from the bytes as they pass (both tried as
+  the late parse, 2026-12-06, docs/benchmarks.md);
 * `discard_store`: the plugin with a store that takes every batch and writes nothing
   (`ablations/writer_stages.py`): no SQLite, no helper process writing;
 * `plugin`: the three entries, a SQLite store (its helper process pinned with the proxy).

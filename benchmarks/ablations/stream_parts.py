@@ -8,6 +8,10 @@
 * `tracer_no_tee_parse`: the real tracer, but the tee keeps nothing of an SSE body (no parse,
   no accumulation; the streams' traces come out empty). The difference to the full plugin is
   what parsing the upstream's events costs the proxy, garbage collection included.
+* `tracer_batch_parse`, `tracer_batch_parse_ids`: the real tracer, the tee keeping an SSE
+  body's reads and parsing them in one go when the body ends (the trace is the same); `_ids`
+  also reads the token ids from the bytes as they pass, so a client that asked gets them all.
+  What parsing each event as it arrives costs a saturated proxy (docs/benchmarks.md).
 * `sampling_no_cancel_points`: the real sampling entry (which then carries the one stream
   wrapper), its wrapper never yielding to the loop on its own (`finish.CANCEL_POINT_S` out
   of reach): what those yields cost a saturated loop.
