@@ -116,15 +116,19 @@ def _replica_of_calls(replicas: list[Any]) -> dict[str, set[int]]:
     return seen
 
 
-def _check_pins(replicas: list[Any], store_url: str, sessions: list[str]) -> Counter[int]:
+def _check_pins(replicas: list[Any], store_url: str, sessions: list[str], diverted: int = 0) -> Counter[int]:
     """Every session on one replica (its requests and its traces' api_base agree); returns the
-    calls per replica."""
+    calls per replica. `diverted`: first calls the stateless pin's load bound sent elsewhere;
+    such a session may be split by design (affinity.py: the other proxy has not seen the
+    diversion), so at most that many sessions may be, and no other."""
     seen = _replica_of_calls(replicas)
     split = {sid: sorted(seen.get(sid, ())) for sid in sessions if len(seen.get(sid, ())) != 1}
-    assert not split, f"{len(split)} sessions on several replicas, e.g. {list(split.items())[:5]}"
+    assert len(split) <= diverted and all(len(r) > 1 for r in split.values()), (
+        f"{len(split)} sessions on several replicas (or none), {diverted} diverted by the load bound,"
+        f" e.g. {list(split.items())[:5]}")
     st = harness.store.open(store_url)
     try:
-        for sid in sessions[:: max(1, len(sessions) // 20)]:
+        for sid in [s for s in sessions[:: max(1, len(sessions) // 20)] if s not in split]:
             traces = st.traces(session=sid)
             (replica,) = seen[sid]
             assert {t.api_base for t in traces} == {replicas[replica].api_base}, sid
@@ -232,7 +236,9 @@ def test_stateless_pin_keeps_each_session_on_one_replica_without_redis(replicas:
             stats_now()), timeout=20) or stats_now()
         assert all(s["affinity"]["in_flight"] == {} for s in stats), [s["affinity"] for s in stats]
         sessions = sorted(statuses)
-        calls = _check_pins(replicas, store_url, sessions)
+        diverted = sum(s["affinity"]["diverted"] for s in stats)
+        assert diverted <= SESSIONS // 50, f"the load bound diverted {diverted} of {SESSIONS} sessions"
+        calls = _check_pins(replicas, store_url, sessions, diverted=diverted)
         _assert_balanced(calls, "stateless pin")
         cached = _cached_per_turn(store_url, sessions)
         body = httpx.get(f"{procs[1].base_url}/rllm/sessions/fleet-0/traces", headers=harness.auth(), timeout=60).json()
