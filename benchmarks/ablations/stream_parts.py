@@ -49,40 +49,17 @@ def _tracer_no_tee_parse() -> Any:
     return entries.tracer
 
 
-def _tracer_batch_parse() -> Any:
-    import litellm_rllm.callbacks as entries
-    from litellm_rllm.callbacks import upstream_tap
-    from litellm_rllm.capture.sse import SSEParser
-
-    raw: dict[int, list[bytes]] = {}
-    real_feed, real_close = upstream_tap.UpstreamTap.feed, SSEParser.close
-
-    def feed(self: Any, data: bytes) -> None:
-        if self.parser is None:
-            real_feed(self, data)
-        elif not self.stopped:
-            raw.setdefault(id(self.parser), []).append(data)
-
-    def close(self: Any) -> None:
-        reads = raw.pop(id(self), None)
-        if reads:
-            SSEParser.feed(self, b"".join(reads))
-        real_close(self)
-
-    upstream_tap.UpstreamTap.feed = feed  # type: ignore[method-assign]
-    SSEParser.close = close  # type: ignore[method-assign]
-    return entries.tracer
-
-
-def _tracer_batch_parse_ids() -> Any:
-    """Prototype: the tee keeps the reads and scans only their token ids as they pass (what a
-    client that asked for ids needs during the stream); the whole parse runs once at the end."""
+def _tracer_batch_parse(scan_ids: bool) -> Any:
+    """The tee keeps an SSE body's reads and parses them in one go when the body ends, into a
+    fresh accumulator; `scan_ids`: meanwhile it reads the token ids (and the first event's
+    prompt ids) from the bytes as they pass, which is what a client that asked for ids needs
+    during the stream (callbacks/stream_ids.py reads them from the tap's accumulator)."""
     import litellm_rllm.callbacks as entries
     from litellm_rllm.callbacks import upstream_tap
     from litellm_rllm.capture.sse import SSEParser
     from litellm_rllm.capture.stream import StreamAccumulator
 
-    raw: dict[int, tuple[Any, list[bytes]]] = {}
+    raw: dict[int, tuple[Any, list[bytes]]] = {}  # id(the tap's parser) -> (the tap, its reads)
     real_feed, real_close = upstream_tap.UpstreamTap.feed, SSEParser.close
     key, prompt_key = b'"token_ids":[', b'"prompt_token_ids":['
 
@@ -95,12 +72,12 @@ def _tracer_batch_parse_ids() -> Any:
         entry = raw.get(id(self.parser))
         if entry is None:
             entry = raw[id(self.parser)] = (self, [])
-            at = data.find(prompt_key)
+            at = data.find(prompt_key) if scan_ids else -1
             if at >= 0:
                 end = data.find(b"]", at)
                 self.acc.prompt_token_ids = [int(x) for x in data[at + len(prompt_key):end].split(b",") if x]
         entry[1].append(data)
-        at = data.find(key)
+        at = data.find(key) if scan_ids else -1
         while at >= 0:
             end = data.find(b"]", at)
             ids = data[at + len(key):end]
@@ -137,8 +114,8 @@ _FACTORIES = {
     "pass_through_hook": PassThroughHook,
     "tracer_no_tee_parse": _tracer_no_tee_parse,
     "sampling_no_cancel_points": _sampling_no_cancel_points,
-    "tracer_batch_parse": _tracer_batch_parse,
-    "tracer_batch_parse_ids": _tracer_batch_parse_ids,
+    "tracer_batch_parse": lambda: _tracer_batch_parse(scan_ids=False),
+    "tracer_batch_parse_ids": lambda: _tracer_batch_parse(scan_ids=True),
 }
 _made: dict[str, Any] = {}
 
